@@ -1,0 +1,290 @@
+"""Checkpoints: atomic save, safe load, a content digest, finding runs, and the run-directory lock.
+
+A checkpoint is one file holding only tensors and plain Python values (dicts, lists, str, int, float, bool,
+None), so `torch.load(path, weights_only=True, map_location="cpu")` loads it and nothing in it can run code.
+Loading never falls back to unsafe unpickling.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import glob
+import hashlib
+import io
+import math
+import os
+import struct
+import tempfile
+from typing import Any, Optional
+
+from .errors import CannotCreateError, DataError, InputMissingError, WriteError
+
+FORMAT = "charrnn-checkpoint"
+VERSION = 1
+LATEST = "latest.pt"
+BEST = "best.pt"
+TEMP_PREFIX = ".tmp-"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# digest over the content, so corruption torch would not notice (a flipped bit in a weight) is caught
+
+
+def content_digest(obj: Any) -> str:
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def _feed(h, obj: Any) -> None:
+    import torch
+
+    kind = type(obj)  # exact types: a str or int subclass would not load under weights_only
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    elif kind is dict:
+        h.update(b"D%d" % len(obj))
+        for key in sorted(obj, key=repr):
+            _feed(h, key)
+            _feed(h, obj[key])
+    elif kind in (list, tuple):
+        h.update(b"L%d" % len(obj))
+        for item in obj:
+            _feed(h, item)
+    elif kind is bool or obj is None:
+        h.update(repr(obj).encode())
+    elif kind is int:
+        h.update(b"I" + str(obj).encode())
+    elif kind is float:
+        h.update(b"F" + struct.pack("<d", obj))
+    elif kind is str:
+        h.update(b"S%d:" % len(obj) + obj.encode("utf-8", "surrogatepass"))
+    else:
+        raise TypeError(f"checkpoints hold only tensors and plain values, not {kind.__name__}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# saving
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _serialize(state: dict) -> bytes:
+    import torch
+
+    payload = dict(state)
+    payload["format"] = FORMAT
+    payload["version"] = VERSION
+    payload.pop("digest", None)
+    payload["digest"] = content_digest(payload)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+def save_checkpoint(state: dict, paths: list[str]) -> None:
+    """Write `state` atomically to every path in `paths` (all in one directory).
+
+    The bytes go to a unique temp file in the destination directory, are flushed and fsynced, then hard-linked /
+    renamed over each final name with os.replace and the directory is fsynced: a final name always holds a
+    complete checkpoint, the old one or the new one. On a write error the temp file is removed and WriteError
+    (exit 74) is raised; the previous checkpoints are untouched.
+    """
+    data = _serialize(state)
+    directory = os.path.dirname(os.path.abspath(paths[0]))
+    write_atomic(data, directory, [os.path.basename(p) for p in paths])
+
+
+def write_atomic(data: bytes, directory: str, names: list[str]) -> None:
+    temps: list[str] = []
+    try:
+        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".pt", dir=directory)
+        temps.append(temp)
+        with os.fdopen(fd, "wb") as f:
+            _write_all(f, data)
+            f.flush()
+            os.fsync(f.fileno())
+        # extra names share the inode: link first, then rename each link into place
+        for _ in names[1:]:
+            link = temp + f".{len(temps)}"
+            os.link(temp, link)
+            temps.append(link)
+        for temp_name, name in zip(temps, names):
+            os.replace(temp_name, os.path.join(directory, name))
+        temps.clear()
+        fsync_dir(directory)
+    except OSError as exc:
+        for temp_name in temps:
+            try:
+                os.unlink(temp_name)
+            except OSError:
+                pass
+        reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise WriteError(f"could not write checkpoint in {directory}: {reason}") from None
+
+
+def _write_all(f, data: bytes) -> None:
+    slow = os.environ.get("CHARRNN_TEST_SLOW_WRITE")  # test-only: widen the window a kill can land in
+    if not slow:
+        f.write(data)
+        return
+    import time
+
+    chunk = max(1, len(data) // 8)
+    for start in range(0, len(data), chunk):
+        f.write(data[start : start + chunk])
+        f.flush()
+        time.sleep(float(slow))
+
+
+def remove_stale_temps(directory: str) -> int:
+    """Remove temp files a killed run left behind (call with the run lock held)."""
+    removed = 0
+    for path in glob.glob(os.path.join(directory, TEMP_PREFIX + "*")):
+        try:
+            os.unlink(path)
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# loading
+
+
+def load_checkpoint(path: str) -> dict:
+    """Load and verify a checkpoint file. Never executes code from it."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    if os.path.isdir(path):
+        path = resolve_checkpoint(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise InputMissingError(f"no such checkpoint: {path}") from None
+    except PermissionError:
+        raise InputMissingError(f"cannot read checkpoint {path}: permission denied") from None
+    except OSError as exc:
+        raise InputMissingError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    corrupt = DataError(f"checkpoint is incomplete or corrupt: {path}")
+    if not raw:
+        raise corrupt
+    try:
+        state = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
+            raise DataError(
+                f"checkpoint is incomplete or corrupt: {path} (it holds objects other than tensors and plain "
+                f"values; refusing to load it)"
+            ) from None
+        raise corrupt from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, KeyError, TypeError, IndexError,
+            AttributeError, UnicodeDecodeError, struct.error, OverflowError, MemoryError):
+        raise corrupt from None
+    except Exception:  # anything else torch's reader throws on a foreign or damaged file
+        raise corrupt from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise corrupt
+    if state.get("version") != VERSION:
+        raise DataError(f"checkpoint {path} has format version {state.get('version')}; this charrnn reads {VERSION}")
+    recorded = state.pop("digest", None)
+    try:
+        actual = content_digest(state)
+    except TypeError:
+        raise corrupt from None
+    if recorded != actual:
+        raise corrupt
+    state["path"] = os.path.abspath(path)
+    return state
+
+
+def resolve_checkpoint(path: Optional[str], runs_dir: str = "checkpoints") -> str:
+    """A checkpoint file from a file, a run directory (its latest.pt) or None (the newest run under runs_dir)."""
+    if path is None:
+        candidates = glob.glob(os.path.join(runs_dir, "*", LATEST)) + glob.glob(os.path.join(runs_dir, LATEST))
+        if not candidates:
+            raise InputMissingError(
+                f"no checkpoint found under {runs_dir}/: train one with `charrnn train` or pass a checkpoint path"
+            )
+        return max(candidates, key=_mtime)
+    if os.path.isdir(path):
+        for name in (LATEST, BEST):
+            candidate = os.path.join(path, name)
+            if os.path.isfile(candidate):
+                return candidate
+        steps = sorted(glob.glob(os.path.join(path, "step-*.pt")))
+        if steps:
+            return steps[-1]
+        raise InputMissingError(f"no checkpoint in directory {path} (expected {LATEST})")
+    if not os.path.exists(path):
+        raise InputMissingError(f"no such checkpoint: {path}")
+    return path
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.path.getmtime(path)
+    except OSError:
+        return -math.inf
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the run-directory lock
+
+
+class RunLock:
+    """An exclusive flock on RUN_DIR/lock holding the owner's PID. The kernel drops it when the process dies,
+    so a lock left by a killed run is simply taken over."""
+
+    def __init__(self, directory: str):
+        self.path = os.path.join(directory, "lock")
+        self.fd: Optional[int] = None
+
+    def acquire(self) -> "RunLock":
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise CannotCreateError(f"cannot create {self.path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            raise CannotCreateError(
+                f"run directory {os.path.dirname(self.path)} is in use by another charrnn train (PID {holder})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self.fd)
+                self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,0 +1,244 @@
+"""The command line: parse options, build configs, call one library function, print.
+
+stdout carries only generated text (`sample`) and results (`eval`); progress, logs and errors go to stderr.
+A user's mistake is one line on stderr and a documented exit code (see README "Exit codes"); `--debug` shows
+the traceback instead. torch is imported only inside commands, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from .config import ModelConfig, TrainConfig, default_of, parse_duration
+from .errors import EXIT_SIGINT, CharrnnError
+
+app = typer.Typer(
+    name="charrnn",
+    help="Train character-level RNN language models, sample text from them, and measure them.",
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_debug = False
+
+
+def _m(name):
+    return default_of(ModelConfig, name)
+
+
+def _t(name):
+    return default_of(TrainConfig, name)
+
+
+def _fail(message: str, code: int):
+    sys.stderr.write(f"charrnn: error: {message}\n")
+    sys.stderr.flush()
+    raise typer.Exit(code)
+
+
+def _setup_logging(quiet: bool) -> None:
+    logger = logging.getLogger("charrnn")
+    logger.handlers.clear()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("charrnn: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+def _run(fn):
+    """Call fn, turning a user's mistake into one line on stderr and its exit code."""
+    try:
+        return fn()
+    except CharrnnError as exc:
+        if _debug:
+            raise
+        _fail(exc.message, exc.exit_code)
+    except KeyboardInterrupt:
+        if _debug:
+            raise
+        sys.stderr.write("charrnn: interrupted\n")
+        raise typer.Exit(EXIT_SIGINT)
+
+
+@app.callback()
+def main_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks instead of one-line errors.")] = False,
+):
+    global _debug
+    _debug = debug
+
+
+def _explicit(ctx: typer.Context) -> set:
+    names = set()
+    for name in ctx.params:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            names.add(name)
+    return names
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    corpus: Annotated[Optional[str], typer.Argument(
+        help="Text file, directory of files (see --glob), or - for stdin. Omit it to train on a built-in demo "
+             "corpus (Python standard library source).", show_default=False)] = None,
+    # model
+    cell: Annotated[str, typer.Option(help="Recurrent cell: tanh, gru or lstm.", rich_help_panel="Model")] = _m("cell"),
+    hidden_size: Annotated[int, typer.Option(help="Hidden units per layer.", rich_help_panel="Model")] = _m("hidden_size"),
+    num_layers: Annotated[int, typer.Option(help="Stacked recurrent layers.", rich_help_panel="Model")] = _m("num_layers"),
+    dropout: Annotated[float, typer.Option(help="Dropout between layers and before the head.", rich_help_panel="Model")] = _m("dropout"),
+    # data
+    val_frac: Annotated[float, typer.Option(help="Fraction of the corpus held out for validation (after train).", rich_help_panel="Data")] = _t("val_frac"),
+    test_frac: Annotated[float, typer.Option(help="Fraction held out for testing (the end of the corpus).", rich_help_panel="Data")] = _t("test_frac"),
+    glob: Annotated[str, typer.Option(help="Files to read when CORPUS is a directory.", rich_help_panel="Data")] = _t("glob"),
+    batch_size: Annotated[int, typer.Option(help="B: parallel streams per batch.", rich_help_panel="Data")] = _t("batch_size"),
+    seq_len: Annotated[int, typer.Option(help="T: steps of back-propagation through time per batch.", rich_help_panel="Data")] = _t("seq_len"),
+    # optimisation
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).", rich_help_panel="Optimisation")] = _t("lr"),
+    min_lr_frac: Annotated[float, typer.Option(help="Cosine decay ends at lr times this.", rich_help_panel="Optimisation")] = _t("min_lr_frac"),
+    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.", rich_help_panel="Optimisation")] = _t("warmup_steps"),
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on weight matrices.", rich_help_panel="Optimisation")] = _t("weight_decay"),
+    grad_clip: Annotated[float, typer.Option(help="Clip the global gradient norm to this; 0 disables.", rich_help_panel="Optimisation")] = _t("grad_clip"),
+    # stopping
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.", rich_help_panel="When to stop")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Stop after this many passes over the training split (default 10 if no limit is given).", rich_help_panel="When to stop")] = None,
+    time_budget: Annotated[Optional[str], typer.Option(help="Stop after this much training time: seconds, or 90s, 5m, 1h. The schedule decays over it.", rich_help_panel="When to stop")] = None,
+    # running
+    eval_every: Annotated[int, typer.Option(help="Evaluate on the validation split and save every N steps.", rich_help_panel="Run")] = _t("eval_every"),
+    log_every: Annotated[int, typer.Option(help="Write a metrics.jsonl row every N steps.", rich_help_panel="Run")] = _t("log_every"),
+    seed: Annotated[int, typer.Option(help="Random seed (weights, dropout).", rich_help_panel="Run")] = _t("seed"),
+    device: Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.", rich_help_panel="Run")] = _t("device"),
+    kernel: Annotated[str, typer.Option(help="tanh cell implementation: auto (fused on CPU, torch's RNN on GPU), fused or nn.", rich_help_panel="Run")] = _t("kernel"),
+    run_dir: Annotated[Optional[str], typer.Option(help="Where checkpoints and metrics go [default: checkpoints/NAME-TIME].", rich_help_panel="Run", show_default=False)] = None,
+    resume: Annotated[Optional[str], typer.Option(help="Continue the run in this directory or checkpoint file.", rich_help_panel="Run")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or messages; errors only.", rich_help_panel="Run")] = False,
+):
+    """Train a character-level RNN on a text corpus.
+
+    Example: charrnn train corpus.txt --time-budget 5m
+    """
+    _setup_logging(quiet)
+
+    def go():
+        from .train import train as train_fn
+
+        model_config = ModelConfig(cell=cell, hidden_size=hidden_size, num_layers=num_layers, dropout=dropout)
+        train_config = TrainConfig(
+            val_frac=val_frac, test_frac=test_frac, glob=glob, batch_size=batch_size, seq_len=seq_len, lr=lr,
+            min_lr_frac=min_lr_frac, warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,
+            max_steps=max_steps, epochs=epochs, time_budget=parse_duration(time_budget), eval_every=eval_every,
+            log_every=log_every, seed=seed, device=device, kernel=kernel,
+        )
+        return train_fn(corpus, model_config, train_config, run_dir=run_dir, resume=resume,
+                        explicit=_explicit(ctx), progress=not quiet)
+
+    result = _run(go)
+    if not quiet:
+        best = f"{result.best_val_loss:.4f} nats/char ({result.best_val_loss / 0.6931471805599453:.4f} bits/char)" \
+            if result.best_val_loss is not None else "n/a"
+        logging.getLogger("charrnn").info(
+            f"done: {result.step} steps in {result.elapsed:.1f}s; best val loss {best}; checkpoints in {result.run_dir}"
+        )
+
+
+@app.command()
+def sample(
+    checkpoint: Annotated[Optional[str], typer.Argument(
+        help="Checkpoint file or run directory [default: the newest run under checkpoints/].", show_default=False)] = None,
+    length: Annotated[int, typer.Option("--length", "-n", help="Characters to generate after the prime.")] = 1000,
+    temperature: Annotated[float, typer.Option("--temperature", "-t", help="Softmax temperature (> 0): lower is more conservative.")] = 1.0,
+    top_k: Annotated[Optional[int], typer.Option(help="Sample only from the k most likely characters.")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Sample only from the smallest set of characters whose probability reaches p.")] = None,
+    prime: Annotated[str, typer.Option(help="Text to start from (printed first).")] = "",
+    seed: Annotated[Optional[int], typer.Option(help="Random seed: the same seed gives the same text.")] = None,
+    num_samples: Annotated[int, typer.Option(help="Independent samples, generated together, separated by a blank line.")] = 1,
+):
+    """Generate text from a trained model; it streams to stdout.
+
+    Example: charrnn sample checkpoints/my-run --temperature 0.8 --length 500 --seed 1
+    """
+    _setup_logging(False)
+    out = sys.stdout.buffer
+
+    def write(text: str) -> None:
+        out.write(text.encode("utf-8"))
+        out.flush()
+
+    def go():
+        from .sample import sample as sample_fn
+
+        sample_fn(checkpoint, length=length, temperature=temperature, top_k=top_k, top_p=top_p, prime=prime,
+                  seed=seed, num_samples=num_samples, write=write)
+
+    try:
+        _run(go)
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+
+
+def _quiet_broken_pipe() -> None:
+    """The reader went away (e.g. `| head`): stop quietly, and keep Python from complaining at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+    raise typer.Exit(0)
+
+
+@app.command(name="eval")
+def eval_(
+    checkpoint: Annotated[Optional[str], typer.Argument(
+        help="Checkpoint file or run directory [default: the newest run under checkpoints/].", show_default=False)] = None,
+    file: Annotated[Optional[str], typer.Argument(
+        help="Text to score, or - for stdin [default: the run's test split, else its validation split].",
+        show_default=False)] = None,
+    streams: Annotated[int, typer.Option(help="Score the text as N parallel pieces (faster; each starts from a zero state). 1 carries the state through the whole text.")] = 1,
+    skip_unknown: Annotated[bool, typer.Option("--skip-unknown", help="Drop characters outside the vocabulary (and report how many) instead of failing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """Measure how well a model predicts text: nats/char, bits/char and perplexity.
+
+    Example: charrnn eval checkpoints/my-run/best.pt held_out.txt --json
+    """
+    _setup_logging(False)
+
+    def go():
+        from .evaluate import evaluate
+
+        return evaluate(checkpoint, file, streams=streams, skip_unknown=skip_unknown)
+
+    result = _run(go)
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+    else:
+        lines = [
+            f"text:          {result['text']}",
+            f"chars scored:  {result['chars']}",
+            f"nats/char:     {result['nats_per_char']:.4f}",
+            f"bits/char:     {result['bits_per_char']:.4f}",
+            f"perplexity:    {result['perplexity']:.4f}",
+        ]
+        if result["skipped_unknown"]:
+            lines.append(f"skipped:       {result['skipped_unknown']} characters not in the vocabulary")
+        sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    app(prog_name="charrnn")
+
+
+if __name__ == "__main__":
+    main()

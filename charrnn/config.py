@@ -1,0 +1,135 @@
+"""ModelConfig and TrainConfig: the one place where defaults live.
+
+The CLI reads its option defaults from these dataclasses, so `--help` shows them and they cannot drift.
+Nothing here imports torch (``charrnn --help`` must stay fast).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .errors import UsageError
+
+CELLS = ("tanh", "gru", "lstm")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a CharRNN. Stored in every checkpoint; `sample` and `eval` rebuild the model from it."""
+
+    vocab_size: int = 0  # filled in from the corpus
+    cell: str = "tanh"  # tanh (the seed's recurrence), gru or lstm
+    hidden_size: int = 512
+    num_layers: int = 2
+    dropout: float = 0.0  # between layers and before the head; 0 disables
+
+    def validate(self) -> None:
+        if self.cell not in CELLS:
+            raise UsageError(f"--cell must be one of {', '.join(CELLS)}, not {self.cell!r}")
+        if self.hidden_size < 1:
+            raise UsageError(f"--hidden-size must be at least 1, not {self.hidden_size}")
+        if self.num_layers < 1:
+            raise UsageError(f"--num-layers must be at least 1, not {self.num_layers}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UsageError(f"--dropout must be in [0, 1), not {self.dropout}")
+
+
+@dataclass
+class TrainConfig:
+    """How to train. Stored in every checkpoint so that a resumed run continues with the same settings."""
+
+    # data
+    val_frac: float = 0.05
+    test_frac: float = 0.05
+    glob: str = "*.txt"
+    # stream layout for truncated BPTT
+    batch_size: int = 64  # B parallel streams
+    seq_len: int = 128  # T steps per truncation window
+    # optimisation
+    lr: float = 2e-3
+    min_lr_frac: float = 0.1  # cosine decays to lr * min_lr_frac
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables
+    # when to stop (any that is set; with none set, `epochs` defaults to 10)
+    max_steps: Optional[int] = None
+    epochs: Optional[float] = None
+    time_budget: Optional[float] = None  # seconds
+    # evaluation, logging, checkpoints
+    eval_every: int = 200
+    log_every: int = 10
+    seed: int = 1337
+    device: str = "auto"
+    kernel: str = "auto"  # tanh cell: fused (hand-written BPTT), nn (torch.nn.RNN) or auto
+
+    def validate(self) -> None:
+        for name in ("val_frac", "test_frac"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise UsageError(f"--{_flag(name)} must be in [0, 1), not {value}")
+        if self.val_frac + self.test_frac >= 1.0:
+            raise UsageError("--val-frac plus --test-frac must leave something to train on")
+        for name in ("batch_size", "seq_len", "eval_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{_flag(name)} must be at least 1, not {getattr(self, name)}")
+        if self.lr <= 0:
+            raise UsageError(f"--lr must be positive, not {self.lr}")
+        if self.grad_clip < 0:
+            raise UsageError(f"--grad-clip must be >= 0 (0 disables), not {self.grad_clip}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UsageError(f"--max-steps must be at least 1, not {self.max_steps}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise UsageError(f"--epochs must be positive, not {self.epochs}")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise UsageError(f"--time-budget must be positive, not {self.time_budget}")
+        if self.warmup_steps < 0:
+            raise UsageError(f"--warmup-steps must be >= 0, not {self.warmup_steps}")
+        if self.kernel not in ("auto", "fused", "nn"):
+            raise UsageError(f"--kernel must be auto, fused or nn, not {self.kernel!r}")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls, values: dict):
+    """Build a config from a checkpoint's dict, ignoring keys this version does not know."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def default_of(cls, name: str):
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            return f.default_factory()  # type: ignore[misc]
+    raise KeyError(name)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | float | int | None) -> Optional[float]:
+    """'90' or '90s' -> 90.0, '5m' -> 300.0, '1h' -> 3600.0, '1.5h' -> 5400.0."""
+    if text is None:
+        return None
+    if isinstance(text, (int, float)):
+        return float(text)
+    match = _DURATION.match(text)
+    if not match:
+        raise UsageError(f"cannot read duration {text!r}: use seconds or a number with s, m, h or d (e.g. 90s, 5m, 1h)")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
+
+
+__all__ = ["ModelConfig", "TrainConfig", "CELLS", "parse_duration", "to_dict", "from_dict", "default_of", "field"]

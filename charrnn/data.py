@@ -1,0 +1,260 @@
+"""Corpus sources, the character vocabulary, contiguous splits and the parallel-stream batcher.
+
+Text is read as UTF-8 (a leading BOM is dropped; line endings are kept exactly as they are). One token is one
+Unicode code point, and the vocabulary is the sorted set of code points in the corpus. Ids are stored in the
+smallest unsigned numpy dtype that holds the vocabulary.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import hashlib
+import os
+import sys
+import sysconfig
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from .errors import DataError, InputMissingError, UsageError
+
+BOM = "\ufeff"
+DEMO_SOURCE = "<demo:python-stdlib>"
+DEMO_TARGET_BYTES = 3_000_000
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# reading text
+
+
+def decode_utf8(raw: bytes, name: str) -> str:
+    """Decode strict UTF-8, naming the byte offset of the first invalid byte; drop a leading BOM."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{name} is not valid UTF-8: invalid byte 0x{raw[exc.start]:02x} at byte offset {exc.start}"
+        ) from None
+    if text.startswith(BOM):
+        text = text[1:]
+    return text
+
+
+def _read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise InputMissingError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise InputMissingError(f"{path} is a directory") from None
+    except PermissionError:
+        raise InputMissingError(f"cannot read {path}: permission denied") from None
+    except OSError as exc:
+        raise InputMissingError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def corpus_files(source: str, pattern: str = "*.txt") -> list[str]:
+    """The files a corpus argument names: the file itself, or a directory's matching files in sorted path order."""
+    if os.path.isdir(source):
+        files = sorted(
+            p for p in globlib.glob(os.path.join(source, "**", pattern), recursive=True) if os.path.isfile(p)
+        )
+        if not files:
+            raise InputMissingError(f"no files matching {pattern!r} in directory {source}")
+        return files
+    if not os.path.exists(source):
+        raise InputMissingError(f"no such file or directory: {source}")
+    return [source]
+
+
+def demo_files() -> list[str]:
+    """A deterministic few-MB selection of the running interpreter's standard library source (offline demo)."""
+    stdlib = sysconfig.get_paths()["stdlib"]
+    chosen, total = [], 0
+    for path in sorted(globlib.glob(os.path.join(stdlib, "*.py"))):
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            continue
+        chosen.append(path)
+        total += size
+        if total >= DEMO_TARGET_BYTES:
+            break
+    if not chosen:
+        raise InputMissingError(f"no Python source found in {stdlib} for the demo corpus")
+    return chosen
+
+
+@dataclass
+class CorpusText:
+    text: str
+    source: str  # what the user named: a path, '-' or the demo marker
+    files: list[str]
+    sha256: str  # of the raw bytes, files concatenated in order
+
+
+def read_corpus(source: Optional[str], pattern: str = "*.txt") -> CorpusText:
+    """Read a corpus: a file, a directory of files, '-' for stdin, or None for the built-in demo corpus."""
+    digest = hashlib.sha256()
+    parts: list[str] = []
+    if source is None or source == DEMO_SOURCE:
+        files = demo_files()
+        for path in files:
+            raw = _read_file(path)
+            try:
+                parts.append(decode_utf8(raw, path))
+            except DataError:
+                continue  # the demo skips the rare non-UTF-8 file; the selection stays deterministic
+            digest.update(raw)
+        return CorpusText("".join(parts), DEMO_SOURCE, files, digest.hexdigest())
+    if source == "-":
+        raw = sys.stdin.buffer.read()
+        digest.update(raw)
+        return CorpusText(decode_utf8(raw, "standard input"), "-", [], digest.hexdigest())
+    files = corpus_files(source, pattern)
+    for path in files:
+        raw = _read_file(path)
+        digest.update(raw)
+        parts.append(decode_utf8(raw, path))
+    return CorpusText("".join(parts), os.path.abspath(source), [os.path.abspath(f) for f in files], digest.hexdigest())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# vocabulary
+
+
+def id_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned dtype that holds ids 0..vocab_size-1."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if vocab_size - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise DataError(f"vocabulary of {vocab_size} characters is too large")
+
+
+def code_points(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+class Vocab:
+    """The sorted set of characters of a corpus; id i is the i-th character."""
+
+    def __init__(self, chars: str):
+        if len(set(chars)) != len(chars):
+            raise DataError("vocabulary has repeated characters")
+        self.chars = "".join(sorted(chars))
+        self.index = {c: i for i, c in enumerate(self.chars)}
+        self._points = code_points(self.chars)
+        self.dtype = id_dtype(max(1, len(self.chars)))
+
+    @classmethod
+    def from_text(cls, text: str) -> "Vocab":
+        return cls("".join(chr(c) for c in np.unique(code_points(text))))
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Vocab) and other.chars == self.chars
+
+    def unknown(self, text: str) -> list[str]:
+        """Characters of text that are not in the vocabulary, sorted."""
+        return sorted(set(text) - set(self.chars))
+
+    def encode(self, text: str) -> np.ndarray:
+        """Text to ids (every character must be in the vocabulary; see `unknown`)."""
+        points = code_points(text)
+        ids = np.searchsorted(self._points, points)
+        ids = np.minimum(ids, len(self._points) - 1)
+        if len(points) and not np.array_equal(self._points[ids], points):
+            missing = self.unknown(text)
+            raise DataError(f"characters not in the vocabulary: {describe_chars(missing)}")
+        return ids.astype(self.dtype)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        chars = self.chars
+        return "".join(chars[int(i)] for i in ids)
+
+
+def describe_chars(chars: Sequence[str], limit: int = 12) -> str:
+    shown = " ".join(repr(c) for c in chars[:limit])
+    more = f" and {len(chars) - limit} more" if len(chars) > limit else ""
+    return shown + more
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# splits and the stream layout
+
+
+@dataclass
+class Splits:
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def split_ids(ids: np.ndarray, val_frac: float, test_frac: float) -> Splits:
+    """Contiguous split: train is the first part, then val, then test."""
+    n = len(ids)
+    n_test = int(round(n * test_frac))
+    n_val = int(round(n * val_frac))
+    n_train = n - n_val - n_test
+    return Splits(ids[:n_train], ids[n_train : n_train + n_val], ids[n_train + n_val :])
+
+
+class StreamBatcher:
+    """Lays the training ids out as B parallel streams for stateful truncated BPTT.
+
+    With ids a b c d e f g h i j k l m n o p q r s t u v w x y ... and B = 3 streams of S characters each::
+
+        stream 0: a b c d e f g h | ...        batch 0 = columns [0, T) of every stream,
+        stream 1: i j k l m n o p | ...        batch 1 = columns [T, 2T), and so on.
+        stream 2: q r s t u v w x | ...
+
+    Targets are the same layout shifted by one character. Row i of batch k+1 continues row i of batch k, which is
+    what makes carrying the hidden state from one batch to the next correct (random windows would break that).
+    Columns past the last whole window of T are dropped each epoch.
+    """
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int):
+        self.batch_size, self.seq_len = batch_size, seq_len
+        self.stream_len = (len(ids) - 1) // batch_size
+        self.num_batches = self.stream_len // seq_len
+        if self.num_batches < 1:
+            need = batch_size * seq_len + 1
+            raise DataError(
+                f"the training split has {len(ids)} characters but one batch needs {need} "
+                f"(--batch-size {batch_size} x --seq-len {seq_len} + 1): use a longer corpus or lower "
+                f"--batch-size / --seq-len"
+            )
+        n = batch_size * self.stream_len
+        self.inputs = ids[:n].reshape(batch_size, self.stream_len)  # B, S (a view: no copy, memmap-friendly)
+        self.targets = ids[1 : n + 1].reshape(batch_size, self.stream_len)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def batch(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batch k: inputs and targets of shape (B, T)."""
+        cols = slice(k * self.seq_len, (k + 1) * self.seq_len)
+        return np.ascontiguousarray(self.inputs[:, cols]), np.ascontiguousarray(self.targets[:, cols])
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for k in range(self.num_batches):
+            yield self.batch(k)
+
+
+__all__ = [
+    "CorpusText",
+    "Vocab",
+    "Splits",
+    "StreamBatcher",
+    "read_corpus",
+    "split_ids",
+    "decode_utf8",
+    "corpus_files",
+    "demo_files",
+    "DEMO_SOURCE",
+    "UsageError",
+]

@@ -1,0 +1,59 @@
+"""Errors a user can cause, each with its documented exit code.
+
+The CLI turns a `CharrnnError` into one line on stderr and `sys.exit(error.exit_code)`;
+library users catch them as ordinary exceptions.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # e.g. non-finite loss
+EXIT_USAGE = 2  # bad option value
+EXIT_DATA = 65  # bad corpus, checkpoint or text (sysexits EX_DATAERR)
+EXIT_NO_INPUT = 66  # input missing or unreadable (EX_NOINPUT)
+EXIT_CANT_CREATE = 73  # output cannot be created (EX_CANTCREAT)
+EXIT_IO = 74  # write failed, e.g. disk full (EX_IOERR)
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class CharrnnError(Exception):
+    """Base class: a message meant for the user and the exit code the CLI uses."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(CharrnnError):
+    exit_code = EXIT_USAGE
+
+
+class DataError(CharrnnError):
+    exit_code = EXIT_DATA
+
+
+class InputMissingError(CharrnnError):
+    exit_code = EXIT_NO_INPUT
+
+
+class CannotCreateError(CharrnnError):
+    exit_code = EXIT_CANT_CREATE
+
+
+class WriteError(CharrnnError):
+    exit_code = EXIT_IO
+
+
+class NonFiniteLossError(CharrnnError):
+    exit_code = EXIT_FAILURE
+
+
+class Interrupted(CharrnnError):
+    """Training stopped by a signal after saving; exit code 130 (SIGINT) or 143 (SIGTERM)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -1,0 +1,149 @@
+"""How well a model predicts text: nats/char, bits/char and perplexity.
+
+Every character after the first is scored, predicted from the characters before it (the first character is
+context only). With one stream (the default of `charrnn eval`) the hidden state is carried through the whole
+text from start to end, so each prediction sees all text before it, however long. With N streams the text is
+cut into N contiguous pieces, each starting from a zero state, scored in parallel (faster, slightly pessimistic:
+each piece starts cold); characters left over after N equal pieces are scored as one more piece. Either way each
+character is scored exactly once. Validation during training uses the training batch size as N.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .errors import DataError, UsageError
+
+LN2 = math.log(2.0)
+
+
+@dataclass
+class Score:
+    nats: float  # total negative log-likelihood in nats
+    chars: int  # characters scored
+
+    @property
+    def nats_per_char(self) -> float:
+        return self.nats / self.chars if self.chars else float("nan")
+
+    def as_dict(self) -> dict:
+        npc = self.nats_per_char
+        return {
+            "chars": self.chars,
+            "nats_per_char": npc,
+            "bits_per_char": npc / LN2,
+            "perplexity": math.exp(npc) if npc < 700 else float("inf"),
+        }
+
+
+def score_ids(model, ids: np.ndarray, streams: int = 1, chunk: int = 256, device=None) -> Score:
+    """Total cross-entropy of ids[1:] given ids[:-1] under `model`, carrying state within each stream."""
+    import torch
+    import torch.nn.functional as F
+
+    device = device or model.head.weight.device
+    n = len(ids) - 1  # predictions
+    if n < 1:
+        return Score(0.0, 0)
+    streams = max(1, min(streams, n))
+    per_stream = n // streams
+    pieces = [(0, streams, per_stream)]  # (start, number of streams, predictions per stream)
+    rest = n - streams * per_stream
+    if rest:
+        pieces.append((streams * per_stream, 1, rest))
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    try:
+        with torch.no_grad():
+            for start, count, length in pieces:
+                span = np.asarray(ids[start : start + count * length + 1])
+                inputs = span[:-1].reshape(count, length)  # stream j: span[j*length : (j+1)*length]
+                targets = span[1:].reshape(count, length)  # and the characters one further on
+                state = model.init_state(count, device)
+                for col in range(0, length, chunk):
+                    x = torch.from_numpy(np.ascontiguousarray(inputs[:, col : col + chunk]).astype(np.int64))
+                    y = torch.from_numpy(np.ascontiguousarray(targets[:, col : col + chunk]).astype(np.int64))
+                    logits, _, state = model(x.to(device), state)
+                    total += F.cross_entropy(
+                        logits.reshape(-1, logits.shape[-1]).float(), y.to(device).reshape(-1), reduction="sum"
+                    ).item()
+    finally:
+        model.train(was_training)
+    return Score(total, n)
+
+
+def evaluate(
+    checkpoint: Optional[str] = None,
+    file: Optional[str] = None,
+    streams: int = 1,
+    skip_unknown: bool = False,
+    device: str = "cpu",
+) -> dict:
+    """Score FILE (default: the run's test split, else its val split) with a checkpoint; see the module doc."""
+    from .checkpoint import load_checkpoint, resolve_checkpoint
+    from .data import decode_utf8, read_corpus, describe_chars, split_ids
+    from .runtime import build_model, resolve_device
+    from .config import TrainConfig, from_dict
+
+    if streams < 1:
+        raise UsageError(f"--streams must be at least 1, not {streams}")
+    ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
+    model, vocab = build_model(ckpt)
+    dev = resolve_device(device)
+    model.to(dev)
+    train_config = from_dict(TrainConfig, ckpt["train_config"])
+    skipped = 0
+    if file is not None:
+        if file == "-":
+            import sys
+
+            raw = sys.stdin.buffer.read()
+            name = "standard input"
+        else:
+            from .data import _read_file
+
+            raw = _read_file(file)
+            name = file
+        text = decode_utf8(raw, name)
+        unknown = vocab.unknown(text)
+        if unknown:
+            if not skip_unknown:
+                raise DataError(
+                    f"{name} has {len(unknown)} character(s) not in the model's vocabulary: "
+                    f"{describe_chars(unknown)} (use --skip-unknown to drop them)"
+                )
+            known = set(vocab.chars)
+            kept = "".join(c for c in text if c in known)
+            skipped = len(text) - len(kept)
+            text = kept
+        ids = vocab.encode(text)
+        what = name
+    else:
+        corpus = ckpt["corpus"]
+        if corpus["source"] == "-":
+            raise UsageError("this run was trained on standard input, so its test split cannot be re-read: pass FILE")
+        text = read_corpus(corpus["source"], train_config.glob)
+        if text.sha256 != corpus["sha256"]:
+            raise DataError(
+                f"the corpus {corpus['source']} has changed since training (sha256 differs): pass FILE to eval"
+            )
+        splits = split_ids(vocab.encode(text.text), train_config.val_frac, train_config.test_frac)
+        if len(splits.test) > 1:
+            ids, what = splits.test, "test split"
+        elif len(splits.val) > 1:
+            ids, what = splits.val, "validation split"
+        else:
+            raise DataError("the run has no test or validation split to score: pass FILE")
+    if len(ids) < 2:
+        raise DataError(f"{what} has {len(ids)} character(s); at least 2 are needed to score one")
+    score = score_ids(model, ids, streams=streams, chunk=max(64, train_config.seq_len), device=dev)
+    result = score.as_dict()
+    result["text"] = what
+    result["skipped_unknown"] = skipped
+    result["checkpoint"] = ckpt["path"]
+    return result

@@ -1,0 +1,156 @@
+"""CharRNN: a one-hot (lookup) input, stacked recurrent cells, dropout, and a linear head to vocabulary logits.
+
+The seed's recurrence, per layer l and time t, with x^1_t the one-hot character:
+
+    h^l_t = tanh(W^l_hh h^l_{t-1} + W^l_xh x^l_t + b^l),   x^{l+1}_t = dropout(h^l_t),   y_t = W_hy dropout(h^L_t) + b_y
+
+W^1_xh x^1_t with a one-hot x is a column lookup, so layer 1's input weight is an embedding table of width H
+(`self.embed`), with no GEMM. Softmax appears only in the loss and in sampling. Shapes: B batch, T time,
+V vocabulary, H hidden, L layers. Inside, tensors are time-major (T, B, ...) so each step's slice is contiguous.
+
+Hidden state is one tensor: (L, B, H) for tanh and GRU, (2, L, B, H) for LSTM (h then c).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .fused import tanh_recurrence
+
+
+class CharRNN(nn.Module):
+    def __init__(self, config: ModelConfig, kernel: str = "auto"):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.kernel = kernel  # tanh only: "fused" (hand-written BPTT), "nn" (torch's RNN, cuDNN on CUDA), "auto"
+        V, H, L = config.vocab_size, config.hidden_size, config.num_layers
+        self.embed = nn.Embedding(V, H)  # = W^1_xh: row c is W^1_xh times one-hot(c)
+        if config.cell == "tanh":
+            self.w_xh = nn.ParameterList([nn.Parameter(torch.empty(H, H)) for _ in range(L - 1)])  # layers 2..L
+            self.w_hh = nn.ParameterList([nn.Parameter(torch.empty(H, H)) for _ in range(L)])
+            self.bias = nn.ParameterList([nn.Parameter(torch.zeros(H)) for _ in range(L)])
+        else:
+            rnn_cls = nn.GRU if config.cell == "gru" else nn.LSTM
+            self.rnn = rnn_cls(H, H, L, dropout=config.dropout if L > 1 else 0.0)
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(H, V)  # W_hy, b_y
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        H = self.config.hidden_size
+        bound = 1.0 / math.sqrt(H)
+        nn.init.normal_(self.embed.weight, std=0.5)
+        if self.config.cell == "tanh":
+            for w in self.w_xh:
+                nn.init.uniform_(w, -bound, bound)
+            for w in self.w_hh:
+                nn.init.orthogonal_(w)
+                w.data.mul_(0.5)
+            for b in self.bias:
+                nn.init.zeros_(b)
+
+    # ------------------------------------------------------------------------------------------------------------
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
+        L, H = self.config.num_layers, self.config.hidden_size
+        device = device or self.head.weight.device
+        dtype = dtype or self.head.weight.dtype
+        shape = (2, L, batch_size, H) if self.config.cell == "lstm" else (L, batch_size, H)
+        return torch.zeros(shape, device=device, dtype=dtype)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _use_fused(self, x: torch.Tensor) -> bool:
+        if self.kernel == "fused":
+            return True
+        if self.kernel == "nn":
+            return False
+        return x.device.type == "cpu"
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        state: Optional[torch.Tensor] = None,
+        targets: Optional[torch.Tensor] = None,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+        """ids (B, T) -> logits (B, T, V), mean cross-entropy (if targets given), final state."""
+        B, T = ids.shape
+        if state is None:
+            state = self.init_state(B, ids.device)
+        x = self.embed(ids.t())  # T, B, H: W^1_xh x^1_t for every t by lookup
+        if self.config.cell == "tanh":
+            top, state = self._tanh_layers(x, state)
+        elif self.config.cell == "gru":
+            top, state = self.rnn(x, state)
+        else:
+            top, (h, c) = self.rnn(x, (state[0], state[1]))
+            state = torch.stack((h, c))
+        logits = self.head(self.drop(top))  # T, B, V
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(T * B, -1), targets.t().reshape(T * B).long())
+        return logits.transpose(0, 1), loss, state
+
+    def _tanh_layers(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        T, B, H = x.shape
+        if not self._use_fused(x):
+            return self._tanh_layers_nn(x, state)
+        finals = []
+        for layer in range(self.config.num_layers):
+            if layer == 0:
+                x = x + self.bias[0]  # lookup + b^1
+            else:
+                x = self.drop(x)  # x^{l} = dropout(h^{l-1})
+                x = torch.addmm(self.bias[layer], x.reshape(T * B, H), self.w_xh[layer - 1].t()).view(T, B, H)
+            x = tanh_recurrence(x, state[layer], self.w_hh[layer])  # T, B, H
+            finals.append(x[-1])
+        return x, torch.stack(finals)
+
+    def _tanh_layers_nn(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same maths through torch's RNN kernel (cuDNN on CUDA). Layer 1's input weight is the identity,
+        because its input is already the looked-up column W^1_xh x^1_t."""
+        H, L = self.config.hidden_size, self.config.num_layers
+        eye = torch.eye(H, device=x.device, dtype=x.dtype)
+        zeros = torch.zeros(H, device=x.device, dtype=x.dtype)
+        weights = []
+        for layer in range(L):
+            w_ih = eye if layer == 0 else self.w_xh[layer - 1]
+            weights += [w_ih, self.w_hh[layer], self.bias[layer], zeros]
+        dropout = self.config.dropout if self.training else 0.0
+        out, h_n = torch._VF.rnn_tanh(x, state.contiguous(), weights, True, L, dropout, self.training, False, False)
+        return out, h_n
+
+    # ------------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, ids: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One time step for generation: ids (B,) -> logits (B, V), new state. No autograd, no dropout."""
+        x = self.embed.weight[ids]  # B, H
+        if self.config.cell == "tanh":
+            new = torch.empty_like(state)
+            for layer in range(self.config.num_layers):
+                if layer == 0:
+                    pre = torch.addmm(x, state[0], self.w_hh[0].t()).add_(self.bias[0])
+                else:
+                    pre = torch.addmm(self.bias[layer], x, self.w_xh[layer - 1].t())
+                    pre.addmm_(state[layer], self.w_hh[layer].t())
+                torch.tanh(pre, out=new[layer])
+                x = new[layer]
+            state = new
+            top = x
+        elif self.config.cell == "gru":
+            out, state = self.rnn(x.unsqueeze(0), state)
+            top = out[0]
+        else:
+            out, (h, c) = self.rnn(x.unsqueeze(0), (state[0], state[1]))
+            state = torch.stack((h, c))
+            top = out[0]
+        return self.head(top), state
