@@ -15,14 +15,15 @@ from __future__ import annotations
 from .config import ModelConfig, TrainConfig
 from .errors import CharrnnError
 
+# These modules import torch only inside their functions. Importing the functions here (rather than lazily) keeps
+# `charrnn.train` the function even after `charrnn.train` the module has been imported.
+from .evaluate import evaluate
+from .sample import generate, sample
+from .train import TrainResult, train
+
 __version__ = "0.1.0"
 
 _LAZY = {
-    "train": ("train", "train"),
-    "TrainResult": ("train", "TrainResult"),
-    "sample": ("sample", "sample"),
-    "generate": ("sample", "generate"),
-    "evaluate": ("evaluate", "evaluate"),
     "CharRNN": ("model", "CharRNN"),
     "Vocab": ("data", "Vocab"),
     "load_checkpoint": ("checkpoint", "load_checkpoint"),
@@ -38,4 +39,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'charrnn' has no attribute {name!r}")
 
 
-__all__ = ["ModelConfig", "TrainConfig", "CharrnnError", "__version__", *_LAZY]
+__all__ = ["ModelConfig", "TrainConfig", "CharrnnError", "__version__", "train", "TrainResult", "sample",
+           "generate", "evaluate", *_LAZY]

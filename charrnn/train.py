@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from . import checkpoint as ckpt_io
 from .config import ModelConfig, TrainConfig, from_dict, to_dict
@@ -64,6 +64,14 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
     return cfg.lr * warm * cosine
 
 
+def clip_gradients(parameters, max_norm: float):
+    """Scale gradients so their global L2 norm is at most max_norm (0 disables); returns the norm before."""
+    import torch
+
+    limit = max_norm if max_norm > 0 else float("inf")
+    return torch.nn.utils.clip_grad_norm_(list(parameters), limit, foreach=True)
+
+
 def default_run_dir(source: str, base: str = "checkpoints") -> str:
     stem = "demo" if source.startswith("<demo") else ("stdin" if source == "-" else os.path.basename(source.rstrip("/")))
     stem = os.path.splitext(stem)[0] or "run"
@@ -101,11 +109,13 @@ def train(
     resume: Optional[str] = None,
     explicit: Optional[set] = None,
     progress: bool = True,
+    on_step: Optional[Callable[[dict], None]] = None,
 ) -> TrainResult:
     """Train a CharRNN on `corpus` (a file, a directory, '-' for stdin, None for the demo corpus).
 
     `explicit` names the options the user set on purpose (the CLI passes them); when resuming, those must agree
-    with the checkpoint except for the ones in RESUMABLE_CHANGES.
+    with the checkpoint except for the ones in RESUMABLE_CHANGES. `on_step`, if given, is called after every
+    optimizer step with a dict (step, epoch, loss, lr).
     """
     import numpy as np
     import torch
@@ -194,13 +204,13 @@ def train(
     try:
         ckpt_io.remove_stale_temps(run_dir)
         return _train_loop(
-            text, vocab, splits, batcher, model_config, cfg, run_dir, resumed, total_steps, progress
+            text, vocab, splits, batcher, model_config, cfg, run_dir, resumed, total_steps, progress, on_step
         )
     finally:
         lock.release()
 
 
-def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resumed, total_steps, progress):
+def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resumed, total_steps, progress, on_step):
     import numpy as np
     import torch
     from tqdm import tqdm
@@ -339,8 +349,7 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                 _, loss, state = model(x, state, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
+                grad_norm = clip_gradients(model.parameters(), cfg.grad_clip)
                 loss_value = loss.item()
                 if nan_at and step + 1 == nan_at:
                     loss_value = float("nan")
@@ -394,6 +403,8 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                     else:
                         bar.n = min(int(elapsed), bar.total or int(elapsed))
                         bar.refresh()
+                if on_step is not None:
+                    on_step({"step": step, "epoch": epoch, "loss": loss_value, "lr": lr})
                 if signals.signum is not None:
                     save(best=False) if not finishing else None
                     code = EXIT_SIGINT if signals.signum == signal.SIGINT else EXIT_SIGTERM
