@@ -17,7 +17,7 @@ import typer
 from typing_extensions import Annotated
 
 from .config import ModelConfig, TrainConfig, default_of, parse_duration
-from .errors import EXIT_SIGINT, CharrnnError
+from .errors import EXIT_SIGINT, CharrnnError, Interrupted
 
 app = typer.Typer(
     name="charrnn",
@@ -59,6 +59,10 @@ def _run(fn):
     """Call fn, turning a user's mistake into one line on stderr and its exit code."""
     try:
         return fn()
+    except Interrupted as exc:
+        if exc.message:  # under torchrun only rank 0 speaks
+            sys.stderr.write(f"charrnn: {exc.message}\n")
+        raise typer.Exit(exc.exit_code)
     except CharrnnError as exc:
         if _debug:
             raise

@@ -235,10 +235,10 @@ class StreamBatcher:
     def __len__(self) -> int:
         return self.num_batches
 
-    def batch(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Batch k: inputs and targets of shape (B, T)."""
+    def batch(self, k: int, rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """Batch k: inputs and targets of shape (B, T); `rows` selects a share of the streams (one DDP rank's)."""
         cols = slice(k * self.seq_len, (k + 1) * self.seq_len)
-        return np.ascontiguousarray(self.inputs[:, cols]), np.ascontiguousarray(self.targets[:, cols])
+        return np.ascontiguousarray(self.inputs[rows, cols]), np.ascontiguousarray(self.targets[rows, cols])
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for k in range(self.num_batches):

@@ -40,8 +40,13 @@ class Score:
         }
 
 
-def score_ids(model, ids: np.ndarray, streams: int = 1, chunk: int = 256, device=None) -> Score:
-    """Total cross-entropy of ids[1:] given ids[:-1] under `model`, carrying state within each stream."""
+def score_ids(model, ids: np.ndarray, streams: int = 1, chunk: int = 256, device=None, rank: int = 0,
+              world: int = 1) -> Score:
+    """Total cross-entropy of ids[1:] given ids[:-1] under `model`, carrying state within each stream.
+
+    With world > 1, this rank scores only its share (streams j with j % world == rank; the leftover piece on
+    rank 0); summing the Scores of all ranks gives the single-process result, each character counted once.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -55,6 +60,7 @@ def score_ids(model, ids: np.ndarray, streams: int = 1, chunk: int = 256, device
     rest = n - streams * per_stream
     if rest:
         pieces.append((streams * per_stream, 1, rest))
+    counted = 0
     was_training = model.training
     model.eval()
     total = 0.0
@@ -64,6 +70,12 @@ def score_ids(model, ids: np.ndarray, streams: int = 1, chunk: int = 256, device
                 span = np.asarray(ids[start : start + count * length + 1])
                 inputs = span[:-1].reshape(count, length)  # stream j: span[j*length : (j+1)*length]
                 targets = span[1:].reshape(count, length)  # and the characters one further on
+                # this rank's streams; a single leftover piece belongs to rank 0
+                mine = np.arange(rank, count, world) if count > 1 else np.arange(1 if rank == 0 else 0)
+                if len(mine) == 0:
+                    continue
+                inputs, targets, count = inputs[mine], targets[mine], len(mine)
+                counted += count * length
                 state = model.init_state(count, device)
                 for col in range(0, length, chunk):
                     x = torch.from_numpy(np.ascontiguousarray(inputs[:, col : col + chunk]).astype(np.int64))
@@ -74,7 +86,7 @@ def score_ids(model, ids: np.ndarray, streams: int = 1, chunk: int = 256, device
                     ).item()
     finally:
         model.train(was_training)
-    return Score(total, n)
+    return Score(total, counted)
 
 
 def evaluate(

@@ -186,8 +186,35 @@ def train(
         by_epochs = max(1, math.ceil(epochs * len(batcher)))
         total_steps = by_epochs if total_steps is None else min(total_steps, by_epochs)
 
-    # -- run directory: create, check writable, lock, clean up after a killed run -----------------------------
-    run_dir = run_dir or default_run_dir(text.source)
+    from . import distributed
+
+    dist, device = distributed.from_environment(cfg.device)
+    try:
+        shard = dist.shard(cfg.batch_size)
+        if resumed is not None and resumed["progress"].get("world_size", 1) != dist.world:
+            raise UsageError(
+                f"this run was trained with {resumed['progress'].get('world_size', 1)} process(es); resume it with "
+                f"the same number (now {dist.world}), because each holds its own share of the streams' state"
+            )
+        run_dir = dist.broadcast_str(run_dir or default_run_dir(text.source))
+        if not dist.is_main:
+            log.setLevel(logging.WARNING)  # one voice: rank 0 reports
+            dist.barrier()  # rank 0 prepares the run directory
+            return _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resumed, total_steps,
+                               False, on_step, dist, shard, device)
+        lock = _prepare_run_dir(run_dir, resumed)
+        try:
+            dist.barrier()
+            return _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resumed, total_steps,
+                               progress, on_step, dist, shard, device)
+        finally:
+            lock.release()
+    finally:
+        distributed.shutdown(dist)
+
+
+def _prepare_run_dir(run_dir: str, resumed: Optional[dict]) -> "ckpt_io.RunLock":
+    """Create the run directory, check it is writable, lock it, and clean up after a killed run."""
     try:
         os.makedirs(run_dir, exist_ok=True)
     except OSError as exc:
@@ -201,16 +228,12 @@ def train(
             f"run directory {run_dir} already holds a run: continue it with --resume {run_dir}, "
             f"or pass another --run-dir"
         )
-    try:
-        ckpt_io.remove_stale_temps(run_dir)
-        return _train_loop(
-            text, vocab, splits, batcher, model_config, cfg, run_dir, resumed, total_steps, progress, on_step
-        )
-    finally:
-        lock.release()
+    ckpt_io.remove_stale_temps(run_dir)
+    return lock
 
 
-def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resumed, total_steps, progress, on_step):
+def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resumed, total_steps, progress, on_step,
+                dist, shard, device):
     import numpy as np
     import torch
     from tqdm import tqdm
@@ -219,8 +242,7 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
     from .model import CharRNN
     from .runtime import resolve_device
 
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     random.seed(cfg.seed)
     model = CharRNN(model_config, kernel=cfg.kernel).to(device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -233,7 +255,8 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
     )
     step, epoch, batch_index, elapsed_before = 0, 0, 0, 0.0
     best_val: Optional[float] = None
-    state = model.init_state(cfg.batch_size, device)
+    local_batch = shard.stop - shard.start  # this rank's streams
+    state = model.init_state(local_batch, device)
     latest_path = os.path.join(run_dir, ckpt_io.LATEST)
     best_path = os.path.join(run_dir, ckpt_io.BEST)
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
@@ -244,18 +267,25 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
         step, epoch, batch_index = progress_state["step"], progress_state["epoch"], progress_state["batch"]
         elapsed_before = progress_state["elapsed"]
         best_val = progress_state["best_val_loss"]
-        state = resumed["hidden"].to(device)
-        torch.set_rng_state(resumed["rng"]["torch"])
+        state = resumed["hidden"][..., shard, :].to(device)  # (..., B, H): this rank's streams
+        torch.set_rng_state(resumed["rng"]["torch_ranks"][dist.rank] if dist.enabled else resumed["rng"]["torch"])
         if device.type == "cuda" and "cuda" in resumed["rng"]:
             torch.cuda.set_rng_state(resumed["rng"]["cuda"])
         random.setstate(_python_rng_from_plain(resumed["rng"]["python"]))
-        _truncate_metrics(metrics_path, step)
+        if dist.is_main:
+            _truncate_metrics(metrics_path, step)
         log.info(f"resuming {resumed['path']} at step {step}")
-    else:
+    elif dist.is_main:
         _truncate_metrics(metrics_path, 0)
+    if dist.enabled:
+        torch.manual_seed(cfg.seed + 1 + dist.rank) if resumed is None else None  # distinct dropout masks per rank
 
     def snapshot() -> dict:
+        # collectives first: every rank must take part, whichever writes
+        hidden = torch.cat(dist.all_gather(state.detach()), dim=-2) if dist.enabled else state.detach()
         rng = {"torch": torch.get_rng_state(), "python": _python_rng_to_plain(random.getstate())}
+        if dist.enabled:
+            rng["torch_ranks"] = [t.cpu() for t in dist.all_gather(torch.get_rng_state().to(device))]
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state()
         return {
@@ -271,8 +301,9 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                 "elapsed": elapsed,
                 "best_val_loss": best_val,
                 "chars_seen": step * cfg.batch_size * cfg.seq_len,
+                "world_size": dist.world,
             },
-            "hidden": state.detach().cpu(),
+            "hidden": hidden.cpu(),
             "rng": rng,
             "corpus": {"source": text.source, "sha256": text.sha256, "chars": len(text.text)},
             "torch_version": str(torch.__version__),
@@ -281,13 +312,17 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
 
     def save(best: bool) -> None:
         paths = [latest_path] + ([best_path] if best else [])
-        ckpt_io.save_checkpoint(snapshot(), paths)
+        payload = snapshot()
+        if dist.is_main:
+            ckpt_io.save_checkpoint(payload, paths)
+        dist.barrier()
 
-    metrics = open(metrics_path, "a", encoding="utf-8")
+    metrics = open(metrics_path, "a", encoding="utf-8") if dist.is_main else None
 
     def log_row(row: dict) -> None:
-        metrics.write(json.dumps(row) + "\n")
-        metrics.flush()
+        if metrics is not None:
+            metrics.write(json.dumps(row) + "\n")
+            metrics.flush()
 
     budget = cfg.time_budget
     total_for_bar = total_steps if total_steps is not None else None
@@ -310,6 +345,9 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
     rate_t0, rate_steps = time.perf_counter(), 0
     stopped_by = "max_steps"
     nan_at = int(os.environ.get("CHARRNN_TEST_NAN_AT_STEP", "0") or 0)  # test-only fault injection
+    nan_rank = int(os.environ.get("CHARRNN_TEST_NAN_RANK", "0") or 0)
+    crash_at = tuple(map(int, os.environ["CHARRNN_TEST_CRASH_AT"].split(":"))) if os.environ.get(
+        "CHARRNN_TEST_CRASH_AT") else None  # test-only: "RANK:STEP"
 
     def progress_fraction() -> float:
         p = 0.0
@@ -322,8 +360,10 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
     def run_eval() -> Optional[float]:
         if len(splits.val) < 2:
             return None
-        score = score_ids(model, splits.val, streams=cfg.batch_size, chunk=cfg.seq_len, device=device)
-        return score.nats_per_char
+        score = score_ids(model, splits.val, streams=cfg.batch_size, chunk=cfg.seq_len, device=device,
+                          rank=dist.rank, world=dist.world)
+        totals = dist.all_reduce_sum(torch.tensor([score.nats, float(score.chars)], dtype=torch.float64))
+        return totals[0].item() / totals[1].item()
 
     model.train()
     try:
@@ -336,8 +376,8 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                     stopped_by = "time_budget"
                     break
                 if batch_index == 0:
-                    state = model.init_state(cfg.batch_size, device)  # each epoch starts from a zero state
-                x_np, y_np = batcher.batch(batch_index)
+                    state = model.init_state(local_batch, device)  # each epoch starts from a zero state
+                x_np, y_np = batcher.batch(batch_index, shard)
                 x = torch.from_numpy(x_np.astype(np.int64)).to(device, non_blocking=True)
                 y = torch.from_numpy(y_np.astype(np.int64)).to(device, non_blocking=True)
                 lr = learning_rate(cfg, step, progress_fraction())
@@ -349,10 +389,23 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                 _, loss, state = model(x, state, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                dist.average_gradients(model.parameters())
                 grad_norm = clip_gradients(model.parameters(), cfg.grad_clip)
                 loss_value = loss.item()
-                if nan_at and step + 1 == nan_at:
+                if nan_at and step + 1 == nan_at and dist.rank == nan_rank:
                     loss_value = float("nan")
+                if crash_at and step + 1 == crash_at[1] and dist.rank == crash_at[0]:
+                    os._exit(3)  # test-only: a rank dying without a word
+                if dist.enabled:
+                    # one all-reduce carries what every rank must agree on: the mean loss, whether any rank was
+                    # signalled, and the mean elapsed time (for the budget)
+                    shared = dist.all_reduce_sum(torch.tensor(
+                        [loss_value, 1.0 if signals.signum is not None else 0.0,
+                         elapsed_before + (time.perf_counter() - start)], dtype=torch.float64))
+                    loss_value = shared[0].item() / dist.world
+                    if shared[1].item() > 0 and signals.signum is None:
+                        signals.signum = signal.SIGTERM
+                    shared_elapsed = shared[2].item() / dist.world
                 if not (math.isfinite(loss_value) and math.isfinite(grad_norm.item())):
                     raise NonFiniteLossError(
                         f"non-finite loss at step {step + 1}; the last good checkpoint is {latest_path}"
@@ -365,7 +418,7 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                 if batch_index == len(batcher):
                     batch_index, epoch = 0, epoch + 1
                 last_loss = loss_value
-                elapsed = elapsed_before + (time.perf_counter() - start)
+                elapsed = shared_elapsed if dist.enabled else elapsed_before + (time.perf_counter() - start)
                 rate_steps += 1
                 now = time.perf_counter()
                 if now - rate_t0 >= 1.0:
@@ -391,7 +444,6 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                     else:
                         improved = True  # without a validation split, best is the latest
                     save(best=improved)
-                    elapsed = elapsed_before + (time.perf_counter() - start)
                 if progress:
                     postfix = {"loss": f"{loss_value:.3f}"}
                     if last_val is not None:
@@ -411,12 +463,13 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                     name = "SIGINT" if signals.signum == signal.SIGINT else "SIGTERM"
                     raise Interrupted(
                         f"{name}: stopped after step {step}; saved {latest_path} "
-                        f"(continue with: charrnn train --resume {run_dir})",
+                        f"(continue with: charrnn train --resume {run_dir})" if dist.is_main else "",
                         code,
                     )
     finally:
         bar.close()
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
     return TrainResult(
         run_dir=run_dir,
         latest=latest_path,

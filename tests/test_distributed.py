@@ -1,0 +1,104 @@
+"""torchrun + torch.distributed (gloo on CPU): 2 ranks with B/2 streams each train the model 1 process with B does;
+resume is exact; a failing rank or a non-finite loss stops every rank; SIGTERM from torchrun saves once."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from charrnn.checkpoint import load_checkpoint
+
+from conftest import cli_env, make_corpus, run_cli
+
+SMALL = ["--hidden-size", "16", "--batch-size", "4", "--seq-len", "16", "--eval-every", "10", "-q"]
+
+
+def torchrun(*args, cwd, env=None, timeout=150, wait=True):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "charrnn", *map(str, args)]
+    env = env or cli_env(CHARRNN_DIST_TIMEOUT=60)
+    if not wait:
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+    return subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+
+
+def losses(path):
+    return [(r["step"], r.get("loss"), r.get("val_loss")) for r in map(json.loads, open(path))]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return make_corpus(tmp_path / "c.txt", 6000)
+
+
+def test_two_ranks_equal_one_process(tmp_path, corpus):
+    proc = torchrun("train", corpus, *SMALL, "--max-steps", "20", "--run-dir", "ddp", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    run_cli("train", corpus, *SMALL, "--max-steps", "20", "--run-dir", "one", cwd=tmp_path, check=0)
+    a, b = load_checkpoint(str(tmp_path / "ddp" / "latest.pt")), load_checkpoint(str(tmp_path / "one" / "latest.pt"))
+    assert a["progress"]["world_size"] == 2
+    for name in a["model"]:
+        torch.testing.assert_close(a["model"][name], b["model"][name], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a["hidden"], b["hidden"], rtol=1e-5, atol=1e-6)  # all ranks' streams gathered
+    for (s1, l1, v1), (s2, l2, v2) in zip(losses(tmp_path / "ddp" / "metrics.jsonl"),
+                                          losses(tmp_path / "one" / "metrics.jsonl")):
+        assert s1 == s2
+        assert (l1 or v1) == pytest.approx(l2 or v2, rel=1e-5)  # val counts every character once across ranks
+    # a different world size is refused on resume, one clear line
+    proc = run_cli("train", "--resume", tmp_path / "ddp", "--max-steps", "30", cwd=tmp_path)
+    assert proc.returncode == 2 and b"same number" in proc.stderr
+
+
+def test_resume_under_ddp_is_exact(tmp_path, corpus):
+    flags = [*SMALL, "--dropout", "0.2", "--warmup-steps", "0", "--min-lr-frac", "1"]  # constant lr
+    proc = torchrun("train", corpus, *flags, "--max-steps", "20", "--run-dir", "full", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    proc = torchrun("train", corpus, *flags, "--max-steps", "12", "--run-dir", "part", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    proc = torchrun("train", "--resume", "part", "--max-steps", "20", "-q", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    a, b = load_checkpoint(str(tmp_path / "full" / "latest.pt")), load_checkpoint(str(tmp_path / "part" / "latest.pt"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    part = [row for row in losses(tmp_path / "part" / "metrics.jsonl") if row[0] != 12]  # its own end-of-run eval
+    assert losses(tmp_path / "full" / "metrics.jsonl") == part
+
+
+def test_nan_on_one_rank_stops_all_and_a_dead_rank_stops_all(tmp_path, corpus):
+    env = cli_env(CHARRNN_DIST_TIMEOUT=60, CHARRNN_TEST_NAN_AT_STEP=15, CHARRNN_TEST_NAN_RANK=1)
+    start = time.monotonic()
+    proc = torchrun("train", corpus, *SMALL, "--max-steps", "30", "--run-dir", "nan", cwd=tmp_path, env=env)
+    assert proc.returncode != 0
+    assert proc.stderr.decode().count("non-finite loss at step 15") == 2  # both ranks stopped at the same step
+    assert load_checkpoint(str(tmp_path / "nan" / "latest.pt"))["progress"]["step"] == 10  # last good one kept
+    env = cli_env(CHARRNN_DIST_TIMEOUT=60, CHARRNN_TEST_CRASH_AT="1:15")
+    proc = torchrun("train", corpus, *SMALL, "--max-steps", "30", "--run-dir", "crash", cwd=tmp_path, env=env)
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 120  # no hang: torchrun stops the surviving rank
+    assert load_checkpoint(str(tmp_path / "crash" / "latest.pt"))["progress"]["step"] == 10
+
+
+def test_sigterm_from_torchrun_saves_once(tmp_path, corpus):
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    proc = torchrun("train", corpus, *SMALL, "--max-steps", "100000", "--run-dir", "run", cwd=tmp_path, wait=False)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)  # what a scheduler does to the whole job
+    _, err = proc.communicate(timeout=90)
+    text = err.decode()
+    assert text.count("SIGTERM: stopped after step") == 1, text[-3000:]  # rank 0 alone reports and saves
+    ckpt = load_checkpoint(str(tmp_path / "run" / "latest.pt"))
+    assert ckpt["progress"]["step"] > 0 and ckpt["progress"]["world_size"] == 2
+
+
+def test_batch_must_divide_among_ranks(tmp_path, corpus):
+    proc = torchrun("train", corpus, "--hidden-size", "8", "--batch-size", "5", "--seq-len", "8", "--max-steps", "2",
+                    "--run-dir", "r", "-q", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert b"--batch-size 5 does not divide among 2 processes" in proc.stderr
