@@ -64,7 +64,11 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
     return cfg.lr * warm * cosine
 
 
-def default_run_dir(source: str, base: str = "checkpoints") -> str:
+def default_run_dir(source: str, base: Optional[str] = None) -> str:
+    if base is None:
+        from .paths import runs_dir
+
+        base = runs_dir()  # $CHARRNN_HOME/checkpoints
     stem = "demo" if source.startswith("<demo") else ("stdin" if source == "-" else os.path.basename(source.rstrip("/")))
     stem = os.path.splitext(stem)[0] or "run"
     return os.path.join(base, f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
