@@ -134,11 +134,14 @@ def fetch(url: str, dest: str, sha256: Optional[str], what: str) -> str:
         os.makedirs(directory, exist_ok=True)
     except OSError as exc:
         raise CannotCreateError(f"cannot create data directory {directory}: {exc.strerror or exc}") from None
-    log.info(f"downloading {what} from {url} to {dest}")
     actual = _download(url, dest, sha256, what)
     if sha256 is None:
         log.info(f"{dest}: sha256 {actual} (pass --sha256 {actual} to verify it next time)")
     return dest
+
+
+def _origin(what: str, url: str) -> str:
+    return url if what == url else f"{what} from {url}"
 
 
 def _place_hint(url: str, dest: str, sha256: Optional[str]) -> str:
@@ -162,6 +165,7 @@ def _download(url: str, dest: str, sha256: Optional[str], what: str) -> str:
             try:
                 request = urllib.request.Request(url, headers={"User-Agent": "charrnn"})
                 with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
+                    log.info(f"downloading {_origin(what, url)} to {dest}")  # connected: say so
                     while True:
                         block = response.read(_CHUNK)
                         if not block:
@@ -190,7 +194,7 @@ def _download(url: str, dest: str, sha256: Optional[str], what: str) -> str:
         actual = digest.hexdigest()
         if sha256 is not None and actual != sha256:
             raise DataError(
-                f"downloaded {what} from {url} has sha256 {actual}, expected {sha256}; nothing was cached"
+                f"downloaded {_origin(what, url)} has sha256 {actual}, expected {sha256}; nothing was cached"
             )
         try:
             os.replace(temp, dest)

@@ -73,6 +73,8 @@ def print_summary(result) -> None:
     from rich.table import Table
 
     console = Console(stderr=True, highlight=False)
+    if not console.is_terminal:
+        console.width = max(console.width, 160)  # a log file: keep paths on one line
     table = Table(title="charrnn train: done", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(overflow="fold")

@@ -388,9 +388,11 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                     save(best=improved)
                     elapsed = elapsed_before + (time.perf_counter() - start)
                 if progress:
-                    postfix = {"loss": f"{loss_value:.3f}"}
+                    # tqdm shows step/limit and the ETA (or elapsed/budget and time left); the rest goes here
+                    postfix = {"step": step, "epoch": epoch, "loss": f"{loss_value:.3f}"}
                     if last_val is not None:
                         postfix["val"] = f"{last_val:.3f}"
+                    postfix["lr"] = f"{lr:.2e}"
                     postfix["chars/s"] = f"{rate:,.0f}"
                     bar.set_postfix(postfix, refresh=False)
                     if total_for_bar is not None:
