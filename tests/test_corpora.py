@@ -128,6 +128,21 @@ def test_a_local_path_wins_over_a_name(tmp_path, monkeypatch):
     assert corpora.resolve_corpus(None) is None and corpora.resolve_corpus("-") == "-"
 
 
+def test_sha256_of_a_local_file_is_checked_too(tmp_path):
+    path = tmp_path / "mine.txt"
+    path.write_bytes(b"hello\n")
+    good = hashlib.sha256(b"hello\n").hexdigest()
+    assert corpora.resolve_corpus(str(path), sha256=good.upper()) == str(path)
+    with pytest.raises(DataError, match=good):
+        corpora.resolve_corpus(str(path), sha256="1" * 64)
+
+
+def test_python_api_exposes_corpora():
+    import charrnn
+
+    assert charrnn.resolve_corpus is corpora.resolve_corpus
+
+
 def test_unknown_name_and_bad_sha_argument(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(InputMissingError, match="shakespeare"):

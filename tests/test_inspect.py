@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import sys
 from types import SimpleNamespace
@@ -141,3 +142,12 @@ def test_default_run_dir_goes_under_charrnn_home(corpus, tmp_path):
     runs = os.listdir(home / "checkpoints")
     assert len(runs) == 1 and runs[0].startswith("corpus-")
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_budget_run_bar_counts_seconds_with_an_eta(corpus, tmp_path):
+    proc = run_cli("train", corpus, "--time-budget", "2s", "--eval-every", "5", "--run-dir", tmp_path / "run", *TINY,
+                   cwd=tmp_path, env=cli_env(COLUMNS=200))
+    assert proc.returncode == 0, proc.stderr.decode()
+    err = proc.stderr.decode()
+    assert re.search(r"\d+/2 \[\d\d:\d\d<\d\d:\d\d", err), err  # seconds out of the budget, elapsed<remaining
+    assert "step=" in err and "lr=" in err and "stopped by time budget" in err
