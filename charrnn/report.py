@@ -75,7 +75,8 @@ def print_summary(result) -> None:
     console = Console(stderr=True, highlight=False)
     if not console.is_terminal:
         console.width = max(console.width, 160)  # a log file: keep paths on one line
-    table = Table(title="charrnn train: done", show_header=False, title_justify="left")
+    title = f"charrnn: done: {result.step} steps in {result.elapsed:.1f}s"  # the one-line gist, for logs and greps
+    table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     for label, value in summary_rows(result):

@@ -118,6 +118,7 @@ def test_train_shows_progress_and_a_summary_on_stderr_only(corpus, tmp_path):
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout == b""
     err = proc.stderr.decode()
+    assert "done: 6 steps in" in err
     for field in ("6/6", "step=6", "epoch=", "loss=", "val=", "lr=", "chars/s="):
         assert field in err, field
     assert "<00:00" in err  # tqdm's ETA
