@@ -27,6 +27,11 @@ _LAZY = {
     "CharRNN": ("model", "CharRNN"),
     "Vocab": ("data", "Vocab"),
     "load_checkpoint": ("checkpoint", "load_checkpoint"),
+    "resolve_corpus": ("corpora", "resolve_corpus"),
+    "checkpoint_info": ("info", "checkpoint_info"),
+    "plot_run": ("plot", "plot_run"),
+    "explain": ("visualize", "explain"),
+    "trace": ("visualize", "trace"),
 }
 
 

@@ -213,9 +213,14 @@ def load_checkpoint(path: str) -> dict:
     return state
 
 
-def resolve_checkpoint(path: Optional[str], runs_dir: str = "checkpoints") -> str:
-    """A checkpoint file from a file, a run directory (its latest.pt) or None (the newest run under runs_dir)."""
+def resolve_checkpoint(path: Optional[str], runs_dir: Optional[str] = None) -> str:
+    """A checkpoint file from a file, a run directory (its latest.pt) or None (the newest run under runs_dir,
+    default $CHARRNN_HOME/checkpoints)."""
     if path is None:
+        if runs_dir is None:
+            from .paths import runs_dir as default_runs_dir
+
+            runs_dir = default_runs_dir()
         candidates = glob.glob(os.path.join(runs_dir, "*", LATEST)) + glob.glob(os.path.join(runs_dir, LATEST))
         if not candidates:
             raise InputMissingError(

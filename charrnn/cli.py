@@ -16,7 +16,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from .config import ModelConfig, TrainConfig, default_of, parse_duration
+from .config import TOP_NEURONS, VIEW_MAX_CHARS, ModelConfig, TrainConfig, default_of, parse_duration
 from .errors import EXIT_SIGINT, CharrnnError, Interrupted
 
 app = typer.Typer(
@@ -51,7 +51,7 @@ def _setup_logging(quiet: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("charrnn: %(message)s"))
     logger.addHandler(handler)
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.setLevel(logging.ERROR if quiet else logging.INFO)  # --quiet: errors only
     logger.propagate = False
 
 
@@ -95,7 +95,8 @@ def _explicit(ctx: typer.Context) -> set:
 def train(
     ctx: typer.Context,
     corpus: Annotated[Optional[str], typer.Argument(
-        help="Text file, directory of files (see --glob), or - for stdin. Omit it to train on a built-in demo "
+        help="Text file, directory of files (see --glob), - for stdin, a named corpus (see `charrnn corpora`), "
+             "or an http(s) URL (downloaded once into $CHARRNN_HOME/data). Omit it to train on a built-in demo "
              "corpus (Python standard library source).", show_default=False)] = None,
     # model
     cell: Annotated[str, typer.Option(help="Recurrent cell: tanh, gru or lstm.", rich_help_panel="Model")] = _m("cell"),
@@ -106,6 +107,7 @@ def train(
     val_frac: Annotated[float, typer.Option(help="Fraction of the corpus held out for validation (after train).", rich_help_panel="Data")] = _t("val_frac"),
     test_frac: Annotated[float, typer.Option(help="Fraction held out for testing (the end of the corpus).", rich_help_panel="Data")] = _t("test_frac"),
     glob: Annotated[str, typer.Option(help="Files to read when CORPUS is a directory.", rich_help_panel="Data")] = _t("glob"),
+    sha256: Annotated[Optional[str], typer.Option("--sha256", help="Expected sha256 of the corpus (checked after a URL download, or of a local file); a mismatch is an error.", rich_help_panel="Data")] = None,
     batch_size: Annotated[int, typer.Option(help="B: parallel streams per batch.", rich_help_panel="Data")] = _t("batch_size"),
     seq_len: Annotated[int, typer.Option(help="T: steps of back-propagation through time per batch.", rich_help_panel="Data")] = _t("seq_len"),
     # optimisation
@@ -127,14 +129,18 @@ def train(
     run_dir: Annotated[Optional[str], typer.Option(help="Where checkpoints and metrics go [default: checkpoints/NAME-TIME].", rich_help_panel="Run", show_default=False)] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the run in this directory or checkpoint file.", rich_help_panel="Run")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or messages; errors only.", rich_help_panel="Run")] = False,
+    config: Annotated[Optional[str], typer.Option("--config", help="Read options from this TOML file (keys are the option names with underscores, e.g. hidden_size = 256); options on the command line win.", rich_help_panel="Config file")] = None,
+    save_config: Annotated[Optional[str], typer.Option("--save-config", help="Write the effective configuration (defaults < --config file < options) to this TOML file and exit without training.", rich_help_panel="Config file")] = None,
 ):
     """Train a character-level RNN on a text corpus.
 
-    Example: charrnn train corpus.txt --time-budget 5m
+    Example: charrnn train shakespeare --time-budget 5m
     """
     _setup_logging(quiet)
 
     def go():
+        from .configfile import apply_config, read_config, save_config as write_config
+        from .corpora import resolve_corpus
         from .train import train as train_fn
 
         model_config = ModelConfig(cell=cell, hidden_size=hidden_size, num_layers=num_layers, dropout=dropout)
@@ -144,16 +150,25 @@ def train(
             max_steps=max_steps, epochs=epochs, time_budget=parse_duration(time_budget), eval_every=eval_every,
             log_every=log_every, seed=seed, device=device, kernel=kernel,
         )
-        return train_fn(corpus, model_config, train_config, run_dir=run_dir, resume=resume,
-                        explicit=_explicit(ctx), progress=not quiet)
+        explicit = _explicit(ctx)
+        if config is not None:
+            file_values = read_config(config)
+            apply_config(model_config, train_config, file_values, explicit)
+            explicit |= set(file_values)  # chosen on purpose, like an option (matters when resuming)
+        if save_config is not None:
+            model_config.validate()
+            train_config.validate()
+            return write_config(save_config, model_config, train_config)
+        return train_fn(resolve_corpus(corpus, sha256=sha256), model_config, train_config, run_dir=run_dir,
+                        resume=resume, explicit=explicit, progress=not quiet)
 
     result = _run(go)
-    if not quiet:
-        best = f"{result.best_val_loss:.4f} nats/char ({result.best_val_loss / 0.6931471805599453:.4f} bits/char)" \
-            if result.best_val_loss is not None else "n/a"
-        logging.getLogger("charrnn").info(
-            f"done: {result.step} steps in {result.elapsed:.1f}s; best val loss {best}; checkpoints in {result.run_dir}"
-        )
+    if save_config is not None:
+        logging.getLogger("charrnn").info(f"wrote {result}: train with `charrnn train CORPUS --config {result}`")
+    elif not quiet:
+        from .report import print_summary
+
+        print_summary(result)
 
 
 @app.command()
@@ -211,12 +226,26 @@ def eval_(
     streams: Annotated[int, typer.Option(help="Score the text as N parallel pieces (faster; each starts from a zero state). 1 carries the state through the whole text.")] = 1,
     skip_unknown: Annotated[bool, typer.Option("--skip-unknown", help="Drop characters outside the vocabulary (and report how many) instead of failing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    show: Annotated[bool, typer.Option("--show", help="Print the text coloured by each character's surprisal in bits.", rich_help_panel="See what it learned")] = False,
+    neuron: Annotated[Optional[int], typer.Option("--neuron", help="Print the text coloured by hidden unit K's activation (0-based; see --layer).", rich_help_panel="See what it learned", show_default=False)] = None,
+    layer: Annotated[Optional[int], typer.Option("--layer", help="Layer of --neuron / --top-neurons, 1-based (default: the last for --neuron, all layers for --top-neurons).", rich_help_panel="See what it learned", show_default=False)] = None,
+    top_neurons: Annotated[Optional[str], typer.Option("--top-neurons", help="Rank hidden units by correlation with a pattern: quotes, single-quotes, parens, brackets, braces, line-position, uppercase, whitespace.", rich_help_panel="See what it learned", show_default=False)] = None,
+    top: Annotated[int, typer.Option("--top", help="How many units --top-neurons lists.", rich_help_panel="See what it learned")] = TOP_NEURONS,
+    html: Annotated[Optional[str], typer.Option("--html", help="Write the view (--show by default) as a self-contained HTML page to FILE instead of the terminal.", rich_help_panel="See what it learned", show_default=False)] = None,
+    max_chars: Annotated[int, typer.Option("--max-chars", help="Characters of the text to show (from its start).", rich_help_panel="See what it learned")] = VIEW_MAX_CHARS,
 ):
-    """Measure how well a model predicts text: nats/char, bits/char and perplexity.
+    """Measure how well a model predicts text: nats/char, bits/char and perplexity; or show what it learned.
 
     Example: charrnn eval checkpoints/my-run/best.pt held_out.txt --json
+
+    Example: charrnn eval checkpoints/my-run held_out.txt --neuron 17 --html neuron17.html
     """
     _setup_logging(False)
+    if show or neuron is not None or top_neurons is not None or html is not None:
+        if as_json:
+            _fail("--json reports scores; it cannot be combined with --show, --neuron, --top-neurons or --html", 2)
+        _explain(checkpoint, file, show, neuron, layer, top_neurons, top, html, skip_unknown, max_chars)
+        return
 
     def go():
         from .evaluate import evaluate
@@ -237,6 +266,120 @@ def eval_(
         if result["skipped_unknown"]:
             lines.append(f"skipped:       {result['skipped_unknown']} characters not in the vocabulary")
         sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+
+
+def _explain(checkpoint, file, show, neuron, layer, top_neurons, top, html, skip_unknown, max_chars) -> None:
+    from .visualize import explain, render_digits, render_rich
+
+    result = _run(lambda: explain(checkpoint, file, show=show, neuron=neuron, layer=layer, top_pattern=top_neurons,
+                                  top=top, html_path=html, skip_unknown=skip_unknown, max_chars=max_chars))
+    log = logging.getLogger("charrnn")
+    inspection = result.inspection
+    log.info(f"{inspection.what}: {len(inspection.text)} characters, {inspection.bits_per_char:.4f} bits/char")
+    if result.ranking is not None:
+        lines = [f"{'rank':>4}  {'layer':>5}  {'unit':>5}  correlation"]
+        lines += [f"{i:>4}  {n.layer:>5}  {n.unit:>5}  {n.correlation:+.4f}" for i, n in enumerate(result.ranking, 1)]
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+    if html is not None:
+        log.info(f"wrote {html} ({result.view.title})")
+        return
+    if result.ranking is not None:
+        return
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    log.info(result.view.legend() if console.color_system and not console.no_color
+             else f"{result.view.legend().split(':')[0]}: the digit under each character (no colour: NO_COLOR or "
+                  f"not a terminal)")
+    if console.color_system and not console.no_color:
+        console.print(render_rich(result.view), end="")
+        if not result.view.text.endswith("\n"):
+            console.print()
+    else:
+        sys.stdout.write(render_digits(result.view))
+    sys.stdout.flush()
+
+
+@app.command()
+def corpora(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list.")] = False,
+):
+    """List the named corpora `charrnn train NAME` downloads, and whether each is cached.
+
+    Example: charrnn corpora
+    """
+    from .corpora import list_corpora
+
+    rows = list_corpora()
+    if as_json:
+        sys.stdout.write(json.dumps(rows) + "\n")
+        return
+    lines = []
+    for row in rows:
+        state = "cached" if row["cached"] else "not downloaded yet"
+        lines.append(f"{row['name']:<14} {row['description']}")
+        lines.append(f"{'':<14} {row['size']:,} bytes, sha256 {row['sha256']}")
+        lines.append(f"{'':<14} {row['url']}")
+        lines.append(f"{'':<14} {row['path']} ({state})")
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+@app.command()
+def plot(
+    run: Annotated[Optional[str], typer.Argument(
+        help="Run directory (or its metrics.jsonl); default: the newest run under $CHARRNN_HOME/checkpoints.",
+        show_default=False)] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="PNG file to write (default: RUN/loss.png).", show_default=False)] = None,
+):
+    """Plot training and validation loss and the learning rate to a PNG (needs matplotlib, the plot extra).
+
+    Example: charrnn plot checkpoints/my-run --output loss.png
+    """
+    _setup_logging(False)
+
+    def go():
+        import os
+
+        from .plot import plot_run
+
+        target = run
+        if target is None:
+            from .checkpoint import resolve_checkpoint
+
+            target = os.path.dirname(resolve_checkpoint(None))
+        return plot_run(target, output)
+
+    path = _run(go)
+    sys.stdout.write(path + "\n")
+
+
+@app.command()
+def info(
+    checkpoint: Annotated[Optional[str], typer.Argument(
+        help="Checkpoint file or run directory; default: the newest run under $CHARRNN_HOME/checkpoints.",
+        show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """Show what a checkpoint holds: architecture, parameters, vocabulary, steps, best val loss, corpus, torch.
+
+    Example: charrnn info checkpoints/my-run/best.pt --json
+    """
+    _setup_logging(False)
+
+    def go():
+        from .info import checkpoint_info
+
+        return checkpoint_info(checkpoint)
+
+    result = _run(go)
+    if as_json:
+        sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+    else:
+        from .info import format_info
+
+        sys.stdout.write(format_info(result))
     sys.stdout.flush()
 
 

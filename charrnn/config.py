@@ -15,6 +15,10 @@ from .errors import UsageError
 
 CELLS = ("tanh", "gru", "lstm")
 
+# `charrnn eval --show / --neuron / --top-neurons`: characters traced and units listed by default
+VIEW_MAX_CHARS = 2000
+TOP_NEURONS = 10
+
 
 @dataclass
 class ModelConfig:

@@ -11,6 +11,7 @@ EXIT_FAILURE = 1  # e.g. non-finite loss
 EXIT_USAGE = 2  # bad option value
 EXIT_DATA = 65  # bad corpus, checkpoint or text (sysexits EX_DATAERR)
 EXIT_NO_INPUT = 66  # input missing or unreadable (EX_NOINPUT)
+EXIT_UNAVAILABLE = 69  # an optional dependency is missing, e.g. matplotlib for `plot` (EX_UNAVAILABLE)
 EXIT_CANT_CREATE = 73  # output cannot be created (EX_CANTCREAT)
 EXIT_IO = 74  # write failed, e.g. disk full (EX_IOERR)
 EXIT_SIGINT = 130
@@ -37,6 +38,10 @@ class DataError(CharrnnError):
 
 class InputMissingError(CharrnnError):
     exit_code = EXIT_NO_INPUT
+
+
+class MissingDependencyError(CharrnnError):
+    exit_code = EXIT_UNAVAILABLE
 
 
 class CannotCreateError(CharrnnError):

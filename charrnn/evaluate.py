@@ -109,6 +109,24 @@ def evaluate(
     dev = resolve_device(device)
     model.to(dev)
     train_config = from_dict(TrainConfig, ckpt["train_config"])
+    ids, what, skipped = text_ids(ckpt, vocab, file, skip_unknown)
+    if len(ids) < 2:
+        raise DataError(f"{what} has {len(ids)} character(s); at least 2 are needed to score one")
+    score = score_ids(model, ids, streams=streams, chunk=max(64, train_config.seq_len), device=dev)
+    result = score.as_dict()
+    result["text"] = what
+    result["skipped_unknown"] = skipped
+    result["checkpoint"] = ckpt["path"]
+    return result
+
+
+def text_ids(ckpt: dict, vocab, file: Optional[str], skip_unknown: bool = False):
+    """The ids to score for `eval` (also used by `eval --show`): FILE ('-' for stdin), else the run's test split,
+    else its validation split. Returns (ids, what they are, characters skipped as unknown)."""
+    from .config import TrainConfig, from_dict
+    from .data import decode_utf8, describe_chars, read_corpus, split_ids
+
+    train_config = from_dict(TrainConfig, ckpt["train_config"])
     skipped = 0
     if file is not None:
         if file == "-":
@@ -151,11 +169,4 @@ def evaluate(
             ids, what = splits.val, "validation split"
         else:
             raise DataError("the run has no test or validation split to score: pass FILE")
-    if len(ids) < 2:
-        raise DataError(f"{what} has {len(ids)} character(s); at least 2 are needed to score one")
-    score = score_ids(model, ids, streams=streams, chunk=max(64, train_config.seq_len), device=dev)
-    result = score.as_dict()
-    result["text"] = what
-    result["skipped_unknown"] = skipped
-    result["checkpoint"] = ckpt["path"]
-    return result
+    return ids, what, skipped

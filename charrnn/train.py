@@ -72,7 +72,11 @@ def clip_gradients(parameters, max_norm: float):
     return torch.nn.utils.clip_grad_norm_(list(parameters), limit, foreach=True)
 
 
-def default_run_dir(source: str, base: str = "checkpoints") -> str:
+def default_run_dir(source: str, base: Optional[str] = None) -> str:
+    if base is None:
+        from .paths import runs_dir
+
+        base = runs_dir()  # $CHARRNN_HOME/checkpoints
     stem = "demo" if source.startswith("<demo") else ("stdin" if source == "-" else os.path.basename(source.rstrip("/")))
     stem = os.path.splitext(stem)[0] or "run"
     return os.path.join(base, f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -445,9 +449,11 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                         improved = True  # without a validation split, best is the latest
                     save(best=improved)
                 if progress:
-                    postfix = {"loss": f"{loss_value:.3f}"}
+                    # tqdm shows step/limit and the ETA (or elapsed/budget and time left); the rest goes here
+                    postfix = {"step": step, "epoch": epoch, "loss": f"{loss_value:.3f}"}
                     if last_val is not None:
                         postfix["val"] = f"{last_val:.3f}"
+                    postfix["lr"] = f"{lr:.2e}"
                     postfix["chars/s"] = f"{rate:,.0f}"
                     bar.set_postfix(postfix, refresh=False)
                     if total_for_bar is not None:

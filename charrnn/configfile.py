@@ -1,0 +1,148 @@
+"""Config files for `charrnn train`: `--config run.toml` reads one, `--save-config run.toml` writes one.
+
+A config file is flat TOML whose keys are ModelConfig and TrainConfig field names (`hidden_size = 256`,
+`time_budget = "5m"`, `beta2 = 0.95`). An unknown key or a value of the wrong type is a usage error (exit 2)
+naming the key. Precedence: dataclass defaults < the config file < options given on the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import typing
+from typing import Any, Optional
+
+from .config import ModelConfig, TrainConfig, parse_duration
+from .errors import CannotCreateError, InputMissingError, UsageError
+
+NOT_IN_FILE = {"vocab_size"}  # comes from the corpus
+
+
+def _fields(cls) -> dict:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name not in NOT_IN_FILE}
+
+
+def config_keys() -> dict:
+    """Every key a config file may hold -> (the dataclass, its type)."""
+    keys = {name: (ModelConfig, hint) for name, hint in _fields(ModelConfig).items()}
+    keys.update({name: (TrainConfig, hint) for name, hint in _fields(TrainConfig).items()})
+    return keys
+
+
+def _load_toml(path: str) -> dict:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise InputMissingError(f"no such config file: {path}") from None
+    except IsADirectoryError:
+        raise InputMissingError(f"config file {path} is a directory") from None
+    except PermissionError:
+        raise InputMissingError(f"cannot read config file {path}: permission denied") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {path} is not valid UTF-8") from None
+
+
+def _coerce(key: str, value: Any, hint, path: str) -> Any:
+    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint
+    if key == "time_budget" and isinstance(value, str):
+        return parse_duration(value)
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base is bool and isinstance(value, bool):
+        return value
+    if base in (int, str) and isinstance(value, base) and not isinstance(value, bool):
+        return value
+    if base is float and isinstance(value, float):
+        return value
+    raise UsageError(f"config file {path}: {key} must be {base.__name__}, not {value!r}")
+
+
+def read_config(path: str) -> dict:
+    """The validated values of a config file: {field name: value}. Unknown keys are an error naming the key."""
+    raw = _load_toml(path)
+    keys = config_keys()
+    values = {}
+    for key, value in raw.items():
+        if key not in keys:
+            hint = ""
+            if key.replace("-", "_") in keys:
+                hint = f" (did you mean {key.replace('-', '_')}?)"
+            elif isinstance(value, dict):
+                hint = " (sections are not supported: write the keys at the top level)"
+            raise UsageError(f"config file {path}: unknown key {key!r}{hint}")
+        values[key] = _coerce(key, value, keys[key][1], path)
+    return values
+
+
+def apply_config(model_config: ModelConfig, train_config: TrainConfig, values: dict,
+                 explicit: set) -> tuple[ModelConfig, TrainConfig]:
+    """Set the file's values on the configs, except those given on the command line (`explicit`), which win."""
+    keys = config_keys()
+    for key, value in values.items():
+        if key in explicit:
+            continue
+        target = model_config if keys[key][0] is ModelConfig else train_config
+        setattr(target, key, value)
+    return model_config, train_config
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a valid TOML basic string
+
+
+def config_toml(model_config: ModelConfig, train_config: TrainConfig) -> str:
+    """The effective configuration as TOML (unset optional values are left out: TOML has no null)."""
+    lines = ["# charrnn train configuration: charrnn train CORPUS --config THIS_FILE", "", "# model"]
+    for name in _fields(ModelConfig):
+        lines.append(f"{name} = {_toml_value(getattr(model_config, name))}")
+    lines += ["", "# training"]
+    for name in _fields(TrainConfig):
+        value = getattr(train_config, name)
+        if value is None:
+            lines.append(f"# {name} = (not set)")
+        else:
+            lines.append(f"{name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def save_config(path: str, model_config: ModelConfig, train_config: TrainConfig) -> str:
+    """Write the effective configuration to path (temp file + rename)."""
+    text = config_toml(model_config, train_config)
+    directory = os.path.dirname(os.path.abspath(path))
+    temp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        with open(temp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(temp, path)
+    except OSError as exc:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise CannotCreateError(f"cannot write config file {path}: {exc.strerror or exc}") from None
+    return path
+
+
+__all__ = ["read_config", "apply_config", "config_toml", "save_config", "config_keys"]

@@ -1,0 +1,89 @@
+"""`charrnn info CHECKPOINT`: what a checkpoint holds, read without building the model."""
+
+from __future__ import annotations
+
+import datetime
+import math
+from typing import Optional
+
+LN2 = math.log(2.0)
+_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}
+
+
+def printable(chars: str) -> str:
+    """The characters with control and other invisible ones escaped (\\n, \\t, \\r, \\xNN, \\uNNNN); a backslash
+    is doubled so the result is unambiguous. A space stays a space."""
+    out = []
+    for c in chars:
+        if c in _ESCAPES:
+            out.append(_ESCAPES[c])
+        elif c == " " or c.isprintable():
+            out.append(c)
+        elif ord(c) < 0x100:
+            out.append(f"\\x{ord(c):02x}")
+        elif ord(c) < 0x10000:
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(f"\\U{ord(c):08x}")
+    return "".join(out)
+
+
+def checkpoint_info(checkpoint: Optional[str] = None) -> dict:
+    """A plain dict describing a checkpoint (the `--json` shape of `charrnn info`)."""
+    from .checkpoint import load_checkpoint, resolve_checkpoint
+
+    ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
+    model = ckpt.get("model_config", {})
+    progress = ckpt.get("progress", {})
+    corpus = ckpt.get("corpus", {})
+    vocab = ckpt.get("vocab", "")
+    best = progress.get("best_val_loss")
+    saved_at = ckpt.get("saved_at")
+    return {
+        "checkpoint": ckpt["path"],
+        "format_version": ckpt.get("version"),
+        "architecture": {
+            "cell": model.get("cell"),
+            "hidden_size": model.get("hidden_size"),
+            "num_layers": model.get("num_layers"),
+            "dropout": model.get("dropout"),
+            "vocab_size": model.get("vocab_size", len(vocab)),
+        },
+        "parameters": int(sum(t.numel() for t in ckpt.get("model", {}).values())),
+        "vocab": vocab,
+        "vocab_printable": printable(vocab),
+        "step": progress.get("step"),
+        "epoch": progress.get("epoch"),
+        "elapsed": progress.get("elapsed"),
+        "chars_seen": progress.get("chars_seen"),
+        "best_val_loss": best,
+        "best_val_bpc": best / LN2 if best is not None else None,
+        "corpus": {"source": corpus.get("source"), "sha256": corpus.get("sha256"), "chars": corpus.get("chars")},
+        "torch_version": ckpt.get("torch_version"),
+        "saved_at": datetime.datetime.fromtimestamp(saved_at).isoformat(timespec="seconds") if saved_at else None,
+        "train_config": ckpt.get("train_config", {}),
+    }
+
+
+def format_info(info: dict) -> str:
+    """The human-readable form: one `label: value` line each."""
+    arch = info["architecture"]
+    best = info["best_val_loss"]
+    corpus = info["corpus"]
+    rows = [
+        ("checkpoint", info["checkpoint"]),
+        ("architecture", f"{arch['cell']} RNN, {arch['num_layers']} layer(s) x {arch['hidden_size']} hidden units, "
+                         f"dropout {arch['dropout']}"),
+        ("parameters", f"{info['parameters']:,}"),
+        ("vocabulary", f"{arch['vocab_size']} characters: {info['vocab_printable']}"),
+        ("steps", f"{info['step']:,} (epoch {info['epoch']})" if info["step"] is not None else "?"),
+        ("training time", f"{info['elapsed']:.1f}s" if info["elapsed"] is not None else "?"),
+        ("best val loss", f"{best:.4f} nats/char ({info['best_val_bpc']:.4f} bits/char)" if best is not None else "n/a"),
+        ("corpus", f"{corpus['source']} ({corpus['chars']:,} characters)" if corpus["chars"] is not None
+                   else str(corpus["source"])),
+        ("corpus sha256", str(corpus["sha256"])),
+        ("torch", str(info["torch_version"])),
+        ("saved at", str(info["saved_at"])),
+    ]
+    width = max(len(label) for label, _ in rows) + 1
+    return "\n".join(f"{label + ':':<{width}} {value}" for label, value in rows) + "\n"

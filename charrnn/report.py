@@ -1,0 +1,84 @@
+"""What `train` shows at the end, on stderr: a rich summary table and a sparkline of the validation loss."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional, Sequence
+
+LN2 = math.log(2.0)
+SPARK_CHARS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: Sequence[float], width: int = 40) -> str:
+    """A compact one-line chart: each character is the mean of a bucket of values, scaled min..max."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return ""
+    if len(values) > width:
+        buckets = []
+        for i in range(width):
+            chunk = values[i * len(values) // width : (i + 1) * len(values) // width]
+            buckets.append(sum(chunk) / len(chunk))
+        values = buckets
+    low, high = min(values), max(values)
+    span = high - low
+    top = len(SPARK_CHARS) - 1
+    return "".join(SPARK_CHARS[round((v - low) / span * top) if span > 0 else 0] for v in values)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
+
+
+def summary_rows(result, val_losses: Optional[Sequence[float]] = None) -> list[tuple[str, str]]:
+    """The summary as (label, value) rows; `val_losses` defaults to the run's whole validation history."""
+    if val_losses is None:
+        val_losses = _val_history(result)
+    rows = [("steps", f"{result.step:,} (epoch {result.epoch}, stopped by {result.stopped_by.replace('_', ' ')})"),
+            ("time", _duration(result.elapsed))]
+    if result.best_val_loss is not None:
+        rows.append(("best val loss", f"{result.best_val_loss:.4f} nats/char"))
+        rows.append(("best val bits/char", f"{result.best_val_loss / LN2:.4f}"))
+    else:
+        rows.append(("best val loss", "n/a (no validation split)"))
+    if result.last_train_loss is not None:
+        rows.append(("last train loss", f"{result.last_train_loss:.4f} nats/char"))
+    if val_losses:
+        rows.append(("val loss", f"{sparkline(val_losses)}  {val_losses[0]:.3f} → {val_losses[-1]:.3f}"))
+    rows.append(("run directory", result.run_dir))
+    rows.append(("latest checkpoint", result.latest))
+    if result.best:
+        rows.append(("best checkpoint", result.best))
+    return rows
+
+
+def _val_history(result) -> list:
+    """Validation losses from the run's metrics.jsonl (the whole run, across resumes), else this session's."""
+    from .errors import CharrnnError
+    from .metrics import read_metrics
+
+    try:
+        return [row["val_loss"] for row in read_metrics(os.path.join(result.run_dir)).val]
+    except CharrnnError:
+        return list(result.val_history)
+
+
+def print_summary(result) -> None:
+    """The end-of-training table on stderr (stdout stays for results)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True, highlight=False)
+    if not console.is_terminal:
+        console.width = max(console.width, 160)  # a log file: keep paths on one line
+    title = f"charrnn: done: {result.step} steps in {result.elapsed:.1f}s"  # the one-line gist, for logs and greps
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for label, value in summary_rows(result):
+        table.add_row(label, value)
+    console.print(table)

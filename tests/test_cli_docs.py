@@ -1,0 +1,67 @@
+"""The CLI documents itself: every command's --help has an example, the README has a section per command that
+mentions every option its --help lists, shell completion works, and --help does not import torch."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, cli_env, run_cli
+
+COMMANDS = ["train", "sample", "eval", "corpora", "plot", "info"]
+WIDE = cli_env(COLUMNS="250", TERMINAL_WIDTH="250")  # no option name is cut by a narrow terminal
+
+
+def _help(*args) -> str:
+    return run_cli(*args, "--help", env=WIDE, check=0).stdout.decode()
+
+
+def _readme_section(command: str) -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(rf"^### {command}\n(.*?)(?=^##)", readme, re.S | re.M)
+    assert match, f"README has no '### {command}' section"
+    return match.group(1)
+
+
+def _options(help_text: str) -> set:
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*[a-z0-9]", help_text)) - {"--help"}
+
+
+def test_every_command_is_documented():
+    root = _help()
+    listed = set(re.findall(r"^│ (\w+) ", root, re.M))
+    assert listed == set(COMMANDS), listed  # a new command needs adding here and a README section
+    for command in COMMANDS:
+        _readme_section(command)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_has_an_example_and_readme_lists_every_option(command):
+    text = _help(command)
+    assert re.search(rf"Example: charrnn {command}\b", text), text
+    options = _options(text)
+    assert options, text
+    section = _readme_section(command)
+    missing = sorted(o for o in options if not re.search(re.escape(o) + r"(?![a-z0-9-])", section))
+    assert not missing, f"README '### {command}' does not mention {missing}"
+
+
+def test_shell_completion():
+    script = run_cli("--show-completion", "bash", check=0).stdout.decode()
+    assert "_CHARRNN_COMPLETE" in script and "complete" in script
+    proc = subprocess.run([sys.executable, "-m", "charrnn"], env=cli_env(
+        _CHARRNN_COMPLETE="complete_bash", COMP_WORDS="charrnn eval --top", COMP_CWORD="2"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    assert set(proc.stdout.decode().split()) == {"--top", "--top-neurons"}
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys; from typer.testing import CliRunner; from charrnn.cli import app; "
+            "r = CliRunner().invoke(app, ['train', '--help']); assert r.exit_code == 0, r.output; "
+            "r = CliRunner().invoke(app, ['eval', '--help']); assert r.exit_code == 0, r.output; "
+            "print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], env=cli_env(), stdout=subprocess.PIPE, timeout=60)
+    assert proc.stdout.decode().strip() == "False"

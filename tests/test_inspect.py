@@ -1,0 +1,154 @@
+"""Inspection and reporting: `info`, `plot`, the progress bar, the end-of-training summary, --quiet, CHARRNN_HOME."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from charrnn.info import printable
+from charrnn.report import sparkline, summary_rows
+from conftest import TINY, assert_one_line_error, cli_env, run_cli
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def home_with_run(tmp_path, tiny_run):
+    """A CHARRNN_HOME whose checkpoints/ holds a copy of the tiny run."""
+    home = tmp_path / "home"
+    shutil.copytree(tiny_run, home / "checkpoints" / "tiny")
+    return home
+
+
+def test_printable_escapes_control_characters():
+    assert printable("\n\t\r a\\b\x00é\u200b") == "\\n\\t\\r a\\\\b\\x00é\\u200b"
+
+
+def test_info_json_describes_the_checkpoint(tiny_run):
+    proc = run_cli("info", tiny_run / "latest.pt", "--json", check=0)
+    info = json.loads(proc.stdout)
+    for key in ("checkpoint", "architecture", "parameters", "vocab", "vocab_printable", "step", "epoch",
+                "best_val_loss", "best_val_bpc", "corpus", "torch_version", "train_config"):
+        assert key in info, key
+    assert info["architecture"] == {"cell": "tanh", "hidden_size": 32, "num_layers": 2, "dropout": 0.0,
+                                    "vocab_size": len(info["vocab"])}
+    V, H = len(info["vocab"]), 32
+    assert info["parameters"] == V * H + 2 * H * H + H * H + 2 * H + H * V + V  # embed, w_hh x2, w_xh, biases, head
+    assert info["step"] == 40
+    assert math.isclose(info["best_val_bpc"], info["best_val_loss"] / math.log(2))
+    assert len(info["corpus"]["sha256"]) == 64 and info["corpus"]["chars"] == 8000
+    assert info["torch_version"].startswith("2.")
+    assert "\\n" in info["vocab_printable"] and "\n" not in info["vocab_printable"]
+    assert proc.stderr == b""
+
+
+def test_info_text_and_the_newest_run_under_charrnn_home(home_with_run, tmp_path):
+    proc = run_cli("info", cwd=tmp_path, env=cli_env(CHARRNN_HOME=home_with_run), check=0)
+    text = proc.stdout.decode()
+    assert str(home_with_run / "checkpoints" / "tiny" / "latest.pt") in text
+    for label in ("architecture:", "parameters:", "vocabulary:", "steps:", "best val loss:", "corpus sha256:",
+                  "torch:"):
+        assert label in text, label
+    assert "tanh RNN, 2 layer(s) x 32 hidden units" in text
+    empty = run_cli("info", cwd=tmp_path, env=cli_env(CHARRNN_HOME=tmp_path / "nowhere"))
+    assert_one_line_error(empty, 66, "nowhere")
+
+
+def test_sample_finds_the_newest_run_under_charrnn_home(home_with_run, tmp_path):
+    proc = run_cli("sample", "--length", "20", "--seed", "1", cwd=tmp_path, env=cli_env(CHARRNN_HOME=home_with_run))
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert len(proc.stdout.decode()) == 20
+
+
+def test_plot_writes_a_png(tiny_run, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "loss.png"
+    proc = run_cli("plot", tiny_run, "--output", out, check=0)
+    assert proc.stdout.decode().strip() == str(out)
+    data = out.read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
+
+
+def test_plot_without_matplotlib_is_a_one_line_error(tiny_run, tmp_path):
+    # sys.modules[name] = None makes `import name` fail, as if matplotlib were not installed
+    code = ("import sys; sys.modules['matplotlib'] = None; sys.argv = ['charrnn'] + sys.argv[1:]; "
+            "from charrnn.cli import main; main()")
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", code, "plot", str(tiny_run), "--output", str(tmp_path / "x.png")],
+                          env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    assert_one_line_error(proc, 69, "matplotlib", 'pip install "charrnn[plot]"')
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_of_a_directory_without_metrics_exits_66(tmp_path):
+    assert_one_line_error(run_cli("plot", tmp_path), 66, "metrics.jsonl")
+
+
+def test_sparkline_scales_min_to_max():
+    assert sparkline([7.0, 3.0, 0.0]) == "█▄▁"
+    assert sparkline([2.0, 2.0]) == "▁▁"
+    assert len(sparkline([float(i) for i in range(1000)], width=40)) == 40
+    assert sparkline([]) == ""
+
+
+def test_summary_rows_report_nats_bits_steps_and_paths():
+    result = SimpleNamespace(step=120, epoch=2, stopped_by="time_budget", elapsed=75.0, best_val_loss=math.log(2) * 1.5,
+                             last_train_loss=1.2, run_dir="/r", latest="/r/latest.pt", best="/r/best.pt",
+                             val_history=[2.0, 1.5, 1.04])
+    rows = dict(summary_rows(result, val_losses=result.val_history))
+    assert rows["best val bits/char"] == "1.5000"
+    assert rows["best val loss"].startswith("1.0397 nats/char")
+    assert rows["steps"].startswith("120 (epoch 2, stopped by time budget")
+    assert rows["time"] == "1m15s"
+    assert rows["latest checkpoint"] == "/r/latest.pt" and rows["best checkpoint"] == "/r/best.pt"
+    assert rows["val loss"].startswith("█")
+
+
+def test_train_shows_progress_and_a_summary_on_stderr_only(corpus, tmp_path):
+    proc = run_cli("train", corpus, "--max-steps", "6", "--eval-every", "3", "--run-dir", tmp_path / "run", *TINY,
+                   cwd=tmp_path, env=cli_env(COLUMNS=200))
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout == b""
+    err = proc.stderr.decode()
+    assert "done: 6 steps in" in err
+    for field in ("6/6", "step=6", "epoch=", "loss=", "val=", "lr=", "chars/s="):
+        assert field in err, field
+    assert "<00:00" in err  # tqdm's ETA
+    for label in ("best val loss", "best val bits/char", "steps", "time", "latest checkpoint", "best checkpoint"):
+        assert label in err, label
+    assert str(tmp_path / "run" / "latest.pt") in err
+    assert any(c in err for c in "▁▂▃▄▅▆▇█")  # the val-loss sparkline
+
+
+def test_quiet_train_prints_nothing(corpus, tmp_path):
+    proc = run_cli("train", corpus, "--max-steps", "2", "--eval-every", "2", "--quiet", "--run-dir", tmp_path / "r",
+                   *TINY, cwd=tmp_path)
+    assert proc.returncode == 0
+    assert proc.stdout == b"" and proc.stderr == b""
+    assert (tmp_path / "r" / "latest.pt").exists()
+
+
+def test_default_run_dir_goes_under_charrnn_home(corpus, tmp_path):
+    home = tmp_path / "home"
+    proc = run_cli("train", corpus, "--max-steps", "1", "--quiet", *TINY, cwd=tmp_path, env=cli_env(CHARRNN_HOME=home))
+    assert proc.returncode == 0, proc.stderr.decode()
+    runs = os.listdir(home / "checkpoints")
+    assert len(runs) == 1 and runs[0].startswith("corpus-")
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_budget_run_bar_counts_seconds_with_an_eta(corpus, tmp_path):
+    proc = run_cli("train", corpus, "--time-budget", "2s", "--eval-every", "5", "--run-dir", tmp_path / "run", *TINY,
+                   cwd=tmp_path, env=cli_env(COLUMNS=200))
+    assert proc.returncode == 0, proc.stderr.decode()
+    err = proc.stderr.decode()
+    assert re.search(r"\d+/2 \[\d\d:\d\d<\d\d:\d\d", err), err  # seconds out of the budget, elapsed<remaining
+    assert "step=" in err and "lr=" in err and "stopped by time budget" in err
