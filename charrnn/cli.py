@@ -126,6 +126,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed (weights, dropout).", rich_help_panel="Run")] = _t("seed"),
     device: Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.", rich_help_panel="Run")] = _t("device"),
     kernel: Annotated[str, typer.Option(help="tanh cell implementation: auto (fused on CPU, torch's RNN on GPU), fused or nn.", rich_help_panel="Run")] = _t("kernel"),
+    precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16.", rich_help_panel="Run")] = _t("precision"),
     run_dir: Annotated[Optional[str], typer.Option(help="Where checkpoints and metrics go [default: checkpoints/NAME-TIME].", rich_help_panel="Run", show_default=False)] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the run in this directory or checkpoint file.", rich_help_panel="Run")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or messages; errors only.", rich_help_panel="Run")] = False,
@@ -148,7 +149,7 @@ def train(
             val_frac=val_frac, test_frac=test_frac, glob=glob, batch_size=batch_size, seq_len=seq_len, lr=lr,
             min_lr_frac=min_lr_frac, warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,
             max_steps=max_steps, epochs=epochs, time_budget=parse_duration(time_budget), eval_every=eval_every,
-            log_every=log_every, seed=seed, device=device, kernel=kernel,
+            log_every=log_every, seed=seed, device=device, kernel=kernel, precision=precision,
         )
         explicit = _explicit(ctx)
         if config is not None:

@@ -70,6 +70,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"
     kernel: str = "auto"  # tanh cell: fused (hand-written BPTT), nn (torch.nn.RNN) or auto
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere; or fp32, bf16
 
     def validate(self) -> None:
         for name in ("val_frac", "test_frac"):
@@ -93,6 +94,8 @@ class TrainConfig:
             raise UsageError(f"--time-budget must be positive, not {self.time_budget}")
         if self.warmup_steps < 0:
             raise UsageError(f"--warmup-steps must be >= 0, not {self.warmup_steps}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise UsageError(f"--precision must be auto, fp32 or bf16, not {self.precision!r}")
         if self.kernel not in ("auto", "fused", "nn"):
             raise UsageError(f"--kernel must be auto, fused or nn, not {self.kernel!r}")
 

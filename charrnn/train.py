@@ -38,7 +38,8 @@ log = logging.getLogger("charrnn")
 
 DEFAULT_EPOCHS = 10.0
 # options that may differ when resuming; any other difference is refused
-RESUMABLE_CHANGES = {"max_steps", "epochs", "time_budget", "eval_every", "log_every", "device", "kernel"}
+RESUMABLE_CHANGES = {"max_steps", "epochs", "time_budget", "eval_every", "log_every", "device", "kernel",
+                     "precision"}
 
 
 @dataclass
@@ -348,6 +349,10 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
     rate = 0.0
     rate_t0, rate_steps = time.perf_counter(), 0
     stopped_by = "max_steps"
+    pin = device.type == "cuda"
+    if cfg.precision == "bf16" and device.type != "cuda":
+        raise UsageError("--precision bf16 needs a CUDA device (on CPU, bf16 is slower and the fused kernel is fp32)")
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     nan_at = int(os.environ.get("CHARRNN_TEST_NAN_AT_STEP", "0") or 0)  # test-only fault injection
     nan_rank = int(os.environ.get("CHARRNN_TEST_NAN_RANK", "0") or 0)
     crash_at = tuple(map(int, os.environ["CHARRNN_TEST_CRASH_AT"].split(":"))) if os.environ.get(
@@ -382,15 +387,20 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                 if batch_index == 0:
                     state = model.init_state(local_batch, device)  # each epoch starts from a zero state
                 x_np, y_np = batcher.batch(batch_index, shard)
-                x = torch.from_numpy(x_np.astype(np.int64)).to(device, non_blocking=True)
-                y = torch.from_numpy(y_np.astype(np.int64)).to(device, non_blocking=True)
+                x = torch.from_numpy(x_np.astype(np.int64))
+                y = torch.from_numpy(y_np.astype(np.int64))
+                if pin:  # page-locked host memory lets the copy to the GPU run asynchronously
+                    x, y = x.pin_memory(), y.pin_memory()
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 lr = learning_rate(cfg, step, progress_fraction())
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 # Truncated BPTT: keep the state's value (row i of this batch continues row i of the last one)
                 # but cut the graph, so backward stops at this window's start.
                 state = state.detach()
-                _, loss, state = model(x, state, y)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    _, loss, state = model(x, state, y)
+                state = state.float() if use_bf16 else state
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 dist.average_gradients(model.parameters())

@@ -148,3 +148,15 @@ def test_other_cells_train_and_sample(tmp_path, cell):
                            tiny(max_steps=10), run_dir=str(tmp_path / "run"), progress=False)
     text = charrnn.sample(result.latest, length=50, seed=1)[0]
     assert len(text) == 50
+
+
+def test_precision_auto_is_fp32_on_cpu_and_bf16_needs_cuda(tmp_path):
+    corpus = make_corpus(tmp_path / "c.txt", 3000)
+    result = charrnn.train(str(corpus), charrnn.ModelConfig(hidden_size=8, num_layers=1), tiny(max_steps=2),
+                           run_dir=str(tmp_path / "a"), progress=False)
+    ckpt = load_checkpoint(result.latest)
+    assert all(t.dtype == torch.float32 for t in ckpt["model"].values())
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="bf16 needs a CUDA"):
+            charrnn.train(str(corpus), charrnn.ModelConfig(hidden_size=8, num_layers=1),
+                          tiny(max_steps=2, precision="bf16"), run_dir=str(tmp_path / "b"), progress=False)
