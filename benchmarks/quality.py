@@ -1,0 +1,103 @@
+"""Quality benchmark: how low the validation loss gets for a wall-clock budget, with charrnn's defaults.
+
+    python benchmarks/quality.py                                   # tiny-shakespeare, 300 s, 3 runs, default tanh
+    python benchmarks/quality.py --budget 60 --runs 1 --cell lstm  # any `charrnn train` option can follow
+    python benchmarks/quality.py --budget 60 --sweep hidden_size=384,512,768 --sweep lr=2e-3,3e-3
+
+Each run is a fresh `charrnn train CORPUS --val-frac 0.1 --test-frac 0 --time-budget BUDGET` process (first 90 %
+train, last 10 % validation: the split nanoGPT's shakespeare_char uses). Prints val nats/char and bits/char per
+run, the median, and the configuration used; writes JSON to benchmarks/results/. Run it on an otherwise idle
+machine: the result depends on how many characters per second the machine trains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
+
+
+def run_once(corpus: str, budget: str, extra: list[str], seed: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="charrnn-quality-") as tmp:
+        run_dir = os.path.join(tmp, "run")
+        cmd = [sys.executable, "-m", "charrnn", "train", corpus, "--val-frac", "0.1", "--test-frac", "0",
+               "--time-budget", budget, "--run-dir", run_dir, "--seed", str(seed), "-q", *extra]
+        start = time.time()
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wall = time.time() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"run failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr.decode()[-2000:]}")
+        rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+        vals = [r["val_loss"] for r in rows if "val_loss" in r]
+        steps = max(r["step"] for r in rows)
+        rates = [r["chars_per_sec"] for r in rows if r.get("chars_per_sec")]
+        sys.path.insert(0, str(ROOT))
+        from charrnn.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(os.path.join(run_dir, "latest.pt"))
+        return {
+            "val_nats": min(vals),
+            "val_bits": min(vals) / math.log(2),
+            "final_val_nats": vals[-1],
+            "steps": steps,
+            "chars_per_sec": statistics.median(rates) if rates else None,
+            "wall_s": round(wall, 1),
+            "model_config": ckpt["model_config"],
+            "train_config": ckpt["train_config"],
+            "seed": seed,
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", default=str(DEFAULT_CORPUS))
+    parser.add_argument("--budget", default="300", help="time budget per run (seconds, or 90s, 5m, 1h)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per configuration (different seeds)")
+    parser.add_argument("--sweep", action="append", default=[], metavar="OPTION=V1,V2",
+                        help="try every value (option name with underscores); repeat for a grid")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args, extra = parser.parse_known_args()
+
+    grid_axes = []
+    for spec in args.sweep:
+        name, _, values = spec.partition("=")
+        grid_axes.append([(name, v) for v in values.split(",")])
+    grid = list(itertools.product(*grid_axes)) if grid_axes else [()]
+    results = []
+    print(f"corpus {args.corpus}, budget {args.budget}, {args.runs} run(s) per configuration, "
+          f"load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
+    print(f"{'configuration':<48} {'val nats':>9} {'val bits':>9} {'steps':>6} {'chars/s':>9}")
+    for point in grid:
+        options = list(extra)
+        for name, value in point:
+            options += [f"--{name.replace('_', '-')}", value]
+        label = " ".join(options) or "defaults"
+        runs = [run_once(args.corpus, args.budget, options, seed=1337 + i) for i in range(args.runs)]
+        for r in runs:
+            print(f"{label:<48} {r['val_nats']:9.4f} {r['val_bits']:9.4f} {r['steps']:6d} "
+                  f"{(r['chars_per_sec'] or 0):9.0f}", flush=True)
+        median = statistics.median(r["val_nats"] for r in runs)
+        if args.runs > 1:
+            print(f"{label + '  [median]':<48} {median:9.4f} {median / math.log(2):9.4f}", flush=True)
+        results.append({"options": options, "median_val_nats": median, "runs": runs})
+    os.makedirs(args.out, exist_ok=True)
+    out = os.path.join(args.out, f"quality-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    with open(out, "w") as f:
+        json.dump({"corpus": args.corpus, "budget": args.budget, "load_average": os.getloadavg(),
+                   "results": results}, f, indent=1)
+    print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
