@@ -38,7 +38,13 @@ log = logging.getLogger("charrnn")
 
 DEFAULT_EPOCHS = 10.0
 # options that may differ when resuming; any other difference is refused
-RESUMABLE_CHANGES = {"max_steps", "epochs", "time_budget", "eval_every", "log_every", "device", "kernel"}
+RESUMABLE_CHANGES = {"max_steps", "epochs", "time_budget", "eval_every", "log_every", "device", "kernel",
+                     "save_every", "keep_last", "on_nonfinite"}
+# the learning-rate schedule and clipping may change on resume only when asked for (allow_lr_change), because the
+# run then no longer equals an uninterrupted one
+LR_CHANGES = {"lr", "min_lr_frac", "warmup_steps", "schedule_steps", "grad_clip"}
+# with on_nonfinite="skip", this many non-finite steps in a row mean the run has diverged: stop anyway
+MAX_SKIPS_IN_A_ROW = 10
 
 
 @dataclass
@@ -101,11 +107,12 @@ def train(
     resume: Optional[str] = None,
     explicit: Optional[set] = None,
     progress: bool = True,
+    allow_lr_change: bool = False,
 ) -> TrainResult:
     """Train a CharRNN on `corpus` (a file, a directory, '-' for stdin, None for the demo corpus).
 
     `explicit` names the options the user set on purpose (the CLI passes them); when resuming, those must agree
-    with the checkpoint except for the ones in RESUMABLE_CHANGES.
+    with the checkpoint except for the ones in RESUMABLE_CHANGES (and LR_CHANGES with `allow_lr_change`).
     """
     import numpy as np
     import torch
@@ -125,17 +132,24 @@ def train(
         resumed = ckpt_io.load_checkpoint(ckpt_io.resolve_checkpoint(resume))
         saved_model = from_dict(ModelConfig, resumed["model_config"])
         saved_train = from_dict(TrainConfig, resumed["train_config"])
-        differences = []
-        for cfg_new, cfg_old in ((model_config, saved_model), (train_config, saved_train)):
+        changeable = RESUMABLE_CHANGES | (LR_CHANGES if allow_lr_change else set())
+        for what, cfg_new, cfg_old in (("architecture", model_config, saved_model),
+                                       ("training configuration", train_config, saved_train)):
+            differences = []
             for name in to_dict(cfg_old):
-                if name in explicit and name not in RESUMABLE_CHANGES and name != "vocab_size":
+                if name in explicit and name not in changeable and name != "vocab_size":
                     new, old = getattr(cfg_new, name), getattr(cfg_old, name)
                     if new != old:
                         differences.append(f"--{name.replace('_', '-')} {new} (checkpoint has {old})")
-        if differences:
-            raise UsageError("cannot resume with a different configuration: " + "; ".join(differences))
-        for name in RESUMABLE_CHANGES & explicit:
-            setattr(saved_train, name, getattr(train_config, name))
+            if differences:
+                hint = ""
+                if what != "architecture" and any(d.split()[0][2:].replace("-", "_") in LR_CHANGES
+                                                  for d in differences):
+                    hint = " (--allow-lr-change accepts a changed learning-rate schedule or clipping)"
+                raise UsageError(f"cannot resume with a different {what}: " + "; ".join(differences) + hint)
+        for name in changeable & explicit:
+            if hasattr(saved_train, name):
+                setattr(saved_train, name, getattr(train_config, name))
         model_config, train_config = saved_model, saved_train
         if run_dir is None:
             run_dir = os.path.dirname(resumed["path"])
@@ -153,11 +167,15 @@ def train(
     text = read_corpus(corpus, cfg.glob)
     if resumed is not None and text.sha256 != resumed["corpus"]["sha256"]:
         raise DataError(
-            f"cannot resume: the corpus differs from the one this run was trained on "
-            f"(sha256 {text.sha256[:12]}... vs {resumed['corpus']['sha256'][:12]}...)"
+            f"cannot resume: the corpus {text.source} differs from the one this run was trained on "
+            f"({len(text.text)} characters, sha256 {text.sha256[:12]}...; the run's had {resumed['corpus']['chars']} "
+            f"characters, sha256 {resumed['corpus']['sha256'][:12]}...)"
         )
     if not text.text:
-        raise DataError(f"the corpus {text.source} is empty")
+        raise DataError(
+            f"the corpus {text.source} is empty: one batch needs {cfg.batch_size * cfg.seq_len + 1} characters "
+            f"(--batch-size x --seq-len + 1)"
+        )
     vocab = Vocab(resumed["vocab"]) if resumed is not None else Vocab.from_text(text.text)
     ids = vocab.encode(text.text)
     model_config.vocab_size = len(vocab)
@@ -192,7 +210,9 @@ def train(
             f"or pass another --run-dir"
         )
     try:
-        ckpt_io.remove_stale_temps(run_dir)
+        removed = ckpt_io.remove_stale_temps(run_dir)
+        if removed:
+            log.info(f"removed {removed} unfinished checkpoint file(s) left in {run_dir} by an interrupted save")
         return _train_loop(
             text, vocab, splits, batcher, model_config, cfg, run_dir, resumed, total_steps, progress
         )
@@ -222,6 +242,9 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
         foreach=True,
     )
     step, epoch, batch_index, elapsed_before = 0, 0, 0, 0.0
+    skipped_in_a_row = 0
+    # the cosine's length; a separate schedule_steps lets a run stop early and continue later unchanged
+    horizon = cfg.schedule_steps or total_steps
     best_val: Optional[float] = None
     state = model.init_state(cfg.batch_size, device)
     latest_path = os.path.join(run_dir, ckpt_io.LATEST)
@@ -239,8 +262,15 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
         if device.type == "cuda" and "cuda" in resumed["rng"]:
             torch.cuda.set_rng_state(resumed["rng"]["cuda"])
         random.setstate(_python_rng_from_plain(resumed["rng"]["python"]))
+        skipped_in_a_row = progress_state.get("skipped_in_a_row", 0)
         _truncate_metrics(metrics_path, step)
         log.info(f"resuming {resumed['path']} at step {step}")
+        old_horizon = progress_state.get("schedule_steps")
+        if old_horizon is not None and horizon != old_horizon and step < (horizon or 0):
+            log.warning(
+                f"the learning-rate schedule now decays over {horizon} steps instead of {old_horizon}, so this run "
+                f"will differ from an uninterrupted one (pass --schedule-steps to fix the schedule's length)"
+            )
     else:
         _truncate_metrics(metrics_path, 0)
 
@@ -261,6 +291,8 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                 "elapsed": elapsed,
                 "best_val_loss": best_val,
                 "chars_seen": step * cfg.batch_size * cfg.seq_len,
+                "schedule_steps": horizon,
+                "skipped_in_a_row": skipped_in_a_row,
             },
             "hidden": state.detach().cpu(),
             "rng": rng,
@@ -269,9 +301,20 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
             "saved_at": time.time(),
         }
 
+    save_steps, save_seconds = cfg.save_interval()
+    resumed_from = resumed["path"] if resumed is not None else None
+    last_save_time = time.monotonic()
+
     def save(best: bool) -> None:
+        nonlocal last_save_time
         paths = [latest_path] + ([best_path] if best else [])
+        if cfg.keep_last:
+            paths.append(os.path.join(run_dir, ckpt_io.step_name(step)))
         ckpt_io.save_checkpoint(snapshot(), paths)
+        if cfg.keep_last:
+            # only now that the new checkpoint is in place; never the file this run resumed from
+            ckpt_io.prune_step_checkpoints(run_dir, cfg.keep_last, protect=resumed_from)
+        last_save_time = time.monotonic()
 
     metrics = open(metrics_path, "a", encoding="utf-8")
 
@@ -299,12 +342,13 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
     rate = 0.0
     rate_t0, rate_steps = time.perf_counter(), 0
     stopped_by = "max_steps"
-    nan_at = int(os.environ.get("CHARRNN_TEST_NAN_AT_STEP", "0") or 0)  # test-only fault injection
+    poison_steps, poison = _test_poison()  # test-only fault injection
+    step_delay = float(os.environ.get("CHARRNN_TEST_STEP_DELAY", "0") or 0)  # test-only: room for a signal
 
     def progress_fraction() -> float:
         p = 0.0
-        if total_steps:
-            p = max(p, step / total_steps)
+        if horizon:
+            p = max(p, step / horizon)
         if budget:
             p = max(p, elapsed / budget)
         return p
@@ -336,39 +380,57 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                 # Truncated BPTT: keep the state's value (row i of this batch continues row i of the last one)
                 # but cut the graph, so backward stops at this window's start.
                 state = state.detach()
+                state_in = state
                 _, loss, state = model(x, state, y)
+                if step + 1 in poison_steps:
+                    loss = loss * poison  # real NaN/Inf gradients, so a missed check would poison the weights
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
                 loss_value = loss.item()
-                if nan_at and step + 1 == nan_at:
-                    loss_value = float("nan")
-                if not (math.isfinite(loss_value) and math.isfinite(grad_norm.item())):
+                finite = math.isfinite(loss_value) and math.isfinite(grad_norm.item())
+                if finite:
+                    optimizer.step()
+                    skipped_in_a_row = 0
+                elif cfg.on_nonfinite == "skip" and skipped_in_a_row < MAX_SKIPS_IN_A_ROW:
+                    # the weights stay as they were; the state this window produced may be non-finite, so the
+                    # next window starts from the last finite one
+                    skipped_in_a_row += 1
+                    optimizer.zero_grad(set_to_none=True)
+                    state = state_in
+                    log.warning(f"non-finite loss at step {step + 1}: skipped the step")
+                    log_row({"step": step + 1, "epoch": epoch, "skipped": "non-finite loss"})
+                else:
+                    # raised before any save, so the bad state never reaches latest.pt or best.pt
+                    in_a_row = f" ({skipped_in_a_row + 1} steps in a row)" if skipped_in_a_row else ""
                     raise NonFiniteLossError(
-                        f"non-finite loss at step {step + 1}; the last good checkpoint is {latest_path}"
+                        f"non-finite loss at step {step + 1}{in_a_row}; the last good checkpoint is {latest_path}"
                         if os.path.exists(latest_path)
-                        else f"non-finite loss at step {step + 1}; no checkpoint was saved"
+                        else f"non-finite loss at step {step + 1}{in_a_row}; no checkpoint was saved"
                     )
-                optimizer.step()
                 step += 1
                 batch_index += 1
                 if batch_index == len(batcher):
                     batch_index, epoch = 0, epoch + 1
-                last_loss = loss_value
+                if finite:
+                    last_loss = loss_value
+                if step_delay:
+                    time.sleep(step_delay)
                 elapsed = elapsed_before + (time.perf_counter() - start)
                 rate_steps += 1
                 now = time.perf_counter()
                 if now - rate_t0 >= 1.0:
                     rate = rate_steps * chars_per_step / (now - rate_t0)
                     rate_t0, rate_steps = now, 0
-                if step % cfg.log_every == 0:
+                if step % cfg.log_every == 0 and finite:
                     log_row({"step": step, "epoch": epoch, "loss": loss_value, "lr": lr,
                              "grad_norm": grad_norm.item(), "elapsed": round(elapsed, 3),
                              "chars_per_sec": round(rate, 1)})
                 finishing = (total_steps is not None and step >= total_steps) or (
                     budget is not None and elapsed >= budget
                 )
+                saved = False
                 if step % cfg.eval_every == 0 or finishing:
                     val = run_eval()
                     improved = False
@@ -382,7 +444,13 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                     else:
                         improved = True  # without a validation split, best is the latest
                     save(best=improved)
+                    saved = True
                     elapsed = elapsed_before + (time.perf_counter() - start)
+                elif (save_steps is not None and step % save_steps == 0) or (
+                    save_seconds is not None and time.monotonic() - last_save_time >= save_seconds
+                ):
+                    save(best=False)
+                    saved = True
                 if progress:
                     postfix = {"loss": f"{loss_value:.3f}"}
                     if last_val is not None:
@@ -395,7 +463,8 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                         bar.n = min(int(elapsed), bar.total or int(elapsed))
                         bar.refresh()
                 if signals.signum is not None:
-                    save(best=False) if not finishing else None
+                    if not saved:
+                        save(best=False)
                     code = EXIT_SIGINT if signals.signum == signal.SIGINT else EXIT_SIGTERM
                     name = "SIGINT" if signals.signum == signal.SIGINT else "SIGTERM"
                     raise Interrupted(
@@ -433,6 +502,16 @@ def _to_cpu(obj):
     if isinstance(obj, tuple):
         return [_to_cpu(v) for v in obj]
     return obj
+
+
+def _test_poison() -> tuple[set, float]:
+    """Test-only: CHARRNN_TEST_NAN_AT_STEP="13" (or "13,14", or "13:inf") multiplies the loss of those steps by
+    NaN (or Inf), which makes the loss and every gradient non-finite."""
+    value = os.environ.get("CHARRNN_TEST_NAN_AT_STEP", "")
+    if not value:
+        return set(), float("nan")
+    steps, _, kind = value.partition(":")
+    return {int(s) for s in steps.split(",") if s.strip()}, float(kind or "nan")
 
 
 def _python_rng_to_plain(state) -> list:
