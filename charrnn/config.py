@@ -115,9 +115,13 @@ class TrainConfig:
             if int(text) < 1:
                 raise UsageError(f"--save-every must be at least 1 step, not {text}")
             return int(text), None
+        unreadable = UsageError(f"cannot read --save-every {value!r}: use steps (500) or a time (90s, 10m, 1h)")
         if text[-1:].lower() not in ("s", "m", "h", "d"):
-            raise UsageError(f"cannot read --save-every {value!r}: use steps (500) or a time (90s, 10m, 1h)")
-        seconds = parse_duration(text)
+            raise unreadable
+        try:
+            seconds = parse_duration(text)
+        except UsageError:
+            raise unreadable from None
         if not seconds or seconds <= 0:
             raise UsageError(f"--save-every must be a positive time, not {value!r}")
         return None, seconds
