@@ -114,13 +114,8 @@ def train(
     `explicit` names the options the user set on purpose (the CLI passes them); when resuming, those must agree
     with the checkpoint except for the ones in RESUMABLE_CHANGES (and LR_CHANGES with `allow_lr_change`).
     """
-    import numpy as np
-    import torch
-
+    # torch is imported by _train_loop (and by load_checkpoint), so a bad corpus or option fails in a blink
     from .data import DEMO_SOURCE, StreamBatcher, Vocab, read_corpus, split_ids
-    from .evaluate import LN2, score_ids
-    from .model import CharRNN
-    from .runtime import resolve_device
 
     model_config = model_config or ModelConfig()
     train_config = train_config or TrainConfig()
