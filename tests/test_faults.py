@@ -396,7 +396,7 @@ def test_save_every_by_time(tmp_path):
             "--keep-last", "100", "--run-dir", run, "--quiet", env=env(CHARRNN_TEST_STEP_DELAY=0.025), check=0)
     steps = sorted(int(p.name[5:13]) for p in run.glob("step-*.pt"))
     assert steps[-1] == 60
-    assert 3 <= len(steps) <= 20, steps
+    assert 3 <= len(steps) < 40, steps  # by time, not at every step
 
 
 def test_save_every_reads_steps_or_time_and_refuses_anything_else():
