@@ -18,7 +18,7 @@ import struct
 import tempfile
 from typing import Any, Optional
 
-from .errors import CannotCreateError, DataError, InputMissingError, WriteError
+from .errors import CannotCreateError, CharrnnError, DataError, InputMissingError, WriteError
 
 FORMAT = "charrnn-checkpoint"
 VERSION = 1
@@ -135,16 +135,48 @@ def write_atomic(data: bytes, directory: str, names: list[str]) -> None:
 
 def _write_all(f, data: bytes) -> None:
     slow = os.environ.get("CHARRNN_TEST_SLOW_WRITE")  # test-only: widen the window a kill can land in
-    if not slow:
+    full_after = os.environ.get("CHARRNN_TEST_ENOSPC_AFTER")  # test-only: a disk that fills after N bytes
+    if not slow and not full_after:
         f.write(data)
         return
     import time
 
     chunk = max(1, len(data) // 8)
     for start in range(0, len(data), chunk):
+        if full_after and start + chunk > int(full_after):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         f.write(data[start : start + chunk])
         f.flush()
-        time.sleep(float(slow))
+        if slow:
+            time.sleep(float(slow))
+
+
+STEP_PREFIX = "step-"
+
+
+def step_name(step: int) -> str:
+    """The file name of the step checkpoint for `step`; zero-padded so name order is step order."""
+    return f"{STEP_PREFIX}{step:08d}.pt"
+
+
+def prune_step_checkpoints(directory: str, keep: int, protect: Optional[str] = None) -> list[str]:
+    """Delete all but the `keep` newest step checkpoints, never `protect` (the file a run resumed from).
+
+    Call it only after the newest checkpoint is in place, so a failure in between never leaves fewer than
+    `keep` complete ones. Returns the removed paths.
+    """
+    steps = sorted(glob.glob(os.path.join(directory, STEP_PREFIX + "[0-9]*.pt")))
+    protected = os.path.abspath(protect) if protect else None
+    removed = []
+    for path in steps[: max(0, len(steps) - keep)]:
+        if os.path.abspath(path) == protected:
+            continue
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def remove_stale_temps(directory: str) -> int:
@@ -170,6 +202,7 @@ def load_checkpoint(path: str) -> dict:
 
     import torch
 
+    _check_torch_is_safe()
     if os.path.isdir(path):
         path = resolve_checkpoint(path)
     try:
@@ -211,6 +244,18 @@ def load_checkpoint(path: str) -> dict:
         raise corrupt
     state["path"] = os.path.abspath(path)
     return state
+
+
+def _check_torch_is_safe() -> None:
+    """weights_only=True could be bypassed on torch <= 2.5.1 (CVE-2025-32434): refuse to load with such a torch
+    rather than trust it."""
+    import torch
+
+    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
+    if (major, minor) < (2, 6):
+        raise CharrnnError(
+            f"torch {torch.__version__} cannot load checkpoints safely (CVE-2025-32434): install torch >= 2.6"
+        )
 
 
 def resolve_checkpoint(path: Optional[str], runs_dir: Optional[str] = None) -> str:

@@ -123,12 +123,17 @@ def train(
     # running
     eval_every: Annotated[int, typer.Option(help="Evaluate on the validation split and save every N steps.", rich_help_panel="Run")] = _t("eval_every"),
     log_every: Annotated[int, typer.Option(help="Write a metrics.jsonl row every N steps.", rich_help_panel="Run")] = _t("log_every"),
+    save_every: Annotated[Optional[str], typer.Option(help="Also save latest.pt every N steps (500) or every so often (90s, 10m, 1h) [default: at each evaluation].", rich_help_panel="Run", show_default=False)] = _t("save_every"),
+    keep_last: Annotated[int, typer.Option(help="Also keep the N newest step-XXXXXXXX.pt checkpoints (0: only latest.pt and best.pt).", rich_help_panel="Run")] = _t("keep_last"),
+    on_nonfinite: Annotated[str, typer.Option(help="On a NaN/Inf loss or gradient: stop (exit 1, checkpoints untouched) or skip the step.", rich_help_panel="Optimisation")] = _t("on_nonfinite"),
+    schedule_steps: Annotated[Optional[int], typer.Option(help="Decay the learning rate over this many steps [default: the step limit]; fix it to stop early and continue later with --resume unchanged.", rich_help_panel="Optimisation", show_default=False)] = _t("schedule_steps"),
     seed: Annotated[int, typer.Option(help="Random seed (weights, dropout).", rich_help_panel="Run")] = _t("seed"),
     device: Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.", rich_help_panel="Run")] = _t("device"),
     kernel: Annotated[str, typer.Option(help="tanh cell implementation: auto (fused on CPU, torch's RNN on GPU), fused or nn.", rich_help_panel="Run")] = _t("kernel"),
     precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16.", rich_help_panel="Run")] = _t("precision"),
     run_dir: Annotated[Optional[str], typer.Option(help="Where checkpoints and metrics go [default: checkpoints/NAME-TIME].", rich_help_panel="Run", show_default=False)] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the run in this directory or checkpoint file.", rich_help_panel="Run")] = None,
+    allow_lr_change: Annotated[bool, typer.Option("--allow-lr-change", help="With --resume: accept a changed --lr, --min-lr-frac, --warmup-steps, --schedule-steps or --grad-clip.", rich_help_panel="Run")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or messages; errors only.", rich_help_panel="Run")] = False,
     config: Annotated[Optional[str], typer.Option("--config", help="Read options from this TOML file (keys are the option names with underscores, e.g. hidden_size = 256); options on the command line win.", rich_help_panel="Config file")] = None,
     save_config: Annotated[Optional[str], typer.Option("--save-config", help="Write the effective configuration (defaults < --config file < options) to this TOML file and exit without training.", rich_help_panel="Config file")] = None,
@@ -150,6 +155,7 @@ def train(
             min_lr_frac=min_lr_frac, warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,
             max_steps=max_steps, epochs=epochs, time_budget=parse_duration(time_budget), eval_every=eval_every,
             log_every=log_every, seed=seed, device=device, kernel=kernel, precision=precision,
+            save_every=save_every, keep_last=keep_last, schedule_steps=schedule_steps, on_nonfinite=on_nonfinite,
         )
         explicit = _explicit(ctx)
         if config is not None:
@@ -161,7 +167,7 @@ def train(
             train_config.validate()
             return write_config(save_config, model_config, train_config)
         return train_fn(resolve_corpus(corpus, sha256=sha256), model_config, train_config, run_dir=run_dir,
-                        resume=resume, explicit=explicit, progress=not quiet)
+                        resume=resume, explicit=explicit, progress=not quiet, allow_lr_change=allow_lr_change)
 
     result = _run(go)
     if save_config is not None:
@@ -385,6 +391,13 @@ def info(
 
 
 def main() -> None:
+    # Results are UTF-8 whatever the locale (LANG=C, PYTHONIOENCODING=ascii): a file name or text in the output
+    # must never end the run with UnicodeEncodeError.
+    if (sys.stdout.encoding or "").lower().replace("-", "") != "utf8":
+        try:
+            sys.stdout.reconfigure(encoding="utf-8")
+        except (AttributeError, ValueError):
+            pass  # not a TextIOWrapper (embedded): leave it
     app(prog_name="charrnn")
 
 

@@ -14,6 +14,7 @@ from typing import Any, Optional
 from .errors import UsageError
 
 CELLS = ("tanh", "gru", "lstm")
+NONFINITE_POLICIES = ("stop", "skip")
 
 # `charrnn eval --show / --neuron / --top-neurons`: characters traced and units listed by default
 VIEW_MAX_CHARS = 2000
@@ -67,6 +68,10 @@ class TrainConfig:
     # evaluation, logging, checkpoints
     eval_every: int = 200
     log_every: int = 10
+    save_every: Optional[str] = None  # "500": every 500 steps; "10m": every 10 minutes; None: at each evaluation
+    keep_last: int = 0  # also keep the N newest step-XXXXXXXX.pt checkpoints; 0 keeps only latest.pt and best.pt
+    schedule_steps: Optional[int] = None  # the cosine decays over this many steps; None: over the step limit
+    on_nonfinite: str = "stop"  # a NaN/Inf loss or gradient: stop (exit 1) or skip the step
     seed: int = 1337
     device: str = "auto"
     kernel: str = "auto"  # tanh cell: fused (hand-written BPTT), nn (torch.nn.RNN) or auto
@@ -98,6 +103,35 @@ class TrainConfig:
             raise UsageError(f"--precision must be auto, fp32 or bf16, not {self.precision!r}")
         if self.kernel not in ("auto", "fused", "nn"):
             raise UsageError(f"--kernel must be auto, fused or nn, not {self.kernel!r}")
+        self.save_interval()  # raises on a value it cannot read
+        if self.keep_last < 0:
+            raise UsageError(f"--keep-last must be >= 0, not {self.keep_last}")
+        if self.schedule_steps is not None and self.schedule_steps < 1:
+            raise UsageError(f"--schedule-steps must be at least 1, not {self.schedule_steps}")
+        if self.on_nonfinite not in NONFINITE_POLICIES:
+            raise UsageError(f"--on-nonfinite must be {' or '.join(NONFINITE_POLICIES)}, not {self.on_nonfinite!r}")
+
+    def save_interval(self) -> tuple[Optional[int], Optional[float]]:
+        """`save_every` as (steps, None), (None, seconds) or (None, None): a bare number counts steps, a number
+        with a unit (s, m, h, d) is wall-clock time."""
+        value = self.save_every
+        if value is None:
+            return None, None
+        text = str(value).strip()
+        if text.isdigit():
+            if int(text) < 1:
+                raise UsageError(f"--save-every must be at least 1 step, not {text}")
+            return int(text), None
+        unreadable = UsageError(f"cannot read --save-every {value!r}: use steps (500) or a time (90s, 10m, 1h)")
+        if text[-1:].lower() not in ("s", "m", "h", "d"):
+            raise unreadable
+        try:
+            seconds = parse_duration(text)
+        except UsageError:
+            raise unreadable from None
+        if not seconds or seconds <= 0:
+            raise UsageError(f"--save-every must be a positive time, not {value!r}")
+        return None, seconds
 
 
 def _flag(name: str) -> str:

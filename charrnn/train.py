@@ -39,7 +39,12 @@ log = logging.getLogger("charrnn")
 DEFAULT_EPOCHS = 10.0
 # options that may differ when resuming; any other difference is refused
 RESUMABLE_CHANGES = {"max_steps", "epochs", "time_budget", "eval_every", "log_every", "device", "kernel",
-                     "precision"}
+                     "precision", "save_every", "keep_last", "on_nonfinite"}
+# the learning-rate schedule and clipping may change on resume only when asked for (allow_lr_change), because the
+# run then no longer equals an uninterrupted one
+LR_CHANGES = {"lr", "min_lr_frac", "warmup_steps", "schedule_steps", "grad_clip"}
+# with on_nonfinite="skip", this many non-finite steps in a row mean the run has diverged: stop anyway
+MAX_SKIPS_IN_A_ROW = 10
 
 
 @dataclass
@@ -115,20 +120,16 @@ def train(
     explicit: Optional[set] = None,
     progress: bool = True,
     on_step: Optional[Callable[[dict], None]] = None,
+    allow_lr_change: bool = False,
 ) -> TrainResult:
     """Train a CharRNN on `corpus` (a file, a directory, '-' for stdin, None for the demo corpus).
 
     `explicit` names the options the user set on purpose (the CLI passes them); when resuming, those must agree
-    with the checkpoint except for the ones in RESUMABLE_CHANGES. `on_step`, if given, is called after every
+    with the checkpoint except for the ones in RESUMABLE_CHANGES (and LR_CHANGES with `allow_lr_change`). `on_step`, if given, is called after every
     optimizer step with a dict (step, epoch, loss, lr).
     """
-    import numpy as np
-    import torch
-
+    # torch is imported by _train_loop (and by load_checkpoint), so a bad corpus or option fails in a blink
     from .data import DEMO_SOURCE, StreamBatcher, Vocab, read_corpus, split_ids
-    from .evaluate import LN2, score_ids
-    from .model import CharRNN
-    from .runtime import resolve_device
 
     model_config = model_config or ModelConfig()
     train_config = train_config or TrainConfig()
@@ -140,17 +141,24 @@ def train(
         resumed = ckpt_io.load_checkpoint(ckpt_io.resolve_checkpoint(resume))
         saved_model = from_dict(ModelConfig, resumed["model_config"])
         saved_train = from_dict(TrainConfig, resumed["train_config"])
-        differences = []
-        for cfg_new, cfg_old in ((model_config, saved_model), (train_config, saved_train)):
+        changeable = RESUMABLE_CHANGES | (LR_CHANGES if allow_lr_change else set())
+        for what, cfg_new, cfg_old in (("architecture", model_config, saved_model),
+                                       ("training configuration", train_config, saved_train)):
+            differences = []
             for name in to_dict(cfg_old):
-                if name in explicit and name not in RESUMABLE_CHANGES and name != "vocab_size":
+                if name in explicit and name not in changeable and name != "vocab_size":
                     new, old = getattr(cfg_new, name), getattr(cfg_old, name)
                     if new != old:
                         differences.append(f"--{name.replace('_', '-')} {new} (checkpoint has {old})")
-        if differences:
-            raise UsageError("cannot resume with a different configuration: " + "; ".join(differences))
-        for name in RESUMABLE_CHANGES & explicit:
-            setattr(saved_train, name, getattr(train_config, name))
+            if differences:
+                hint = ""
+                if what != "architecture" and any(d.split()[0][2:].replace("-", "_") in LR_CHANGES
+                                                  for d in differences):
+                    hint = " (--allow-lr-change accepts a changed learning-rate schedule or clipping)"
+                raise UsageError(f"cannot resume with a different {what}: " + "; ".join(differences) + hint)
+        for name in changeable & explicit:
+            if hasattr(saved_train, name):
+                setattr(saved_train, name, getattr(train_config, name))
         model_config, train_config = saved_model, saved_train
         if run_dir is None:
             run_dir = os.path.dirname(resumed["path"])
@@ -168,11 +176,15 @@ def train(
     text = read_corpus(corpus, cfg.glob)
     if resumed is not None and text.sha256 != resumed["corpus"]["sha256"]:
         raise DataError(
-            f"cannot resume: the corpus differs from the one this run was trained on "
-            f"(sha256 {text.sha256[:12]}... vs {resumed['corpus']['sha256'][:12]}...)"
+            f"cannot resume: the corpus {text.source} differs from the one this run was trained on "
+            f"({len(text.text)} characters, sha256 {text.sha256[:12]}...; the run's had {resumed['corpus']['chars']} "
+            f"characters, sha256 {resumed['corpus']['sha256'][:12]}...)"
         )
     if not text.text:
-        raise DataError(f"the corpus {text.source} is empty")
+        raise DataError(
+            f"the corpus {text.source} is empty: one batch needs {cfg.batch_size * cfg.seq_len + 1} characters "
+            f"(--batch-size x --seq-len + 1)"
+        )
     vocab = Vocab(resumed["vocab"]) if resumed is not None else Vocab.from_text(text.text)
     ids = vocab.encode(text.text)
     model_config.vocab_size = len(vocab)
@@ -233,7 +245,9 @@ def _prepare_run_dir(run_dir: str, resumed: Optional[dict]) -> "ckpt_io.RunLock"
             f"run directory {run_dir} already holds a run: continue it with --resume {run_dir}, "
             f"or pass another --run-dir"
         )
-    ckpt_io.remove_stale_temps(run_dir)
+    removed = ckpt_io.remove_stale_temps(run_dir)
+    if removed:
+        log.info(f"removed {removed} unfinished checkpoint file(s) left in {run_dir} by an interrupted save")
     return lock
 
 
@@ -259,6 +273,9 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
         foreach=True,
     )
     step, epoch, batch_index, elapsed_before = 0, 0, 0, 0.0
+    skipped_in_a_row = 0
+    # the cosine's length; a separate schedule_steps lets a run stop early and continue later unchanged
+    horizon = cfg.schedule_steps or total_steps
     best_val: Optional[float] = None
     local_batch = shard.stop - shard.start  # this rank's streams
     state = model.init_state(local_batch, device)
@@ -277,9 +294,16 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
         if device.type == "cuda" and "cuda" in resumed["rng"]:
             torch.cuda.set_rng_state(resumed["rng"]["cuda"])
         random.setstate(_python_rng_from_plain(resumed["rng"]["python"]))
+        skipped_in_a_row = progress_state.get("skipped_in_a_row", 0)
         if dist.is_main:
             _truncate_metrics(metrics_path, step)
         log.info(f"resuming {resumed['path']} at step {step}")
+        old_horizon = progress_state.get("schedule_steps")
+        if old_horizon is not None and horizon != old_horizon and step < (horizon or 0):
+            log.warning(
+                f"the learning-rate schedule now decays over {horizon} steps instead of {old_horizon}, so this run "
+                f"will differ from an uninterrupted one (pass --schedule-steps to fix the schedule's length)"
+            )
     elif dist.is_main:
         _truncate_metrics(metrics_path, 0)
     if dist.enabled:
@@ -307,6 +331,8 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                 "best_val_loss": best_val,
                 "chars_seen": step * cfg.batch_size * cfg.seq_len,
                 "world_size": dist.world,
+                "schedule_steps": horizon,
+                "skipped_in_a_row": skipped_in_a_row,
             },
             "hidden": hidden.cpu(),
             "rng": rng,
@@ -315,12 +341,23 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
             "saved_at": time.time(),
         }
 
+    save_steps, save_seconds = cfg.save_interval()
+    resumed_from = resumed["path"] if resumed is not None else None
+    last_save_elapsed = elapsed_before  # training time, which all ranks agree on (a wall clock each would not)
+
     def save(best: bool) -> None:
+        nonlocal last_save_elapsed
         paths = [latest_path] + ([best_path] if best else [])
-        payload = snapshot()
+        if cfg.keep_last:
+            paths.append(os.path.join(run_dir, ckpt_io.step_name(step)))
+        payload = snapshot()  # every rank takes part in its collectives
         if dist.is_main:
             ckpt_io.save_checkpoint(payload, paths)
+            if cfg.keep_last:
+                # only now that the new checkpoint is in place; never the file this run resumed from
+                ckpt_io.prune_step_checkpoints(run_dir, cfg.keep_last, protect=resumed_from)
         dist.barrier()
+        last_save_elapsed = elapsed
 
     metrics = open(metrics_path, "a", encoding="utf-8") if dist.is_main else None
 
@@ -353,15 +390,16 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
     if cfg.precision == "bf16" and device.type != "cuda":
         raise UsageError("--precision bf16 needs a CUDA device (on CPU, bf16 is slower and the fused kernel is fp32)")
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    nan_at = int(os.environ.get("CHARRNN_TEST_NAN_AT_STEP", "0") or 0)  # test-only fault injection
-    nan_rank = int(os.environ.get("CHARRNN_TEST_NAN_RANK", "0") or 0)
+    poison_steps, poison = _test_poison()  # test-only fault injection
+    nan_rank = int(os.environ.get("CHARRNN_TEST_NAN_RANK", "0") or 0)  # test-only: which rank is poisoned
+    step_delay = float(os.environ.get("CHARRNN_TEST_STEP_DELAY", "0") or 0)  # test-only: room for a signal
     crash_at = tuple(map(int, os.environ["CHARRNN_TEST_CRASH_AT"].split(":"))) if os.environ.get(
         "CHARRNN_TEST_CRASH_AT") else None  # test-only: "RANK:STEP"
 
     def progress_fraction() -> float:
         p = 0.0
-        if total_steps:
-            p = max(p, step / total_steps)
+        if horizon:
+            p = max(p, step / horizon)
         if budget:
             p = max(p, elapsed / budget)
         return p
@@ -398,16 +436,17 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                 # Truncated BPTT: keep the state's value (row i of this batch continues row i of the last one)
                 # but cut the graph, so backward stops at this window's start.
                 state = state.detach()
+                state_in = state
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                     _, loss, state = model(x, state, y)
                 state = state.float() if use_bf16 else state
+                if step + 1 in poison_steps and dist.rank == nan_rank:
+                    loss = loss * poison  # real NaN/Inf gradients, so a missed check would poison the weights
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                dist.average_gradients(model.parameters())
+                dist.average_gradients(model.parameters())  # a rank's NaN reaches every rank's gradients
                 grad_norm = clip_gradients(model.parameters(), cfg.grad_clip)
                 loss_value = loss.item()
-                if nan_at and step + 1 == nan_at and dist.rank == nan_rank:
-                    loss_value = float("nan")
                 if crash_at and step + 1 == crash_at[1] and dist.rank == crash_at[0]:
                     os._exit(3)  # test-only: a rank dying without a word
                 if dist.enabled:
@@ -420,31 +459,48 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                     if shared[1].item() > 0 and signals.signum is None:
                         signals.signum = signal.SIGTERM
                     shared_elapsed = shared[2].item() / dist.world
-                if not (math.isfinite(loss_value) and math.isfinite(grad_norm.item())):
+                finite = math.isfinite(loss_value) and math.isfinite(grad_norm.item())  # the same on every rank
+                if finite:
+                    optimizer.step()
+                    skipped_in_a_row = 0
+                elif cfg.on_nonfinite == "skip" and skipped_in_a_row < MAX_SKIPS_IN_A_ROW:
+                    # the weights stay as they were; the state this window produced may be non-finite, so the
+                    # next window starts from the last finite one
+                    skipped_in_a_row += 1
+                    optimizer.zero_grad(set_to_none=True)
+                    state = state_in
+                    log.warning(f"non-finite loss at step {step + 1}: skipped the step")
+                    log_row({"step": step + 1, "epoch": epoch, "skipped": "non-finite loss"})
+                else:
+                    # raised before any save, so the bad state never reaches latest.pt or best.pt
+                    in_a_row = f" ({skipped_in_a_row + 1} steps in a row)" if skipped_in_a_row else ""
                     raise NonFiniteLossError(
-                        f"non-finite loss at step {step + 1}; the last good checkpoint is {latest_path}"
+                        f"non-finite loss at step {step + 1}{in_a_row}; the last good checkpoint is {latest_path}"
                         if os.path.exists(latest_path)
-                        else f"non-finite loss at step {step + 1}; no checkpoint was saved"
+                        else f"non-finite loss at step {step + 1}{in_a_row}; no checkpoint was saved"
                     )
-                optimizer.step()
                 step += 1
                 batch_index += 1
                 if batch_index == len(batcher):
                     batch_index, epoch = 0, epoch + 1
-                last_loss = loss_value
+                if finite:
+                    last_loss = loss_value
+                if step_delay:
+                    time.sleep(step_delay)
                 elapsed = shared_elapsed if dist.enabled else elapsed_before + (time.perf_counter() - start)
                 rate_steps += 1
                 now = time.perf_counter()
                 if now - rate_t0 >= 1.0:
                     rate = rate_steps * chars_per_step / (now - rate_t0)
                     rate_t0, rate_steps = now, 0
-                if step % cfg.log_every == 0:
+                if step % cfg.log_every == 0 and finite:
                     log_row({"step": step, "epoch": epoch, "loss": loss_value, "lr": lr,
                              "grad_norm": grad_norm.item(), "elapsed": round(elapsed, 3),
                              "chars_per_sec": round(rate, 1)})
                 finishing = (total_steps is not None and step >= total_steps) or (
                     budget is not None and elapsed >= budget
                 )
+                saved = False
                 if step % cfg.eval_every == 0 or finishing:
                     val = run_eval()
                     improved = False
@@ -458,6 +514,12 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                     else:
                         improved = True  # without a validation split, best is the latest
                     save(best=improved)
+                    saved = True
+                elif (save_steps is not None and step % save_steps == 0) or (
+                    save_seconds is not None and elapsed - last_save_elapsed >= save_seconds
+                ):
+                    save(best=False)
+                    saved = True
                 if progress:
                     # tqdm shows step/limit and the ETA (or elapsed/budget and time left); the rest goes here
                     postfix = {"step": step, "epoch": epoch, "loss": f"{loss_value:.3f}"}
@@ -474,7 +536,8 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                 if on_step is not None:
                     on_step({"step": step, "epoch": epoch, "loss": loss_value, "lr": lr})
                 if signals.signum is not None:
-                    save(best=False) if not finishing else None
+                    if not saved:
+                        save(best=False)
                     code = EXIT_SIGINT if signals.signum == signal.SIGINT else EXIT_SIGTERM
                     name = "SIGINT" if signals.signum == signal.SIGINT else "SIGTERM"
                     raise Interrupted(
@@ -513,6 +576,16 @@ def _to_cpu(obj):
     if isinstance(obj, tuple):
         return [_to_cpu(v) for v in obj]
     return obj
+
+
+def _test_poison() -> tuple[set, float]:
+    """Test-only: CHARRNN_TEST_NAN_AT_STEP="13" (or "13,14", or "13:inf") multiplies the loss of those steps by
+    NaN (or Inf), which makes the loss and every gradient non-finite."""
+    value = os.environ.get("CHARRNN_TEST_NAN_AT_STEP", "")
+    if not value:
+        return set(), float("nan")
+    steps, _, kind = value.partition(":")
+    return {int(s) for s in steps.split(",") if s.strip()}, float(kind or "nan")
 
 
 def _python_rng_to_plain(state) -> list:

@@ -130,7 +130,7 @@ def test_resume_refuses_a_changed_architecture_or_corpus(tmp_path, tiny_run):
         charrnn.train(None, charrnn.ModelConfig(hidden_size=64), tiny(), resume=str(tiny_run),
                       explicit={"hidden_size"}, progress=False)
     other = make_corpus(tmp_path / "other.txt", 8000, seed=5)
-    with pytest.raises(DataError, match="corpus differs"):
+    with pytest.raises(DataError, match="differs from the one this run was trained on"):
         charrnn.train(str(other), None, tiny(), resume=str(tiny_run), progress=False)
 
 
