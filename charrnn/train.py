@@ -64,6 +64,16 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
     return cfg.lr * warm * cosine
 
 
+def make_optimizer(model, lr: float, betas: tuple, weight_decay: float):
+    """AdamW with weight decay on the weight matrices only (biases and nothing else are decayed)."""
+    import torch
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=True)
+
+
 def default_run_dir(source: str, base: str = "checkpoints") -> str:
     stem = "demo" if source.startswith("<demo") else ("stdin" if source == "-" else os.path.basename(source.rstrip("/")))
     stem = os.path.splitext(stem)[0] or "run"
@@ -213,14 +223,7 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     model = CharRNN(model_config, kernel=cfg.kernel).to(device)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2),
-        foreach=True,
-    )
+    optimizer = make_optimizer(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay)
     step, epoch, batch_index, elapsed_before = 0, 0, 0, 0.0
     best_val: Optional[float] = None
     state = model.init_state(cfg.batch_size, device)
