@@ -120,7 +120,7 @@ def train(
     import numpy as np
     import torch
 
-    from .data import DEMO_SOURCE, StreamBatcher, Vocab, read_corpus, split_ids
+    from .data import DEMO_SOURCE, StreamBatcher, Vocab, load_ids, split_ids
     from .evaluate import LN2, score_ids
     from .model import CharRNN
     from .runtime import resolve_device
@@ -160,16 +160,17 @@ def train(
             raise UsageError("this run was trained on standard input: pass the corpus again (`-`) to resume it")
     if corpus is None or corpus == DEMO_SOURCE:
         log.info("no corpus given: training on the built-in demo corpus (Python standard library source)")
-    text = read_corpus(corpus, cfg.glob)
+    text = load_ids(corpus, cfg.glob, progress=progress)  # memory-mapped from the cache for big corpora
     if resumed is not None and text.sha256 != resumed["corpus"]["sha256"]:
         raise DataError(
             f"cannot resume: the corpus differs from the one this run was trained on "
             f"(sha256 {text.sha256[:12]}... vs {resumed['corpus']['sha256'][:12]}...)"
         )
-    if not text.text:
+    if not text.chars:
         raise DataError(f"the corpus {text.source} is empty")
-    vocab = Vocab(resumed["vocab"]) if resumed is not None else Vocab.from_text(text.text)
-    ids = vocab.encode(text.text)
+    vocab, ids = text.vocab, text.ids
+    if resumed is not None and Vocab(resumed["vocab"]) != vocab:
+        raise DataError("cannot resume: the corpus's characters differ from the checkpoint's vocabulary")
     model_config.vocab_size = len(vocab)
     splits = split_ids(ids, cfg.val_frac, cfg.test_frac)
     batcher = StreamBatcher(splits.train, cfg.batch_size, cfg.seq_len)
@@ -267,7 +268,7 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
             },
             "hidden": state.detach().cpu(),
             "rng": rng,
-            "corpus": {"source": text.source, "sha256": text.sha256, "chars": len(text.text)},
+            "corpus": {"source": text.source, "sha256": text.sha256, "chars": text.chars},
             "torch_version": str(torch.__version__),
             "saved_at": time.time(),
         }
