@@ -102,7 +102,8 @@ def sgemm_peak(n: int = 2048, repeats: int = 5) -> float:
 def compare(H, L, V=65, B=64, T=128, rounds=5, steps=None, contenders=None):
     """Interleave the contenders (A B A B ...) for `rounds` rounds; return median chars/s of each."""
     torch.manual_seed(0)
-    steps = steps or max(2, int(round(3e6 / (B * T * useful_flops_per_char(H, L, V) / 1e6) / 50)))
+    # about 2 s per round at 100 GFLOP/s, at least 2 steps
+    steps = steps or max(2, round(2 * 100e9 / (B * T * useful_flops_per_char(H, L, V))))
     if contenders is None:
         contenders = {"charrnn": make_charrnn(V, H, L), "nn.RNN": StockRNN(V, H, L)}
     trainers = {name: Trainer(m, V, B, T) for name, m in contenders.items()}

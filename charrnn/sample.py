@@ -53,13 +53,17 @@ def filter_logits(logits, temperature: float, top_k: Optional[int], top_p: Optio
 class TanhStepper:
     """One generation step of a tanh CharRNN, written for speed: no autograd, weights pre-transposed and
     contiguous, the layer-1 bias folded into the lookup table, every result written into a preallocated buffer.
-    Per character and layer that is one lookup or input GEMV, one recurrent GEMV and one tanh. Same maths as
-    `CharRNN.step` (a test holds them equal)."""
+    Per character and layer that is one lookup or input product, one recurrent product and one tanh. Same maths
+    as `CharRNN.step` (a test holds them equal). ids and logits are numpy arrays.
+
+    One stream runs on numpy: its matrix-vector products go to a single-threaded BLAS gemv and each call costs
+    about a microsecond of overhead where a torch op costs several. Several streams run on torch with one
+    thread: numpy's BLAS would split those small GEMMs over threads, which on a busy 2-core machine costs
+    milliseconds per call in waiting."""
 
     def __init__(self, model, batch_size: int):
         import torch
 
-        L = model.config.num_layers
         with torch.no_grad():
             self.table = (model.embed.weight + model.bias[0]).detach().clone()  # V, H: W^1_xh + b^1
             self.w_hh_t = [w.detach().t().contiguous() for w in model.w_hh]  # H, H each
@@ -68,31 +72,61 @@ class TanhStepper:
             self.head_t = model.head.weight.detach().t().contiguous()  # H, V
             self.head_b = model.head.bias.detach().clone()
         H, V = self.head_t.shape
+        L = len(self.w_hh_t)
         self.state = torch.zeros(L, batch_size, H)
-        self.pre = torch.empty(batch_size, H)
+        self.pre, self.tmp = torch.empty(batch_size, H), torch.empty(batch_size, H)
         self.logits = torch.empty(batch_size, V)
+        self.on_numpy = batch_size == 1
+        # numpy views of the same memory (no copies)
+        self.np = {name: [t.numpy() for t in getattr(self, name)] for name in ("w_hh_t", "w_xh_t", "bias")}
+        self.np_table, self.np_head_t, self.np_head_b = self.table.numpy(), self.head_t.numpy(), self.head_b.numpy()
+        self.np_state, self.np_pre, self.np_tmp = self.state.numpy(), self.pre.numpy(), self.tmp.numpy()
+        self.np_logits = self.logits.numpy()
 
     def __call__(self, ids):
-        """ids (B,) int64 -> logits (B, V) (a buffer, overwritten by the next call); the state advances."""
+        """ids (B,) int64 numpy -> logits (B, V) numpy (a buffer, overwritten by the next call)."""
+        if self.on_numpy:
+            return self._step_numpy(ids)
         import torch
 
-        state, pre = self.state, self.pre
-        # One thread: these are matrix-vector products on a few MB of weights, where splitting each small op over
-        # OpenMP threads costs more in fork/join than it saves (and stalls badly when other processes hold a core).
         threads = torch.get_num_threads()
         if threads != 1:
             torch.set_num_threads(1)
         try:
-            torch.index_select(self.table, 0, ids, out=pre)
-            for layer in range(len(self.w_hh_t)):
-                if layer > 0:
-                    torch.addmm(self.bias[layer], state[layer - 1], self.w_xh_t[layer - 1], out=pre)
-                pre.addmm_(state[layer], self.w_hh_t[layer])  # z = W_xh x + b + W_hh h
-                torch.tanh(pre, out=state[layer])
-            return torch.addmm(self.head_b, state[-1], self.head_t, out=self.logits)
+            self._step_torch(torch.from_numpy(ids))
         finally:
             if threads != 1:
                 torch.set_num_threads(threads)
+        return self.np_logits
+
+    def _step_numpy(self, ids):
+        import numpy as np
+
+        state, pre, tmp = self.np_state, self.np_pre, self.np_tmp
+        w_hh_t, w_xh_t, bias = self.np["w_hh_t"], self.np["w_xh_t"], self.np["bias"]
+        np.take(self.np_table, ids, axis=0, out=pre)
+        for layer in range(len(w_hh_t)):
+            if layer > 0:
+                np.matmul(state[layer - 1], w_xh_t[layer - 1], out=pre)
+                pre += bias[layer]
+            np.matmul(state[layer], w_hh_t[layer], out=tmp)
+            pre += tmp  # z = W_xh x + b + W_hh h
+            np.tanh(pre, out=state[layer])
+        np.matmul(state[-1], self.np_head_t, out=self.np_logits)
+        self.np_logits += self.np_head_b
+        return self.np_logits
+
+    def _step_torch(self, ids):
+        import torch
+
+        state, pre = self.state, self.pre
+        torch.index_select(self.table, 0, ids, out=pre)
+        for layer in range(len(self.w_hh_t)):
+            if layer > 0:
+                torch.addmm(self.bias[layer], state[layer - 1], self.w_xh_t[layer - 1], out=pre)
+            pre.addmm_(state[layer], self.w_hh_t[layer])  # z = W_xh x + b + W_hh h
+            torch.tanh(pre, out=state[layer])
+        torch.addmm(self.head_b, state[-1], self.head_t, out=self.logits)
 
 
 class _ModuleStepper:
@@ -102,8 +136,10 @@ class _ModuleStepper:
         self.model, self.state = model, model.init_state(batch_size)
 
     def __call__(self, ids):
-        logits, self.state = self.model.step(ids, self.state)
-        return logits
+        import torch
+
+        logits, self.state = self.model.step(torch.from_numpy(ids), self.state)
+        return logits.numpy()
 
 
 def pick(logits, uniforms, temperature: float, top_k: Optional[int], top_p: Optional[float]):
@@ -136,6 +172,7 @@ def generate(model, vocab, length: int, temperature: float = 1.0, top_k: Optiona
              top_p: Optional[float] = None, prime: str = "", seed: Optional[int] = None,
              num_samples: int = 1) -> Iterator[list[str]]:
     """Yield, for each generated position, one new character per sample (a list of num_samples strings)."""
+    import numpy as np
     import torch
 
     check_prime(vocab, prime)
@@ -151,16 +188,14 @@ def generate(model, vocab, length: int, temperature: float = 1.0, top_k: Optiona
     with torch.inference_mode():
         logits = None
         for i in context:
-            logits = stepper(torch.full((num_samples,), i, dtype=torch.long))
+            logits = stepper(np.full(num_samples, i, dtype=np.int64))
         uniforms = None
-        ids = torch.empty(num_samples, dtype=torch.long)
         for n in range(length):
             if n % block == 0:
                 uniforms = (1.0 - torch.rand(block, num_samples, generator=generator, dtype=torch.float64)).numpy()
-            picked = pick(logits.numpy(), uniforms[n % block], temperature, top_k, top_p)
+            picked = pick(logits, uniforms[n % block], temperature, top_k, top_p)
             yield [chars[i] for i in picked.tolist()]
-            ids.copy_(torch.from_numpy(picked))
-            logits = stepper(ids)
+            logits = stepper(picked)
 
 
 def sample(checkpoint: Optional[str] = None, length: int = 1000, temperature: float = 1.0,
