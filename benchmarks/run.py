@@ -108,11 +108,13 @@ def bench_corpus(size_mb: int) -> dict:
             f.write(block)
             written += len(block)
     env = dict(os.environ, CHARRNN_CACHE_DIR=os.path.join(tmp, "cache"), PYTHONPATH=ROOT)
+    # peak RSS from VmHWM: getrusage's ru_maxrss of a child carries over the parent's peak across exec on Linux
+    hwm = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])/1024"
     probe = (
-        "import resource, sys, time, json; from charrnn.data import load_ids; t=time.perf_counter();"
+        "import sys, time, json; from charrnn.data import load_ids; t=time.perf_counter();"
         "c=load_ids(sys.argv[1], progress=False); dt=time.perf_counter()-t;"
         "print(json.dumps({'seconds': dt, 'chars': c.chars, 'vocab': len(c.vocab),"
-        "'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024}))"
+        f"'peak_rss_mb': {hwm}}}))"
     )
     out = {"corpus_mb": written / 2**20}
     try:
@@ -126,10 +128,10 @@ def bench_corpus(size_mb: int) -> dict:
             print(f"  corpus {out['corpus_mb']:.0f} MB {label}: {out[f'{label}_mb_per_s']:.0f} MB/s, "
                   f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
         train = (
-            "import resource, sys, charrnn; from charrnn.config import ModelConfig, TrainConfig;"
+            "import sys, charrnn; from charrnn.config import ModelConfig, TrainConfig;"
             "charrnn.train(sys.argv[1], ModelConfig(hidden_size=128), TrainConfig(max_steps=20, val_frac=0,"
             " test_frac=0, eval_every=1000), run_dir=sys.argv[2], progress=False);"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024)"
+            f"print({hwm})"
         )
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-c", train, corpus, os.path.join(tmp, "run")], env=env,
