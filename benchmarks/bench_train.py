@@ -99,16 +99,17 @@ def sgemm_peak(n: int = 2048, repeats: int = 5) -> float:
     return 2.0 * n**3 / min(times)
 
 
-def compare(H, L, V=65, B=64, T=128, rounds=5, steps=None, contenders=None):
+def compare(H, L, V=65, B=64, T=128, rounds=5, steps=None, contenders=None, round_seconds=2.0):
     """Interleave the contenders (A B A B ...) for `rounds` rounds; return median chars/s of each."""
     torch.manual_seed(0)
-    # about 2 s per round at 100 GFLOP/s, at least 2 steps
-    steps = steps or max(2, round(2 * 100e9 / (B * T * useful_flops_per_char(H, L, V))))
     if contenders is None:
         contenders = {"charrnn": make_charrnn(V, H, L), "nn.RNN": StockRNN(V, H, L)}
     trainers = {name: Trainer(m, V, B, T) for name, m in contenders.items()}
+    slowest = 0.0
     for tr in trainers.values():
-        tr.run(2)  # warm-up: allocator, first-call costs
+        tr.run(1)  # warm-up: allocator, first-call costs
+        slowest = max(slowest, B * T / tr.run(1))
+    steps = steps or max(2, round(round_seconds / slowest))  # each round about round_seconds for the slower one
     rates = {name: [] for name in trainers}
     for _ in range(rounds):
         for name, tr in trainers.items():

@@ -34,7 +34,7 @@ V = 65  # tiny-shakespeare's vocabulary
 def bench_training(quick: bool, peak: float) -> list[dict]:
     rows = []
     for L, H in ((2, 128), (2, 512), (3, 1024)):
-        med, raw, steps = compare(H, L, V=V, rounds=3 if quick else 7)
+        med, raw, steps = compare(H, L, V=V, rounds=3 if quick else 7, round_seconds=1.0 if quick else 2.5)
         flops = med["charrnn"] * useful_flops_per_char(H, L, V)
         rows.append({
             "model": f"{L}x{H}", "B": 64, "T": 128, "steps_per_round": steps,
