@@ -98,9 +98,8 @@ def evaluate(
 ) -> dict:
     """Score FILE (default: the run's test split, else its val split) with a checkpoint; see the module doc."""
     from .checkpoint import load_checkpoint, resolve_checkpoint
-    from .data import decode_utf8, read_corpus, describe_chars, split_ids
-    from .runtime import build_model, resolve_device
     from .config import TrainConfig, from_dict
+    from .runtime import build_model, resolve_device
 
     if streams < 1:
         raise UsageError(f"--streams must be at least 1, not {streams}")
@@ -124,7 +123,7 @@ def text_ids(ckpt: dict, vocab, file: Optional[str], skip_unknown: bool = False)
     """The ids to score for `eval` (also used by `eval --show`): FILE ('-' for stdin), else the run's test split,
     else its validation split. Returns (ids, what they are, characters skipped as unknown)."""
     from .config import TrainConfig, from_dict
-    from .data import decode_utf8, describe_chars, read_corpus, split_ids
+    from .data import decode_utf8, describe_chars, load_ids, split_ids
 
     train_config = from_dict(TrainConfig, ckpt["train_config"])
     skipped = 0
@@ -157,12 +156,14 @@ def text_ids(ckpt: dict, vocab, file: Optional[str], skip_unknown: bool = False)
         corpus = ckpt["corpus"]
         if corpus["source"] == "-":
             raise UsageError("this run was trained on standard input, so its test split cannot be re-read: pass FILE")
-        text = read_corpus(corpus["source"], train_config.glob)
+        text = load_ids(corpus["source"], train_config.glob, progress=False)
         if text.sha256 != corpus["sha256"]:
             raise DataError(
                 f"the corpus {corpus['source']} has changed since training (sha256 differs): pass FILE to eval"
             )
-        splits = split_ids(vocab.encode(text.text), train_config.val_frac, train_config.test_frac)
+        if text.vocab != vocab:
+            raise DataError(f"the corpus {corpus['source']} does not match the checkpoint's vocabulary")
+        splits = split_ids(text.ids, train_config.val_frac, train_config.test_frac)
         if len(splits.test) > 1:
             ids, what = splits.test, "test split"
         elif len(splits.val) > 1:

@@ -4,10 +4,15 @@
 recurrent part has to be stepped. Autograd on a per-step loop would also compute a small weight-gradient GEMM and
 an HxH accumulation at every step; here backward steps only the recurrent gradient
 
-    dz_t = (dL/dh_t + dh_t) * (1 - h_t^2),        dh_{t-1} = dz_t W_hh
+    dz_t = (dL/dh_t + dz_{t+1} W_hh) * (1 - h_t^2),        dL/dh0 = dz_0 W_hh
 
 and then forms dL/dW_hh = sum_t dz_t^T h_{t-1} as ONE GEMM over all T*B rows.
 `tanh_recurrence_reference` is the same maths in plain autograd; tests prove the two agree.
+
+Speed notes (the loops run T times per layer per batch, so every op inside them counts): each step is exactly two
+torch calls writing into preallocated slices (`out=`), with no temporaries for the allocator to find: forward
+`addmm` then `tanh_`; backward `addmm` (dL/dh_t + dz_{t+1} W_hh, written straight into dz_t) then an in-place
+multiply by tanh'(z_t), which is computed for all T steps in one op before the loop.
 """
 
 from __future__ import annotations
@@ -21,12 +26,11 @@ class TanhRecurrence(torch.autograd.Function):
         T = x.shape[0]  # x: T, B, H;  h0: B, H;  w_hh: H, H
         x = x.contiguous()
         hs = torch.empty_like(x)  # T, B, H
-        w_t = w_hh.t()
+        w_t = w_hh.t()  # a view: BLAS takes the transpose flag, no copy
         h = h0
         for t in range(T):
-            torch.addmm(x[t], h, w_t, out=hs[t])
-            hs[t].tanh_()
-            h = hs[t]
+            h = torch.addmm(x[t], h, w_t, out=hs[t])  # z_t = x_t + h_{t-1} W_hh^T
+            h.tanh_()
         ctx.save_for_backward(h0, w_hh, hs)
         return hs
 
@@ -35,16 +39,18 @@ class TanhRecurrence(torch.autograd.Function):
         h0, w_hh, hs = ctx.saved_tensors
         T, B, H = hs.shape
         grad_hs = grad_hs.contiguous()
-        dtanh = 1.0 - hs * hs  # T, B, H: tanh'(z_t) for every step at once
+        dtanh = torch.mul(hs, hs).neg_().add_(1.0)  # T, B, H: tanh'(z_t) = 1 - h_t^2 for every step at once
         dz = torch.empty_like(hs)  # T, B, H: dL/dz_t, z_t the pre-activation
-        carry = torch.zeros_like(h0)  # dL/dh_t arriving from step t+1
-        for t in range(T - 1, -1, -1):
-            torch.add(grad_hs[t], carry, out=dz[t])
+        torch.mul(grad_hs[T - 1], dtanh[T - 1], out=dz[T - 1])
+        for t in range(T - 2, -1, -1):
+            torch.addmm(grad_hs[t], dz[t + 1], w_hh, out=dz[t])  # dL/dh_t = direct + from step t+1
             dz[t].mul_(dtanh[t])
-            carry = torch.mm(dz[t], w_hh)
-        h_prev = torch.cat((h0.unsqueeze(0), hs[:-1]), dim=0)  # T, B, H: h_{t-1}
-        grad_w = dz.view(T * B, H).t().mm(h_prev.view(T * B, H))  # one GEMM over all T*B rows
-        grad_h0 = carry if ctx.needs_input_grad[1] else None
+        dz_rows = dz.view(T * B, H)
+        # dL/dW_hh = sum_t dz_t^T h_{t-1}: step 0 pairs with h0, steps 1.. with hs[:-1] (no concatenated copy)
+        grad_w = torch.mm(dz[0].t(), h0)
+        if T > 1:
+            grad_w.addmm_(dz_rows[B:].t(), hs[:-1].reshape((T - 1) * B, H))
+        grad_h0 = torch.mm(dz[0], w_hh) if ctx.needs_input_grad[1] else None
         return dz, grad_h0, grad_w
 
 
@@ -60,3 +66,223 @@ def tanh_recurrence_reference(x: torch.Tensor, h0: torch.Tensor, w_hh: torch.Ten
         h = torch.tanh(x[t] + h @ w_hh.t())
         hs.append(h)
     return torch.stack(hs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the whole stack of layers at once, pipelined over two (or more) threads
+#
+# Layer l at time t needs layer l at t-1 and layer l-1 at t, so layer l+1 can run chunk k-1 while layer l runs
+# chunk k (a wavefront). Each worker thread runs single-threaded torch ops: on a 2-core machine two independent
+# single-threaded GEMMs beat one GEMM split over two OpenMP threads, because small per-step ops pay a fork/join
+# barrier each (and a descheduled OpenMP thread stalls the barrier for a whole time slice when the machine is
+# busy). torch releases the GIL inside every op, so the Python threads do run in parallel.
+
+
+def default_workers(num_layers: int) -> int:
+    """Threads for the layer pipeline: one per layer, at most torch's intra-op thread count; 1 means serial."""
+    import torch as _torch
+
+    if num_layers < 2:
+        return 1
+    return max(1, min(num_layers, _torch.get_num_threads()))
+
+
+def _run_tasks(tasks: list, deps: list, workers: int) -> None:
+    """Run tasks[i]() after every tasks[j] for j in deps[i]. `tasks` is listed in a valid serial order, which is
+    also each worker's preference. workers == 1 runs them in order in this thread with torch's usual threads."""
+    if workers <= 1:
+        for task in tasks:
+            task()
+        return
+    import threading
+
+    outer_threads = torch.get_num_threads()
+    intra = max(1, outer_threads // workers)
+    n = len(tasks)
+    done, taken = [False] * n, [False] * n
+    failures: list = []
+    cond = threading.Condition()
+
+    def next_ready():
+        for i in range(n):
+            if not taken[i] and all(done[j] for j in deps[i]):
+                return i
+        return None
+
+    def work() -> None:
+        torch.set_num_threads(intra)
+        try:
+            with torch.no_grad():  # grad mode is per thread; the tensors here are autograd.Function internals
+                while True:
+                    with cond:
+                        while True:
+                            if failures or all(taken):
+                                return
+                            i = next_ready()
+                            if i is not None:
+                                taken[i] = True
+                                break
+                            cond.wait()
+                    try:
+                        tasks[i]()
+                    except BaseException as exc:  # hand it to the calling thread, and stop the other workers
+                        with cond:
+                            failures.append(exc)
+                            cond.notify_all()
+                        return
+                    with cond:
+                        done[i] = True
+                        cond.notify_all()
+        finally:
+            # torch.set_num_threads also sets the default that new threads start from: put the caller's back
+            torch.set_num_threads(outer_threads)
+
+    helpers = [threading.Thread(target=work, daemon=True) for _ in range(workers - 1)]
+    for thread in helpers:
+        thread.start()
+    work()
+    for thread in helpers:
+        thread.join()
+    if failures:
+        raise failures[0]
+
+
+def _chunks(T: int, target: int = 16) -> list[tuple[int, int]]:
+    """About `target` time chunks: enough for the pipeline to fill quickly, few enough to hand off cheaply."""
+    size = max(1, -(-T // target))
+    return [(t0, min(T, t0 + size)) for t0 in range(0, T, size)]
+
+
+class TanhStack(torch.autograd.Function):
+    """All L layers: h^1 = recurrence(x1, h0[0], W^1_hh);  h^l = recurrence(b^l + (h^{l-1} * mask^{l-1}) W^l_xh^T,
+    h0[l], W^l_hh). Returns every hidden state, (L, T, B, H)."""
+
+    @staticmethod
+    def forward(ctx, x1, h0, masks, workers, num_layers, *params):
+        L = num_layers
+        w_hh, w_xh, b = params[:L], params[L : 2 * L - 1], params[2 * L - 1 :]
+        T, B, H = x1.shape
+        hs = x1.new_empty((L, T, B, H))
+        # the input each layer above the first sees: h^{l-1} * mask (kept for dL/dW_xh), or h^{l-1} itself
+        xin = x1.new_empty((L - 1, T, B, H)) if masks is not None else hs[:-1]
+        chunks = _chunks(T)
+        tasks, deps, index = [], [], {}
+
+        def forward_task(l, t0, t1):
+            def run():
+                out = hs[l, t0:t1]  # C, B, H
+                if l == 0:
+                    out.copy_(x1[t0:t1])
+                else:
+                    inp = hs[l - 1, t0:t1]
+                    if masks is not None:
+                        inp = torch.mul(inp, masks[l - 1, t0:t1], out=xin[l - 1, t0:t1])
+                    torch.addmm(b[l - 1], inp.reshape(-1, H), w_xh[l - 1].t(), out=out.view(-1, H))
+                w_t = w_hh[l].t()
+                h = h0[l] if t0 == 0 else hs[l, t0 - 1]
+                for t in range(t0, t1):
+                    h = hs[l, t].addmm_(h, w_t).tanh_()  # h_t = tanh(z_t),  z_t = x_t + h_{t-1} W_hh^T
+
+            return run
+
+        for d in range(len(chunks) + L - 1):  # diagonal (wavefront) order: a valid serial order, and the
+            # order the workers prefer
+            for l in range(L):
+                k = d - l
+                if 0 <= k < len(chunks):
+                    index[l, k] = len(tasks)
+                    tasks.append(forward_task(l, *chunks[k]))
+                    deps.append([index[x] for x in ((l, k - 1), (l - 1, k)) if x in index])
+        _run_tasks(tasks, deps, workers)
+        ctx.save_for_backward(h0, hs, *params)
+        ctx.masks, ctx.xin, ctx.workers, ctx.num_layers = masks, xin, workers, L
+        return hs
+
+    @staticmethod
+    def backward(ctx, grad_hs):
+        h0, hs, *params = ctx.saved_tensors
+        L, masks, xin, workers = ctx.num_layers, ctx.masks, ctx.xin, ctx.workers
+        w_hh, w_xh, b = params[:L], params[L : 2 * L - 1], params[2 * L - 1 :]
+        _, T, B, H = hs.shape
+        grad_hs = grad_hs.contiguous()
+        dz = torch.empty_like(hs)  # L, T, B, H: dL/dz^l_t
+        grads = {}
+        chunks = _chunks(T)
+        K = len(chunks)
+        tasks, deps, index = [], [], {}
+
+        def backward_task(l, t0, t1):
+            def run():
+                g = dz[l, t0:t1]  # C, B, H: dL/dh^l_t from outside the layer, then dL/dz^l_t
+                g.copy_(grad_hs[l, t0:t1])
+                if l < L - 1:  # through layer l+1's input: d(x^{l+1})/dh^l = W^{l+1}_xh (times the mask)
+                    up = dz[l + 1, t0:t1].reshape(-1, H)
+                    if masks is None:
+                        g.view(-1, H).addmm_(up, w_xh[l])
+                    else:
+                        g.view(-1, H).addcmul_(torch.mm(up, w_xh[l]), masks[l, t0:t1].reshape(-1, H))
+                h = hs[l, t0:t1]
+                dtanh = torch.mul(h, h).neg_().add_(1.0)  # tanh'(z_t) = 1 - h_t^2, for the chunk at once
+                for t in range(t1 - 1, t0 - 1, -1):
+                    if t < T - 1:
+                        dz[l, t].addmm_(dz[l, t + 1], w_hh[l])  # + dL/dh_t arriving from step t+1
+                    dz[l, t].mul_(dtanh[t - t0])
+
+            return run
+
+        def weight_task(l):
+            def run():
+                rows = dz[l].view(T * B, H)
+                # dL/dW_hh = sum_t dz_t^T h_{t-1}, ONE GEMM over all T*B rows (step 0 pairs with h0)
+                gw = torch.mm(dz[l, 0].t(), h0[l])
+                if T > 1:
+                    gw.addmm_(rows[B:].t(), hs[l, :-1].reshape((T - 1) * B, H))
+                grads["w_hh", l] = gw
+                grads["h0", l] = torch.mm(dz[l, 0], w_hh[l])
+                if l > 0:
+                    grads["w_xh", l] = torch.mm(rows.t(), xin[l - 1].reshape(T * B, H))
+                    grads["b", l] = rows.sum(0)
+
+            return run
+
+        for d in range(K + L - 1):
+            for l in range(L - 1, -1, -1):
+                k = K - 1 - (d - (L - 1 - l))
+                if 0 <= k < K:
+                    index[l, k] = len(tasks)
+                    tasks.append(backward_task(l, *chunks[k]))
+                    deps.append([index[x] for x in ((l, k + 1), (l + 1, k)) if x in index])
+            for l in range(L):  # a layer's weight gradients as soon as its last chunk is done
+                if (l, 0) in index and ("w", l) not in index:
+                    index["w", l] = len(tasks)
+                    tasks.append(weight_task(l))
+                    deps.append([index[l, k] for k in range(K)])
+        _run_tasks(tasks, deps, workers)
+        grad_h0 = torch.stack([grads["h0", l] for l in range(L)]) if ctx.needs_input_grad[1] else None
+        grad_params = [grads["w_hh", l] for l in range(L)]
+        grad_params += [grads["w_xh", l] for l in range(1, L)]
+        grad_params += [grads["b", l] for l in range(1, L)]
+        return (dz[0], grad_h0, None, None, None, *grad_params)
+
+
+def tanh_stack(x1, h0, w_hh, w_xh, b, masks=None, workers=None):
+    """Every hidden state (L, T, B, H) of L stacked tanh layers, fast forward and backward.
+
+    x1: (T, B, H) layer 1's pre-activation input (W^1_xh x^1_t + b^1, a lookup); h0: (L, B, H); w_hh: L (H, H);
+    w_xh, b: the L-1 input weights (H, H) and biases (H,) of layers 2..L; masks: (L-1, T, B, H) dropout masks
+    (already scaled by 1/(1-p)) applied to each layer's output before the next layer, or None.
+    workers: pipeline threads (None: `default_workers`; 1: serial, on torch's own intra-op threads)."""
+    L = len(w_hh)
+    workers = default_workers(L) if workers is None else workers
+    return TanhStack.apply(x1, h0, masks, workers, L, *w_hh, *w_xh, *b)
+
+
+def tanh_stack_reference(x1, h0, w_hh, w_xh, b, masks=None):
+    """The same stack written plainly layer by layer, differentiated by autograd."""
+    x, out = x1, []
+    for l in range(len(w_hh)):
+        if l > 0:
+            inp = out[-1] if masks is None else out[-1] * masks[l - 1]
+            x = inp @ w_xh[l - 1].t() + b[l - 1]
+        out.append(tanh_recurrence_reference(x, h0[l], w_hh[l]))
+    return torch.stack(out)

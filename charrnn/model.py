@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .fused import tanh_recurrence
+from .fused import tanh_stack, tanh_stack_reference
 
 
 class CharRNN(nn.Module):
@@ -29,7 +29,10 @@ class CharRNN(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        self.kernel = kernel  # tanh only: "fused" (hand-written BPTT), "nn" (torch's RNN, cuDNN on CUDA), "auto"
+        # tanh only: "fused" (hand-written BPTT), "nn" (torch's RNN, cuDNN on CUDA), "auto" (fused on CPU), and
+        # "reference" (the same maths as "fused" in plain autograd, slow: for tests)
+        self.kernel = kernel
+        self.workers: Optional[int] = None  # fused kernel's pipeline threads; None: fused.default_workers
         V, H, L = config.vocab_size, config.hidden_size, config.num_layers
         self.embed = nn.Embedding(V, H)  # = W^1_xh: row c is W^1_xh times one-hot(c)
         if config.cell == "tanh":
@@ -69,7 +72,7 @@ class CharRNN(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def _use_fused(self, x: torch.Tensor) -> bool:
-        if self.kernel == "fused":
+        if self.kernel in ("fused", "reference"):
             return True
         if self.kernel == "nn":
             return False
@@ -85,34 +88,38 @@ class CharRNN(nn.Module):
         B, T = ids.shape
         if state is None:
             state = self.init_state(B, ids.device)
-        x = self.embed(ids.t())  # T, B, H: W^1_xh x^1_t for every t by lookup
-        if self.config.cell == "tanh":
-            top, state = self._tanh_layers(x, state)
-        elif self.config.cell == "gru":
-            top, state = self.rnn(x, state)
+        if self.config.cell == "tanh" and self._use_fused(ids):
+            # lookup in (W^1_xh + b^1): adding the bias to the V rows of the table is cheaper than to T*B rows
+            x = F.embedding(ids.t(), self.embed.weight + self.bias[0])  # T, B, H: W^1_xh x^1_t + b^1
+            top, state = self._tanh_layers_fused(x, state)
+        elif self.config.cell == "tanh":
+            top, state = self._tanh_layers_nn(self.embed(ids.t()), state)
         else:
-            top, (h, c) = self.rnn(x, (state[0], state[1]))
-            state = torch.stack((h, c))
+            x = self.embed(ids.t())  # T, B, H: W^1_xh x^1_t for every t by lookup
+            if self.config.cell == "gru":
+                top, state = self.rnn(x, state)
+            else:
+                top, (h, c) = self.rnn(x, (state[0], state[1]))
+                state = torch.stack((h, c))
         logits = self.head(self.drop(top))  # T, B, V
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(T * B, -1), targets.t().reshape(T * B).long())
         return logits.transpose(0, 1), loss, state
 
-    def _tanh_layers(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _tanh_layers_fused(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (T, B, H) layer 1's pre-activation input W^1_xh x^1_t + b^1 (a lookup). All layers in one autograd
+        node (`tanh_stack`), so that layer l+1 can run beside layer l on another thread."""
         T, B, H = x.shape
-        if not self._use_fused(x):
-            return self._tanh_layers_nn(x, state)
-        finals = []
-        for layer in range(self.config.num_layers):
-            if layer == 0:
-                x = x + self.bias[0]  # lookup + b^1
-            else:
-                x = self.drop(x)  # x^{l} = dropout(h^{l-1})
-                x = torch.addmm(self.bias[layer], x.reshape(T * B, H), self.w_xh[layer - 1].t()).view(T, B, H)
-            x = tanh_recurrence(x, state[layer], self.w_hh[layer])  # T, B, H
-            finals.append(x[-1])
-        return x, torch.stack(finals)
+        L = self.config.num_layers
+        masks = None
+        if self.training and self.config.dropout > 0 and L > 1:
+            # x^{l+1} = dropout(h^l) = h^l * mask^l: the masks are drawn up front, scaled by 1/(1-p) like nn.Dropout
+            masks = F.dropout(x.new_ones((L - 1, T, B, H)), self.config.dropout, True)
+        stack = tanh_stack_reference if self.kernel == "reference" else tanh_stack
+        extra = {} if self.kernel == "reference" else {"workers": self.workers}
+        hs = stack(x, state, list(self.w_hh), list(self.w_xh), list(self.bias[1:]), masks, **extra)  # L, T, B, H
+        return hs[-1], hs[:, -1].clone()
 
     def _tanh_layers_nn(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The same maths through torch's RNN kernel (cuDNN on CUDA). Layer 1's input weight is the identity,

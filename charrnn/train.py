@@ -78,6 +78,16 @@ def clip_gradients(parameters, max_norm: float):
     return torch.nn.utils.clip_grad_norm_(list(parameters), limit, foreach=True)
 
 
+def make_optimizer(model, lr: float, betas: tuple, weight_decay: float):
+    """AdamW with weight decay on the weight matrices only (biases and nothing else are decayed)."""
+    import torch
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=True)
+
+
 def default_run_dir(source: str, base: Optional[str] = None) -> str:
     if base is None:
         from .paths import runs_dir
@@ -129,7 +139,7 @@ def train(
     optimizer step with a dict (step, epoch, loss, lr).
     """
     # torch is imported by _train_loop (and by load_checkpoint), so a bad corpus or option fails in a blink
-    from .data import DEMO_SOURCE, StreamBatcher, Vocab, read_corpus, split_ids
+    from .data import DEMO_SOURCE, StreamBatcher, Vocab, load_ids, split_ids
 
     model_config = model_config or ModelConfig()
     train_config = train_config or TrainConfig()
@@ -173,20 +183,21 @@ def train(
             raise UsageError("this run was trained on standard input: pass the corpus again (`-`) to resume it")
     if corpus is None or corpus == DEMO_SOURCE:
         log.info("no corpus given: training on the built-in demo corpus (Python standard library source)")
-    text = read_corpus(corpus, cfg.glob)
+    text = load_ids(corpus, cfg.glob, progress=progress)  # memory-mapped from the cache for big corpora
     if resumed is not None and text.sha256 != resumed["corpus"]["sha256"]:
         raise DataError(
             f"cannot resume: the corpus {text.source} differs from the one this run was trained on "
-            f"({len(text.text)} characters, sha256 {text.sha256[:12]}...; the run's had {resumed['corpus']['chars']} "
+            f"({text.chars} characters, sha256 {text.sha256[:12]}...; the run's had {resumed['corpus']['chars']} "
             f"characters, sha256 {resumed['corpus']['sha256'][:12]}...)"
         )
-    if not text.text:
+    if not text.chars:
         raise DataError(
             f"the corpus {text.source} is empty: one batch needs {cfg.batch_size * cfg.seq_len + 1} characters "
             f"(--batch-size x --seq-len + 1)"
         )
-    vocab = Vocab(resumed["vocab"]) if resumed is not None else Vocab.from_text(text.text)
-    ids = vocab.encode(text.text)
+    vocab, ids = text.vocab, text.ids
+    if resumed is not None and Vocab(resumed["vocab"]) != vocab:
+        raise DataError("cannot resume: the corpus's characters differ from the checkpoint's vocabulary")
     model_config.vocab_size = len(vocab)
     splits = split_ids(ids, cfg.val_frac, cfg.test_frac)
     batcher = StreamBatcher(splits.train, cfg.batch_size, cfg.seq_len)
@@ -264,14 +275,7 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     random.seed(cfg.seed)
     model = CharRNN(model_config, kernel=cfg.kernel).to(device)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2),
-        foreach=True,
-    )
+    optimizer = make_optimizer(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay)
     step, epoch, batch_index, elapsed_before = 0, 0, 0, 0.0
     skipped_in_a_row = 0
     # the cosine's length; a separate schedule_steps lets a run stop early and continue later unchanged
@@ -336,7 +340,7 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
             },
             "hidden": hidden.cpu(),
             "rng": rng,
-            "corpus": {"source": text.source, "sha256": text.sha256, "chars": len(text.text)},
+            "corpus": {"source": text.source, "sha256": text.sha256, "chars": text.chars},
             "torch_version": str(torch.__version__),
             "saved_at": time.time(),
         }

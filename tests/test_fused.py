@@ -1,0 +1,123 @@
+"""The fused tanh RNN equals autograd on the explicit equation (float64): outputs and every gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from charrnn.config import ModelConfig
+from charrnn.fused import tanh_recurrence, tanh_recurrence_reference, tanh_stack, tanh_stack_reference
+from charrnn.model import CharRNN
+
+F64 = torch.float64
+SHAPES = [(1, 1, 1, 3), (1, 4, 2, 5), (2, 1, 1, 4), (2, 6, 3, 4), (3, 5, 1, 3), (3, 37, 2, 4)]  # L, T, B, H
+
+
+def _inputs(L, T, B, H, seed=0, dropout=False):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return (torch.randn(*shape, generator=g, dtype=F64) * 0.7).requires_grad_()
+
+    x1, h0 = r(T, B, H), r(L, B, H)  # a nonzero carried state
+    w_hh, w_xh, b = [r(H, H) for _ in range(L)], [r(H, H) for _ in range(L - 1)], [r(H) for _ in range(L - 1)]
+    masks = None
+    if dropout and L > 1:
+        masks = (torch.rand(L - 1, T, B, H, generator=g, dtype=F64) > 0.4).to(F64) / 0.6
+    return x1, h0, w_hh, w_xh, b, masks
+
+
+def _assert_same_values_and_grads(out, ref, inputs, seed=1):
+    assert torch.allclose(out, ref, atol=1e-12, rtol=1e-10)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    got = torch.autograd.grad(out, inputs, grad_out)
+    want = torch.autograd.grad(ref, inputs, grad_out)
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-12, rtol=1e-10), (g - w).abs().max()
+
+
+@pytest.mark.parametrize("T,B,H", [(1, 1, 3), (5, 2, 4), (9, 1, 6)])
+def test_single_layer_recurrence_equals_autograd(T, B, H):
+    x1, h0, w_hh, *_ = _inputs(1, T, B, H)
+    inputs = (x1, h0[0], w_hh[0])
+    _assert_same_values_and_grads(tanh_recurrence(*inputs), tanh_recurrence_reference(*inputs), inputs)
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("L,T,B,H", SHAPES)
+def test_stack_equals_autograd(L, T, B, H, workers, dropout):
+    x1, h0, w_hh, w_xh, b, masks = _inputs(L, T, B, H, dropout=dropout)
+    inputs = (x1, h0, *w_hh, *w_xh, *b)
+    out = tanh_stack(x1, h0, w_hh, w_xh, b, masks, workers=workers)
+    ref = tanh_stack_reference(x1, h0, w_hh, w_xh, b, masks)
+    _assert_same_values_and_grads(out, ref, inputs)
+
+
+def test_reference_stack_is_the_equation():
+    """The reference itself, against h^l_t = tanh(W^l_hh h^l_{t-1} + W^l_xh x^l_t + b^l) written per step."""
+    L, T, B, H = 2, 3, 2, 3
+    x1, h0, w_hh, w_xh, b, masks = _inputs(L, T, B, H, dropout=True)
+    ref = tanh_stack_reference(x1, h0, w_hh, w_xh, b, masks)
+    for t in range(T):
+        for l in range(L):
+            prev = h0[l] if t == 0 else ref[l, t - 1]
+            inp = x1[t] if l == 0 else (ref[l - 1, t] * masks[l - 1, t]) @ w_xh[l - 1].t() + b[l - 1]
+            assert torch.allclose(ref[l, t], torch.tanh(prev @ w_hh[l].t() + inp))
+
+
+def test_worker_errors_reach_the_caller():
+    x1, h0, w_hh, w_xh, b, _ = _inputs(2, 4, 1, 3)
+    with pytest.raises(RuntimeError):
+        tanh_stack(x1, h0, [w_hh[0], w_hh[1][:2]], w_xh, b, workers=2)  # a wrong shape fails inside a worker
+
+
+def _model(L, dropout, kernel, seed=0):
+    torch.manual_seed(seed)
+    model = CharRNN(ModelConfig(vocab_size=7, hidden_size=5, num_layers=L, dropout=dropout), kernel=kernel)
+    return model.double()
+
+
+def _loss_and_grads(model, ids, state, targets, seed):
+    torch.manual_seed(seed)  # the same dropout masks for both models
+    logits, loss, final = model(ids, state, targets)
+    total = loss + final.pow(2).sum() * 0.1  # a gradient through the final state too
+    grads = torch.autograd.grad(total, [state, *model.parameters()], allow_unused=True)
+    return logits, final, grads
+
+
+@pytest.mark.parametrize("L", [1, 2, 3])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_model_fused_equals_reference_kernel(L, dropout):
+    ids = torch.randint(0, 7, (3, 6), generator=torch.Generator().manual_seed(2))
+    targets = torch.randint(0, 7, (3, 6), generator=torch.Generator().manual_seed(3))
+    state = (torch.randn(L, 3, 5, dtype=F64, generator=torch.Generator().manual_seed(4)) * 0.5).requires_grad_()
+    results = []
+    for kernel in ("fused", "reference"):
+        model = _model(L, dropout, kernel)
+        model.train()
+        results.append(_loss_and_grads(model, ids, state, targets, seed=5))
+    (la, fa, ga), (lb, fb, gb) = results
+    assert torch.allclose(la, lb) and torch.allclose(fa, fb)
+    for a, b in zip(ga, gb):
+        assert (a is None and b is None) or torch.allclose(a, b, atol=1e-12)
+
+
+@pytest.mark.parametrize("L", [1, 2, 3])
+def test_model_fused_equals_torch_rnn_kernel(L):
+    ids = torch.randint(0, 7, (2, 5), generator=torch.Generator().manual_seed(2))
+    targets = torch.randint(0, 7, (2, 5), generator=torch.Generator().manual_seed(3))
+    state = (torch.randn(L, 2, 5, dtype=F64, generator=torch.Generator().manual_seed(4)) * 0.5).requires_grad_()
+    (la, fa, ga), (lb, fb, gb) = (
+        _loss_and_grads(_model(L, 0.0, kernel), ids, state, targets, seed=5) for kernel in ("fused", "nn")
+    )
+    assert torch.allclose(la, lb) and torch.allclose(fa, fb)
+    for a, b in zip(ga, gb):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_threads_setting_is_restored():
+    before = torch.get_num_threads()
+    x1, h0, w_hh, w_xh, b, _ = _inputs(2, 4, 1, 3)
+    tanh_stack(x1, h0, w_hh, w_xh, b, workers=2).sum().backward()
+    assert torch.get_num_threads() == before
