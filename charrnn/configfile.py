@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
 import typing
 from typing import Any, Optional
 
 from .config import ModelConfig, TrainConfig, parse_duration
-from .errors import CannotCreateError, InputMissingError, UsageError
+from .errors import InputMissingError, UsageError
 
 NOT_IN_FILE = {"vocab_size"}  # comes from the corpus
 
@@ -129,20 +128,9 @@ def config_toml(model_config: ModelConfig, train_config: TrainConfig) -> str:
 
 def save_config(path: str, model_config: ModelConfig, train_config: TrainConfig) -> str:
     """Write the effective configuration to path (temp file + rename)."""
-    text = config_toml(model_config, train_config)
-    directory = os.path.dirname(os.path.abspath(path))
-    temp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(temp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(temp, path)
-    except OSError as exc:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise CannotCreateError(f"cannot write config file {path}: {exc.strerror or exc}") from None
-    return path
+    from .paths import write_text_atomic
+
+    return write_text_atomic(path, config_toml(model_config, train_config), f"config file {path}")
 
 
 __all__ = ["read_config", "apply_config", "config_toml", "save_config", "config_keys"]

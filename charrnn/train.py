@@ -460,8 +460,9 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                         [loss_value, 1.0 if signals.signum is not None else 0.0,
                          elapsed_before + (time.perf_counter() - start)], dtype=torch.float64))
                     loss_value = shared[0].item() / dist.world
-                    if shared[1].item() > 0 and signals.signum is None:
-                        signals.signum = signal.SIGTERM
+                    # decide on the reduced flag only: a signal arriving after this point waits for the next
+                    # step, or one rank would save (a collective) while the other trains on
+                    agreed_stop = shared[1].item() > 0
                     shared_elapsed = shared[2].item() / dist.world
                 finite = math.isfinite(loss_value) and math.isfinite(grad_norm.item())  # the same on every rank
                 if finite:
@@ -539,7 +540,7 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                         bar.refresh()
                 if on_step is not None:
                     on_step({"step": step, "epoch": epoch, "loss": loss_value, "lr": lr})
-                if signals.signum is not None:
+                if (agreed_stop if dist.enabled else signals.signum is not None):
                     if not saved:
                         save(best=False)
                     code = EXIT_SIGINT if signals.signum == signal.SIGINT else EXIT_SIGTERM

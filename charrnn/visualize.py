@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .config import TOP_NEURONS, VIEW_MAX_CHARS
-from .errors import CannotCreateError, DataError, UsageError
+from .errors import DataError, UsageError
 
 LN2 = math.log(2.0)
 MAX_BITS = 8.0  # surprisal colour scale saturates here
@@ -351,19 +351,6 @@ def explain(checkpoint: Optional[str] = None, file: Optional[str] = None, show: 
 
 
 def write_html(view: View, path: str) -> str:
-    import os
+    from .paths import write_text_atomic
 
-    page = render_html(view)
-    directory = os.path.dirname(os.path.abspath(path))
-    temp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(temp, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.replace(temp, path)
-    except OSError as exc:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise CannotCreateError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return path
+    return write_text_atomic(path, render_html(view))
