@@ -159,13 +159,18 @@ def step_name(step: int) -> str:
     return f"{STEP_PREFIX}{step:08d}.pt"
 
 
-def prune_step_checkpoints(directory: str, keep: int, protect: Optional[str] = None) -> list[str]:
+def prune_step_checkpoints(directory: str, keep: int, protect: Optional[str] = None,
+                           upto: Optional[int] = None) -> list[str]:
     """Delete all but the `keep` newest step checkpoints, never `protect` (the file a run resumed from).
 
     Call it only after the newest checkpoint is in place, so a failure in between never leaves fewer than
-    `keep` complete ones. Returns the removed paths.
+    `keep` complete ones. With `upto` (the current step), only files of steps <= upto are considered: after a
+    resume from an older step file, the abandoned later ones are left alone rather than outranking new ones.
+    Returns the removed paths.
     """
     steps = sorted(glob.glob(os.path.join(directory, STEP_PREFIX + "[0-9]*.pt")))
+    if upto is not None:
+        steps = [p for p in steps if _step_of(p) is not None and _step_of(p) <= upto]
     protected = os.path.abspath(protect) if protect else None
     removed = []
     for path in steps[: max(0, len(steps) - keep)]:
@@ -177,6 +182,11 @@ def prune_step_checkpoints(directory: str, keep: int, protect: Optional[str] = N
         except FileNotFoundError:
             pass
     return removed
+
+
+def _step_of(path: str) -> Optional[int]:
+    stem = os.path.basename(path)[len(STEP_PREFIX) : -len(".pt")]
+    return int(stem) if stem.isdigit() else None
 
 
 def remove_stale_temps(directory: str) -> int:

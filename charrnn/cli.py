@@ -66,6 +66,8 @@ def _run(fn):
     except CharrnnError as exc:
         if _debug:
             raise
+        if not exc.message:  # another torchrun rank's copy of rank 0's error: rank 0 printed it
+            raise typer.Exit(exc.exit_code)
         _fail(exc.message, exc.exit_code)
     except KeyboardInterrupt:
         if _debug:
@@ -172,7 +174,7 @@ def train(
     result = _run(go)
     if save_config is not None:
         logging.getLogger("charrnn").info(f"wrote {result}: train with `charrnn train CORPUS --config {result}`")
-    elif not quiet:
+    elif not quiet and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone sums up
         from .report import print_summary
 
         print_summary(result)

@@ -7,6 +7,7 @@ smallest unsigned numpy dtype that holds the vocabulary.
 
 from __future__ import annotations
 
+import errno
 import glob as globlib
 import hashlib
 import os
@@ -205,7 +206,9 @@ class EncodedCorpus:
 
 
 def cache_dir() -> str:
-    return os.environ.get("CHARRNN_CACHE_DIR") or os.path.join("data", "cache")
+    from .paths import data_dir
+
+    return os.environ.get("CHARRNN_CACHE_DIR") or os.path.join(data_dir(), "cache")
 
 
 def _file_chunks(path: str, chunk_bytes: int) -> Iterator[bytes]:
@@ -296,9 +299,17 @@ def _cached_ids(source: str, files: list[str], size: int, chunk_bytes: int, prog
     except (OSError, ValueError, KeyError, TypeError):
         meta = None
     if meta is None:
-        meta = _encode_to_cache(files, base, size, chunk_bytes, progress)
-        meta["sha256"] = sha
-        _write_atomic(base + ".json", json.dumps(meta).encode("utf-8"))
+        try:
+            meta = _encode_to_cache(files, base, size, chunk_bytes, progress)
+            meta["sha256"] = sha
+            _write_atomic(base + ".json", json.dumps(meta).encode("utf-8"))
+        except OSError as exc:
+            from .errors import CannotCreateError, WriteError
+
+            reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+            cls = WriteError if exc.errno == errno.ENOSPC else CannotCreateError
+            raise cls(f"cannot write the corpus cache in {os.path.dirname(base)}: {reason} "
+                      f"(CHARRNN_CACHE_DIR moves it)") from None
     vocab = Vocab(meta["vocab"])
     ids = np.memmap(base + ".ids", dtype=meta["dtype"], mode="r") if meta["chars"] else np.zeros(0, vocab.dtype)
     return EncodedCorpus(ids, vocab, os.path.abspath(source), [os.path.abspath(f) for f in files], sha)
@@ -343,11 +354,16 @@ def _encode_to_cache(files: list[str], base: str, size: int, chunk_bytes: int, p
 
 def _write_atomic(path: str, data: bytes) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 # ----------------------------------------------------------------------------------------------------------------

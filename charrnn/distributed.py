@@ -71,6 +71,26 @@ class Dist:
         dist.all_gather(parts, tensor.contiguous())
         return parts
 
+    def agree_on_failure(self, failure):
+        """Rank 0's error (or None) on every rank, so that all raise together instead of some ranks waiting in
+        a collective for a rank that left. Other ranks get a silent copy with the same exit code (rank 0 alone
+        prints the message). Also a barrier."""
+        if not self.enabled:
+            return failure
+        import torch.distributed as dist
+
+        from .errors import CharrnnError
+
+        box = [(failure.message, failure.exit_code) if (self.is_main and failure is not None) else None]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is None:
+            return None
+        if self.is_main:
+            return failure
+        copy = CharrnnError("")
+        copy.exit_code = box[0][1]
+        return copy
+
     def broadcast_str(self, value: str) -> str:
         """Rank 0's value on every rank (e.g. a default run directory named after the clock)."""
         if not self.enabled:
@@ -124,13 +144,17 @@ def from_environment(device_name: str = "auto"):
     return Dist(rank=rank, world=world, local_rank=local_rank, backend=backend), device
 
 
-def shutdown(d: Dist) -> None:
+def shutdown(d: Dist, together: bool = True) -> None:
+    """Leave the process group. `together`: every rank is leaving at this same point (a normal end, or an error
+    all ranks agreed on), so they meet at a last barrier first (a peer vanishing mid-teardown can abort gloo).
+    A rank leaving alone must not: its barrier would pair with some other collective of the ranks still going."""
     if d.enabled:
         import torch.distributed as dist
 
         if dist.is_initialized():
-            try:
-                dist.barrier()  # leave together: a peer vanishing mid-teardown can abort gloo
-            except Exception:
-                pass  # a peer already failed; torchrun reports that
+            if together:
+                try:
+                    dist.barrier()
+                except Exception:
+                    pass  # a peer already failed; torchrun reports that
             dist.destroy_process_group()

@@ -70,11 +70,13 @@ def score_ids(model, ids: np.ndarray, streams: int = 1, chunk: int = 256, device
                 span = np.asarray(ids[start : start + count * length + 1])
                 inputs = span[:-1].reshape(count, length)  # stream j: span[j*length : (j+1)*length]
                 targets = span[1:].reshape(count, length)  # and the characters one further on
-                # this rank's streams; a single leftover piece belongs to rank 0
-                mine = np.arange(rank, count, world) if count > 1 else np.arange(1 if rank == 0 else 0)
-                if len(mine) == 0:
+                # this rank's streams (basic slicing: views of a memory-mapped split, never copies); a single
+                # leftover piece belongs to rank 0
+                mine = slice(rank, count, world) if count > 1 else slice(0, 1 if rank == 0 else 0)
+                inputs, targets = inputs[mine], targets[mine]
+                count = inputs.shape[0]
+                if count == 0:
                     continue
-                inputs, targets, count = inputs[mine], targets[mine], len(mine)
                 counted += count * length
                 state = model.init_state(count, device)
                 for col in range(0, length, chunk):

@@ -195,13 +195,18 @@ class TanhStack(torch.autograd.Function):
                     deps.append([index[x] for x in ((l, k - 1), (l - 1, k)) if x in index])
         _run_tasks(tasks, deps, workers)
         ctx.save_for_backward(h0, hs, *params)
-        ctx.masks, ctx.xin, ctx.workers, ctx.num_layers = masks, xin, workers, L
+        # never keep a view of the output `hs` on ctx: hs -> its grad_fn (this ctx) -> the view -> hs is a
+        # reference cycle, and each step's activations would wait for the cyclic garbage collector (a leak of
+        # several (T, B, H) tensors per step in practice)
+        ctx.masks, ctx.workers, ctx.num_layers = masks, workers, L
+        ctx.xin = xin if masks is not None else None
         return hs
 
     @staticmethod
     def backward(ctx, grad_hs):
         h0, hs, *params = ctx.saved_tensors
-        L, masks, xin, workers = ctx.num_layers, ctx.masks, ctx.xin, ctx.workers
+        L, masks, workers = ctx.num_layers, ctx.masks, ctx.workers
+        xin = ctx.xin if ctx.xin is not None else hs[:-1]  # layer l+1's input: h^l (times its dropout mask)
         w_hh, w_xh, b = params[:L], params[L : 2 * L - 1], params[2 * L - 1 :]
         _, T, B, H = hs.shape
         grad_hs = grad_hs.contiguous()

@@ -36,6 +36,8 @@ def write_text_atomic(path: str, text: str, what: str = "") -> str:
     try:
         with open(temp, "w", encoding="utf-8") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # the data reaches the disk before the name does
         os.replace(temp, path)
     except OSError as exc:
         try:

@@ -10,6 +10,7 @@ flag; the loop finishes the current step, saves, and raises `Interrupted`.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -28,10 +29,12 @@ from .errors import (
     EXIT_SIGINT,
     EXIT_SIGTERM,
     CannotCreateError,
+    CharrnnError,
     DataError,
     Interrupted,
     NonFiniteLossError,
     UsageError,
+    WriteError,
 )
 
 log = logging.getLogger("charrnn")
@@ -183,7 +186,7 @@ def train(
             raise UsageError("this run was trained on standard input: pass the corpus again (`-`) to resume it")
     if corpus is None or corpus == DEMO_SOURCE:
         log.info("no corpus given: training on the built-in demo corpus (Python standard library source)")
-    text = load_ids(corpus, cfg.glob, progress=progress)  # memory-mapped from the cache for big corpora
+    text = load_ids(corpus, cfg.glob, progress=progress and os.environ.get("RANK", "0") == "0")  # memmapped when big
     if resumed is not None and text.sha256 != resumed["corpus"]["sha256"]:
         raise DataError(
             f"cannot resume: the corpus {text.source} differs from the one this run was trained on "
@@ -217,7 +220,11 @@ def train(
     from . import distributed
 
     dist, device = distributed.from_environment(cfg.device)
+    together = False  # whether every rank leaves at the same point (then they may meet at a last barrier)
     try:
+        if cfg.precision == "bf16" and device.type != "cuda":
+            raise UsageError("--precision bf16 needs a CUDA device (on CPU, bf16 is slower and the fused kernel is "
+                             "fp32)")
         shard = dist.shard(cfg.batch_size)
         if resumed is not None and resumed["progress"].get("world_size", 1) != dist.world:
             raise UsageError(
@@ -227,18 +234,29 @@ def train(
         run_dir = dist.broadcast_str(run_dir or default_run_dir(text.source))
         if not dist.is_main:
             log.setLevel(logging.WARNING)  # one voice: rank 0 reports
-            dist.barrier()  # rank 0 prepares the run directory
-            return _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resumed, total_steps,
-                               False, on_step, dist, shard, device)
-        lock = _prepare_run_dir(run_dir, resumed)
+        lock, failure = None, None
+        if dist.is_main:
+            try:
+                lock = _prepare_run_dir(run_dir, resumed)
+            except CharrnnError as exc:
+                failure = exc
+        failure = dist.agree_on_failure(failure)  # rank 0's verdict, on every rank (also the barrier)
+        if failure is not None:
+            together = True
+            raise failure
         try:
-            dist.barrier()
-            return _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resumed, total_steps,
-                               progress, on_step, dist, shard, device)
+            result = _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resumed, total_steps,
+                                 progress and dist.is_main, on_step, dist, shard, device)
+            together = True
+            return result
+        except (Interrupted, NonFiniteLossError, WriteError):
+            together = True  # decided on all-reduced values: every rank raises it at the same step
+            raise
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
     finally:
-        distributed.shutdown(dist)
+        distributed.shutdown(dist, together)
 
 
 def _prepare_run_dir(run_dir: str, resumed: Optional[dict]) -> "ckpt_io.RunLock":
@@ -250,7 +268,8 @@ def _prepare_run_dir(run_dir: str, resumed: Optional[dict]) -> "ckpt_io.RunLock"
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise CannotCreateError(f"run directory {run_dir} is not writable")
     lock = ckpt_io.RunLock(run_dir).acquire()
-    if resumed is None and os.path.exists(os.path.join(run_dir, ckpt_io.LATEST)):
+    same_run = resumed is not None and os.path.realpath(run_dir) == os.path.realpath(os.path.dirname(resumed["path"]))
+    if not same_run and os.path.exists(os.path.join(run_dir, ckpt_io.LATEST)):
         lock.release()
         raise CannotCreateError(
             f"run directory {run_dir} already holds a run: continue it with --resume {run_dir}, "
@@ -295,8 +314,8 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
         best_val = progress_state["best_val_loss"]
         state = resumed["hidden"][..., shard, :].to(device)  # (..., B, H): this rank's streams
         torch.set_rng_state(resumed["rng"]["torch_ranks"][dist.rank] if dist.enabled else resumed["rng"]["torch"])
-        if device.type == "cuda" and "cuda" in resumed["rng"]:
-            torch.cuda.set_rng_state(resumed["rng"]["cuda"])
+        if device.type == "cuda" and "cuda_ranks" in resumed["rng"]:
+            torch.cuda.set_rng_state(resumed["rng"]["cuda_ranks"][dist.rank], device)
         random.setstate(_python_rng_from_plain(resumed["rng"]["python"]))
         skipped_in_a_row = progress_state.get("skipped_in_a_row", 0)
         if dist.is_main:
@@ -319,8 +338,8 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
         rng = {"torch": torch.get_rng_state(), "python": _python_rng_to_plain(random.getstate())}
         if dist.enabled:
             rng["torch_ranks"] = [t.cpu() for t in dist.all_gather(torch.get_rng_state().to(device))]
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state()
+        if device.type == "cuda":  # the generator of the device dropout draws from, for every rank
+            rng["cuda_ranks"] = [t.cpu() for t in dist.all_gather(torch.cuda.get_rng_state(device).to(device))]
         return {
             "model_config": to_dict(model_config),
             "train_config": to_dict(cfg),
@@ -349,26 +368,46 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
     resumed_from = resumed["path"] if resumed is not None else None
     last_save_elapsed = elapsed_before  # training time, which all ranks agree on (a wall clock each would not)
 
+    pending_failure: list = []  # a write error on rank 0, raised on every rank at the next save
+
     def save(best: bool) -> None:
         nonlocal last_save_elapsed
         paths = [latest_path] + ([best_path] if best else [])
         if cfg.keep_last:
             paths.append(os.path.join(run_dir, ckpt_io.step_name(step)))
         payload = snapshot()  # every rank takes part in its collectives
-        if dist.is_main:
-            ckpt_io.save_checkpoint(payload, paths)
-            if cfg.keep_last:
-                # only now that the new checkpoint is in place; never the file this run resumed from
-                ckpt_io.prune_step_checkpoints(run_dir, cfg.keep_last, protect=resumed_from)
-        dist.barrier()
+        failure = pending_failure[0] if pending_failure else None
+        if dist.is_main and failure is None:
+            try:
+                ckpt_io.save_checkpoint(payload, paths)
+                if cfg.keep_last:
+                    # only now that the new checkpoint is in place; never the file this run resumed from, and
+                    # never a later one left by an abandoned continuation
+                    ckpt_io.prune_step_checkpoints(run_dir, cfg.keep_last, protect=resumed_from, upto=step)
+            except CharrnnError as exc:
+                failure = exc
+        failure = dist.agree_on_failure(failure)  # also the barrier that keeps ranks together
+        if failure is not None:
+            raise failure
         last_save_elapsed = elapsed
 
-    metrics = open(metrics_path, "a", encoding="utf-8") if dist.is_main else None
+    try:
+        metrics = open(metrics_path, "a", encoding="utf-8") if dist.is_main else None
+    except OSError as exc:
+        raise CannotCreateError(f"cannot write {metrics_path}: {exc.strerror or exc}") from None
 
     def log_row(row: dict) -> None:
-        if metrics is not None:
+        if metrics is None or pending_failure:
+            return
+        try:
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
+        except OSError as exc:
+            reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+            failure = WriteError(f"could not write {metrics_path}: {reason}")
+            if not dist.enabled:
+                raise failure from None
+            pending_failure.append(failure)  # the other ranks learn of it at the next save
 
     budget = cfg.time_budget
     total_for_bar = total_steps if total_steps is not None else None
@@ -391,8 +430,6 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
     rate_t0, rate_steps = time.perf_counter(), 0
     stopped_by = "max_steps"
     pin = device.type == "cuda"
-    if cfg.precision == "bf16" and device.type != "cuda":
-        raise UsageError("--precision bf16 needs a CUDA device (on CPU, bf16 is slower and the fused kernel is fp32)")
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     poison_steps, poison = _test_poison()  # test-only fault injection
     nan_rank = int(os.environ.get("CHARRNN_TEST_NAN_RANK", "0") or 0)  # test-only: which rank is poisoned
@@ -620,4 +657,6 @@ def _truncate_metrics(path: str, step: int) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(kept)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)

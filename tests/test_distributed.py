@@ -50,6 +50,12 @@ def test_two_ranks_equal_one_process(tmp_path, corpus):
                                           losses(tmp_path / "one" / "metrics.jsonl")):
         assert s1 == s2
         assert (l1 or v1) == pytest.approx(l2 or v2, rel=1e-5)  # val counts every character once across ranks
+    # rank 0 refusing the run directory stops every rank at once, with no rank left waiting in a collective
+    proc = torchrun("train", corpus, *SMALL, "--max-steps", "20", "--run-dir", "ddp", cwd=tmp_path, timeout=120)
+    err = proc.stderr.decode()
+    assert proc.returncode != 0
+    assert err.count("charrnn: error: run directory ddp already holds a run") == 1, err[-3000:]
+    assert "Connection closed" not in err and "[rank1]" not in err, err[-3000:]
     # a different world size is refused on resume, one clear line
     proc = run_cli("train", "--resume", tmp_path / "ddp", "--max-steps", "30", cwd=tmp_path)
     assert proc.returncode == 2 and b"same number" in proc.stderr
