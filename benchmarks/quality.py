@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--corpus", default=str(DEFAULT_CORPUS))
     parser.add_argument("--budget", default="300", help="time budget per run (seconds, or 90s, 5m, 1h)")
     parser.add_argument("--runs", type=int, default=3, help="runs per configuration (different seeds)")
+    parser.add_argument("--first-seed", type=int, default=1337, help="seed of the first run; then +1 per run")
     parser.add_argument("--sweep", action="append", default=[], metavar="OPTION=V1,V2",
                         help="try every value (option name with underscores); repeat for a grid")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -83,7 +84,7 @@ def main() -> None:
         for name, value in point:
             options += [f"--{name.replace('_', '-')}", value]
         label = " ".join(options) or "defaults"
-        runs = [run_once(args.corpus, args.budget, options, seed=1337 + i) for i in range(args.runs)]
+        runs = [run_once(args.corpus, args.budget, options, seed=args.first_seed + i) for i in range(args.runs)]
         for r in runs:
             print(f"{label:<48} {r['val_nats']:9.4f} {r['val_bits']:9.4f} {r['steps']:6d} "
                   f"{(r['chars_per_sec'] or 0):9.0f}", flush=True)
