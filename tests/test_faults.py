@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from charrnn.config import TrainConfig
+
 from conftest import TINY, assert_one_line_error, cli_env, make_corpus, run_cli
 
 # dropout on, so exact resume also has to restore the RNG that dropout draws from; log every step, so every loss
@@ -423,7 +425,7 @@ def test_resume_refuses_a_different_architecture_or_corpus_naming_what_differs(t
     proc = run_cli("train", "--resume", run, "--hidden-size", "48", env=env())
     assert_one_line_error(proc, 2, "different architecture", "--hidden-size 48 (checkpoint has 32)")
     proc = run_cli("train", "--resume", run, "--lr", "0.01", env=env())
-    assert_one_line_error(proc, 2, "--lr 0.01 (checkpoint has 0.002)", "--allow-lr-change")
+    assert_one_line_error(proc, 2, f"--lr 0.01 (checkpoint has {TrainConfig().lr})", "--allow-lr-change")
     make_corpus(corpus, n_chars=3000, seed=1)  # same size, different text
     proc = run_cli("train", "--resume", run, env=env())
     assert_one_line_error(proc, 65, "corpus", "differs", str(corpus))
