@@ -18,7 +18,7 @@ import struct
 import tempfile
 from typing import Any, Optional
 
-from .errors import CannotCreateError, CharrnnError, DataError, InputMissingError, WriteError
+from .errors import CannotCreateError, CharrnnError, DataError, InputMissingError, WriteError, unreadable
 
 FORMAT = "charrnn-checkpoint"
 VERSION = 1
@@ -218,12 +218,8 @@ def load_checkpoint(path: str) -> dict:
     try:
         with open(path, "rb") as f:
             raw = f.read()
-    except FileNotFoundError:
-        raise InputMissingError(f"no such checkpoint: {path}") from None
-    except PermissionError:
-        raise InputMissingError(f"cannot read checkpoint {path}: permission denied") from None
     except OSError as exc:
-        raise InputMissingError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+        raise unreadable(exc, path, "checkpoint") from None
     corrupt = DataError(f"checkpoint is incomplete or corrupt: {path}")
     if not raw:
         raise corrupt

@@ -15,7 +15,7 @@ import typing
 from typing import Any, Optional
 
 from .config import ModelConfig, TrainConfig, parse_duration
-from .errors import InputMissingError, UsageError
+from .errors import UsageError, unreadable
 
 NOT_IN_FILE = {"vocab_size"}  # comes from the corpus
 
@@ -40,12 +40,8 @@ def _load_toml(path: str) -> dict:
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
-    except FileNotFoundError:
-        raise InputMissingError(f"no such config file: {path}") from None
-    except IsADirectoryError:
-        raise InputMissingError(f"config file {path} is a directory") from None
-    except PermissionError:
-        raise InputMissingError(f"cannot read config file {path}: permission denied") from None
+    except OSError as exc:
+        raise unreadable(exc, path, "config file") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
     except UnicodeDecodeError:

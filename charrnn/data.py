@@ -18,7 +18,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from .errors import DataError, InputMissingError, UsageError
+from .errors import DataError, InputMissingError, UsageError, unreadable
 
 BOM = "\ufeff"
 DEMO_SOURCE = "<demo:python-stdlib>"
@@ -46,14 +46,8 @@ def _read_file(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
             return f.read()
-    except FileNotFoundError:
-        raise InputMissingError(f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise InputMissingError(f"{path} is a directory") from None
-    except PermissionError:
-        raise InputMissingError(f"cannot read {path}: permission denied") from None
     except OSError as exc:
-        raise InputMissingError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise unreadable(exc, path) from None
 
 
 def corpus_files(source: str, pattern: str = "*.txt") -> list[str]:
@@ -219,12 +213,8 @@ def _file_chunks(path: str, chunk_bytes: int) -> Iterator[bytes]:
                 if not block:
                     return
                 yield block
-    except IsADirectoryError:
-        raise InputMissingError(f"{path} is a directory") from None
-    except PermissionError:
-        raise InputMissingError(f"cannot read {path}: permission denied") from None
     except OSError as exc:
-        raise InputMissingError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise unreadable(exc, path) from None
 
 
 def _decoded_chunks(path: str, chunk_bytes: int) -> Iterator[tuple[np.ndarray, int]]:

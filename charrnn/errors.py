@@ -44,6 +44,18 @@ class MissingDependencyError(CharrnnError):
     exit_code = EXIT_UNAVAILABLE
 
 
+def unreadable(exc: OSError, path: str, what: str = "") -> InputMissingError:
+    """The one-line error for a file that cannot be read (exit 66), e.g. `raise unreadable(exc, path, "checkpoint")`."""
+    name = f"{what} {path}" if what else path
+    if isinstance(exc, FileNotFoundError):
+        return InputMissingError(f"no such {what or 'file'}: {path}")
+    if isinstance(exc, IsADirectoryError):
+        return InputMissingError(f"{name} is a directory")
+    if isinstance(exc, PermissionError):
+        return InputMissingError(f"cannot read {name}: permission denied")
+    return InputMissingError(f"cannot read {name}: {exc.strerror or exc}")
+
+
 class CannotCreateError(CharrnnError):
     exit_code = EXIT_CANT_CREATE
 
