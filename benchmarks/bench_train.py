@@ -38,11 +38,19 @@ class StockRNN(nn.Module):
         return torch.zeros(self.rnn.num_layers, B, self.rnn.hidden_size)
 
 
-def make_charrnn(V, H, L, kernel="auto"):
-    from charrnn.config import ModelConfig
-    from charrnn.model import CharRNN
+def make_charrnn(V, H, L, kernel="auto", precision="auto"):
+    """charrnn's model as `charrnn train --kernel KERNEL --precision PRECISION` sets it up on this CPU."""
+    import torch
 
-    return CharRNN(ModelConfig(vocab_size=V, hidden_size=H, num_layers=L), kernel=kernel)
+    from charrnn.config import ModelConfig, TrainConfig
+    from charrnn.model import CharRNN
+    from charrnn.train import use_cpu_bf16
+
+    config = ModelConfig(vocab_size=V, hidden_size=H, num_layers=L)
+    model = CharRNN(config, kernel=kernel)
+    if use_cpu_bf16(TrainConfig(kernel=kernel, precision=precision), config):
+        model.compute_dtype = torch.bfloat16
+    return model
 
 
 def make_optimizer(model):

@@ -75,7 +75,8 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"
     kernel: str = "auto"  # tanh cell: fused (hand-written BPTT), nn (torch.nn.RNN) or auto
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere; or fp32, bf16
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, bf16 products in the fused kernel on bf16-capable CPUs
+    # (hidden >= 256), else fp32; or fp32, bf16
 
     def validate(self) -> None:
         for name in ("val_frac", "test_frac"):

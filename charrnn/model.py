@@ -33,6 +33,9 @@ class CharRNN(nn.Module):
         # "reference" (the same maths as "fused" in plain autograd, slow: for tests)
         self.kernel = kernel
         self.workers: Optional[int] = None  # fused kernel's pipeline threads; None: fused.default_workers
+        # the fused tanh path's matrix-product dtype: None (the weights' own, fp32) or torch.bfloat16 (bf16
+        # products with fp32 accumulation; the weights, optimizer and returned state stay fp32)
+        self.compute_dtype: Optional[torch.dtype] = None
         V, H, L = config.vocab_size, config.hidden_size, config.num_layers
         self.embed = nn.Embedding(V, H)  # = W^1_xh: row c is W^1_xh times one-hot(c)
         if config.cell == "tanh":
@@ -88,6 +91,17 @@ class CharRNN(nn.Module):
         B, T = ids.shape
         if state is None:
             state = self.init_state(B, ids.device)
+        low = self.compute_dtype if self.compute_dtype not in (None, self.head.weight.dtype) else None
+        if self.config.cell == "tanh" and self._use_fused(ids) and low is not None and self.kernel != "reference":
+            # the same maths with bf16 operands: each weight is cast once per call (autograd casts its gradient
+            # back to fp32), the state stays fp32 between calls, the loss is computed in fp32
+            x = F.embedding(ids.t(), (self.embed.weight + self.bias[0]).to(low))
+            top, state = self._tanh_layers_fused(x, state.to(low), low)
+            logits = F.linear(self.drop(top), self.head.weight.to(low), self.head.bias.to(low)).float()
+            loss = None
+            if targets is not None:
+                loss = F.cross_entropy(logits.reshape(T * B, -1), targets.t().reshape(T * B).long())
+            return logits.transpose(0, 1), loss, state.float()
         if self.config.cell == "tanh" and self._use_fused(ids):
             # lookup in (W^1_xh + b^1): adding the bias to the V rows of the table is cheaper than to T*B rows
             x = F.embedding(ids.t(), self.embed.weight + self.bias[0])  # T, B, H: W^1_xh x^1_t + b^1
@@ -107,7 +121,7 @@ class CharRNN(nn.Module):
             loss = F.cross_entropy(logits.reshape(T * B, -1), targets.t().reshape(T * B).long())
         return logits.transpose(0, 1), loss, state
 
-    def _tanh_layers_fused(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _tanh_layers_fused(self, x: torch.Tensor, state: torch.Tensor, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (T, B, H) layer 1's pre-activation input W^1_xh x^1_t + b^1 (a lookup). All layers in one autograd
         node (`tanh_stack`), so that layer l+1 can run beside layer l on another thread."""
         T, B, H = x.shape
@@ -118,7 +132,10 @@ class CharRNN(nn.Module):
             masks = F.dropout(x.new_ones((L - 1, T, B, H)), self.config.dropout, True)
         stack = tanh_stack_reference if self.kernel == "reference" else tanh_stack
         extra = {} if self.kernel == "reference" else {"workers": self.workers}
-        hs = stack(x, state, list(self.w_hh), list(self.w_xh), list(self.bias[1:]), masks, **extra)  # L, T, B, H
+        w_hh, w_xh, bias = list(self.w_hh), list(self.w_xh), list(self.bias[1:])
+        if dtype is not None:
+            w_hh, w_xh, bias = ([p.to(dtype) for p in ps] for ps in (w_hh, w_xh, bias))
+        hs = stack(x, state, w_hh, w_xh, bias, masks, **extra)  # L, T, B, H
         return hs[-1], hs[:, -1].clone()
 
     def _tanh_layers_nn(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

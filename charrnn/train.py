@@ -73,6 +73,40 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
     return cfg.lr * warm * cosine
 
 
+# Below this width bf16 products gain nothing on CPU: a 64x128x128 product is dispatch-bound, and bf16 ran it
+# slower than fp32 (benchmarks/run.py: 2x128 trains at the same speed either way; 2x512 1.8x, 3x1024 2.1x faster).
+CPU_BF16_MIN_HIDDEN = 256
+
+
+def _cpu_bf16_problem(cfg: TrainConfig, model_config) -> Optional[str]:
+    """Why bf16 products cannot be used for this run on CPU, or None when they can."""
+    if model_config.cell != "tanh":
+        return f"is for --cell tanh (the fused kernel), not {model_config.cell}"
+    if cfg.kernel not in ("auto", "fused"):
+        return f"needs --kernel fused or auto, not {cfg.kernel}"
+    if not cpu_supports_bf16():
+        return "needs a CPU with bf16 instructions (avx512_bf16 or AMX); this one has none"
+    return None
+
+
+def cpu_supports_bf16() -> bool:
+    import torch
+
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def use_cpu_bf16(cfg: TrainConfig, model_config) -> bool:
+    """--precision on CPU: bf16 when asked (checked earlier), and for auto when the CPU has bf16 instructions and
+    the model is wide enough to gain from them."""
+    if cfg.precision == "bf16":
+        return True
+    return (cfg.precision == "auto" and model_config.hidden_size >= CPU_BF16_MIN_HIDDEN
+            and _cpu_bf16_problem(cfg, model_config) is None)
+
+
 def clip_gradients(parameters, max_norm: float):
     """Scale gradients so their global L2 norm is at most max_norm (0 disables); returns the norm before."""
     import torch
@@ -222,9 +256,9 @@ def train(
     dist, device = distributed.from_environment(cfg.device)
     together = False  # whether every rank leaves at the same point (then they may meet at a last barrier)
     try:
-        if cfg.precision == "bf16" and device.type != "cuda":
-            raise UsageError("--precision bf16 needs a CUDA device (on CPU, bf16 is slower and the fused kernel is "
-                             "fp32)")
+        cpu_bf16_problem = _cpu_bf16_problem(cfg, model_config) if device.type == "cpu" else None
+        if cfg.precision == "bf16" and device.type == "cpu" and cpu_bf16_problem:
+            raise UsageError(f"--precision bf16 on CPU {cpu_bf16_problem}; use --precision fp32 or auto")
         shard = dist.shard(cfg.batch_size)
         if resumed is not None and resumed["progress"].get("world_size", 1) != dist.world:
             raise UsageError(
@@ -294,6 +328,8 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     random.seed(cfg.seed)
     model = CharRNN(model_config, kernel=cfg.kernel).to(device)
+    if device.type == "cpu" and use_cpu_bf16(cfg, model_config):
+        model.compute_dtype = torch.bfloat16  # bf16 products in the fused kernel; weights and optimizer stay fp32
     optimizer = make_optimizer(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay)
     step, epoch, batch_index, elapsed_before = 0, 0, 0, 0.0
     skipped_in_a_row = 0
@@ -430,7 +466,7 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
     rate_t0, rate_steps = time.perf_counter(), 0
     stopped_by = "max_steps"
     pin = device.type == "cuda"
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    use_bf16 = device.type == "cuda" and cfg.precision in ("bf16", "auto")  # autocast; CPU: model.compute_dtype
     poison_steps, poison = _test_poison()  # test-only fault injection
     nan_rank = int(os.environ.get("CHARRNN_TEST_NAN_RANK", "0") or 0)  # test-only: which rank is poisoned
     step_delay = float(os.environ.get("CHARRNN_TEST_STEP_DELAY", "0") or 0)  # test-only: room for a signal
@@ -448,8 +484,12 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
     def run_eval() -> Optional[float]:
         if len(splits.val) < 2:
             return None
-        score = score_ids(model, splits.val, streams=cfg.batch_size, chunk=cfg.seq_len, device=device,
-                          rank=dist.rank, world=dist.world)
+        compute_dtype, model.compute_dtype = model.compute_dtype, None  # the validation loss is measured in fp32
+        try:
+            score = score_ids(model, splits.val, streams=cfg.batch_size, chunk=cfg.seq_len, device=device,
+                              rank=dist.rank, world=dist.world)
+        finally:
+            model.compute_dtype = compute_dtype
         totals = dist.all_reduce_sum(torch.tensor([score.nats, float(score.chars)], dtype=torch.float64))
         return totals[0].item() / totals[1].item()
 

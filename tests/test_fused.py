@@ -145,3 +145,32 @@ def test_activations_are_freed_without_waiting_for_the_cyclic_gc(with_masks):
         assert alive() is None
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("L", [1, 2, 3])
+def test_bf16_products_track_fp32(L):
+    """compute_dtype=bf16: the same maths with bf16 operands (fp32 accumulation); logits, state and gradients stay
+    within bf16 rounding of the fp32 path, and come back as fp32."""
+    from charrnn.config import ModelConfig
+    from charrnn.model import CharRNN
+
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=11, hidden_size=64, num_layers=L, dropout=0.0), kernel="fused")
+    ids = torch.randint(0, 11, (4, 20), generator=torch.Generator().manual_seed(1))
+    targets = torch.randint(0, 11, (4, 20), generator=torch.Generator().manual_seed(2))
+    state = torch.randn(L, 4, 64, generator=torch.Generator().manual_seed(3)) * 0.5
+    out = {}
+    for dtype in (None, torch.bfloat16):
+        model.compute_dtype = dtype
+        model.zero_grad()
+        logits, loss, final = model(ids, state, targets)
+        loss.backward()
+        out[dtype] = logits, loss, final, [p.grad.clone() for p in model.parameters()]
+    (l32, loss32, f32, g32), (l16, loss16, f16, g16) = out[None], out[torch.bfloat16]
+    assert l16.dtype == f16.dtype == loss16.dtype == torch.float32
+    assert all(g.dtype == torch.float32 for g in g16)
+    assert not torch.equal(l16, l32)  # it did run in bf16
+    assert torch.allclose(l16, l32, atol=0.05) and torch.allclose(f16, f32, atol=0.05)
+    assert loss16.item() == pytest.approx(loss32.item(), rel=1e-2)
+    for a, b in zip(g16, g32):
+        assert (a - b).norm() <= 0.05 * b.norm() + 1e-6

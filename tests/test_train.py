@@ -150,13 +150,32 @@ def test_other_cells_train_and_sample(tmp_path, cell):
     assert len(text) == 50
 
 
-def test_precision_auto_is_fp32_on_cpu_and_bf16_needs_cuda(tmp_path):
+def test_precision_on_cpu_bf16_products_fp32_weights(tmp_path):
+    from charrnn.train import CPU_BF16_MIN_HIDDEN, cpu_supports_bf16
+
     corpus = make_corpus(tmp_path / "c.txt", 3000)
-    result = charrnn.train(str(corpus), charrnn.ModelConfig(hidden_size=8, num_layers=1), tiny(max_steps=2),
+    narrow = charrnn.train(str(corpus), charrnn.ModelConfig(hidden_size=8, num_layers=1), tiny(max_steps=2),
                            run_dir=str(tmp_path / "a"), progress=False)
-    ckpt = load_checkpoint(result.latest)
-    assert all(t.dtype == torch.float32 for t in ckpt["model"].values())
-    if not torch.cuda.is_available():
-        with pytest.raises(UsageError, match="bf16 needs a CUDA"):
+    assert all(t.dtype == torch.float32 for t in load_checkpoint(narrow.latest)["model"].values())
+    with pytest.raises(UsageError, match="--precision bf16 on CPU is for --cell tanh"):
+        charrnn.train(str(corpus), charrnn.ModelConfig(hidden_size=8, num_layers=1, cell="gru"),
+                      tiny(max_steps=2, precision="bf16"), run_dir=str(tmp_path / "b"), progress=False)
+    if not cpu_supports_bf16():
+        with pytest.raises(UsageError, match="bf16 instructions"):
             charrnn.train(str(corpus), charrnn.ModelConfig(hidden_size=8, num_layers=1),
-                          tiny(max_steps=2, precision="bf16"), run_dir=str(tmp_path / "b"), progress=False)
+                          tiny(max_steps=2, precision="bf16"), run_dir=str(tmp_path / "c"), progress=False)
+        return
+    runs = {}
+    for precision in ("bf16", "fp32"):
+        runs[precision] = charrnn.train(
+            str(corpus), charrnn.ModelConfig(hidden_size=CPU_BF16_MIN_HIDDEN, num_layers=2),
+            tiny(max_steps=30, precision=precision, eval_every=30), run_dir=str(tmp_path / precision), progress=False)
+    ckpts = {k: load_checkpoint(r.latest) for k, r in runs.items()}
+    # the weights, the optimizer's moments and the carried state stay fp32 whatever the products' precision
+    assert all(t.dtype == torch.float32 for t in ckpts["bf16"]["model"].values())
+    moments = [v for st in ckpts["bf16"]["optimizer"]["state"].values() for k, v in st.items() if k != "step"]
+    assert moments and all(m.dtype == torch.float32 for m in moments)
+    # bf16 products learn the same thing: the losses track fp32's closely, and they are not identical
+    assert runs["bf16"].best_val_loss == pytest.approx(runs["fp32"].best_val_loss, abs=0.05)
+    w16, w32 = ckpts["bf16"]["model"]["w_hh.0"], ckpts["fp32"]["model"]["w_hh.0"]
+    assert not torch.equal(w16, w32) and torch.allclose(w16, w32, atol=0.02)
