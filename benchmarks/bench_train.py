@@ -21,18 +21,22 @@ import torch.nn.functional as F
 
 
 class StockRNN(nn.Module):
-    def __init__(self, V: int, H: int, L: int):
+    """autocast=True: the same model under torch.autocast("cpu", bfloat16), the stock way to get bf16 products."""
+
+    def __init__(self, V: int, H: int, L: int, autocast: bool = False):
         super().__init__()
         self.embed = nn.Embedding(V, H)
         self.rnn = nn.RNN(H, H, L, nonlinearity="tanh")
         self.head = nn.Linear(H, V)
+        self.autocast = autocast
 
     def forward(self, ids, state, targets):
-        x = self.embed(ids.t())  # T, B, H
-        out, state = self.rnn(x, state)
-        logits = self.head(out)  # T, B, V
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.t().reshape(-1))
-        return logits, loss, state
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            x = self.embed(ids.t())  # T, B, H
+            out, state = self.rnn(x, state)
+            logits = self.head(out)  # T, B, V
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.t().reshape(-1))
+        return logits, loss, state.float()
 
     def init_state(self, B):
         return torch.zeros(self.rnn.num_layers, B, self.rnn.hidden_size)
@@ -95,9 +99,9 @@ def useful_flops_per_char(H: int, L: int, V: int) -> float:
     return 6.0 * ((2 * L - 1) * H * H + H * V)
 
 
-def sgemm_peak(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    c = torch.empty(n, n)
+def sgemm_peak(n: int = 2048, repeats: int = 5, dtype=torch.float32) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    c = torch.empty(n, n, dtype=dtype)
     torch.mm(a, b, out=c)
     times = []
     for _ in range(repeats):

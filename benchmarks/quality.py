@@ -84,8 +84,10 @@ def main() -> None:
         for name, value in point:
             options += [f"--{name.replace('_', '-')}", value]
         label = " ".join(options) or "defaults"
-        runs = [run_once(args.corpus, args.budget, options, seed=args.first_seed + i) for i in range(args.runs)]
-        for r in runs:
+        runs = []
+        for i in range(args.runs):  # each run is printed as soon as it ends
+            r = run_once(args.corpus, args.budget, options, seed=args.first_seed + i)
+            runs.append(r)
             print(f"{label:<48} {r['val_nats']:9.4f} {r['val_bits']:9.4f} {r['steps']:6d} "
                   f"{(r['chars_per_sec'] or 0):9.0f}", flush=True)
         median = statistics.median(r["val_nats"] for r in runs)

@@ -11,8 +11,9 @@ and then forms dL/dW_hh = sum_t dz_t^T h_{t-1} as ONE GEMM over all T*B rows.
 
 Speed notes (the loops run T times per layer per batch, so every op inside them counts): each step is exactly two
 torch calls writing into preallocated slices (`out=`), with no temporaries for the allocator to find: forward
-`addmm` then `tanh_`; backward `addmm` (dL/dh_t + dz_{t+1} W_hh, written straight into dz_t) then an in-place
-multiply by tanh'(z_t), which is computed for all T steps in one op before the loop.
+`addmm` then `tanh_` (in `TanhStack`: `sigmoid_`, see there); backward `addmm` (dL/dh_t + dz_{t+1} W_hh, written
+straight into dz_t) then an in-place multiply by tanh'(z_t), which is computed for all T steps in one op before
+the loop. The functions are dtype-agnostic: given bf16 tensors they run bf16 products (fp32 accumulation).
 """
 
 from __future__ import annotations
@@ -167,21 +168,29 @@ class TanhStack(torch.autograd.Function):
         xin = x1.new_empty((L - 1, T, B, H)) if masks is not None else hs[:-1]
         chunks = _chunks(T)
         tasks, deps, index = [], [], {}
+        # tanh through the sigmoid, which torch computes several times faster on CPU (0.5 vs 2.6 ns per element
+        # here): h = 2 s - 1 with s = sigmoid(2 z). Stepping s instead of h keeps two ops per step:
+        #   2 z_t = 2 x_t + 2 h_{t-1} W^T = (2 x_t - 2 c) + 4 s_{t-1} W^T,   c = W 1 (the row sums of W_hh)
+        # and h = 2 s - 1 is formed for a whole chunk at once when its steps are done.
+        c2 = [w.sum(1).mul_(2) for w in w_hh]  # 2 c per layer
+        shift = [None] + [torch.sub(b[l - 1], c2[l], alpha=0.5).mul_(2) for l in range(1, L)]  # 2 b - 2 c
+        s_init = torch.add(h0, 1).mul_(0.5)  # s_{-1} from h_{-1}
 
         def forward_task(l, t0, t1):
             def run():
-                out = hs[l, t0:t1]  # C, B, H
+                out = hs[l, t0:t1]  # C, B, H; first 2 z_t's constant part, then s_t, then h_t
                 if l == 0:
-                    out.copy_(x1[t0:t1])
+                    torch.mul(x1[t0:t1], 2, out=out).sub_(c2[0])
                 else:
                     inp = hs[l - 1, t0:t1]
                     if masks is not None:
                         inp = torch.mul(inp, masks[l - 1, t0:t1], out=xin[l - 1, t0:t1])
-                    torch.addmm(b[l - 1], inp.reshape(-1, H), w_xh[l - 1].t(), out=out.view(-1, H))
+                    torch.addmm(shift[l], inp.reshape(-1, H), w_xh[l - 1].t(), alpha=2, out=out.view(-1, H))
                 w_t = w_hh[l].t()
-                h = h0[l] if t0 == 0 else hs[l, t0 - 1]
+                s = s_init[l] if t0 == 0 else torch.add(hs[l, t0 - 1], 1).mul_(0.5)
                 for t in range(t0, t1):
-                    h = hs[l, t].addmm_(h, w_t).tanh_()  # h_t = tanh(z_t),  z_t = x_t + h_{t-1} W_hh^T
+                    s = hs[l, t].addmm_(s, w_t, alpha=4).sigmoid_()  # s_t = sigmoid(2 z_t)
+                out.mul_(2).sub_(1)  # h_t = 2 s_t - 1 = tanh(z_t)
 
             return run
 
