@@ -50,6 +50,7 @@ def run_once(corpus: str, budget: str, extra: list[str], seed: int) -> dict:
             "val_nats": min(vals),
             "val_bits": min(vals) / math.log(2),
             "final_val_nats": vals[-1],
+            "val_curve": [[r["step"], round(r["val_loss"], 4)] for r in rows if "val_loss" in r],
             "steps": steps,
             "chars_per_sec": statistics.median(rates) if rates else None,
             "wall_s": round(wall, 1),

@@ -79,11 +79,17 @@ def tanh_recurrence_reference(x: torch.Tensor, h0: torch.Tensor, w_hh: torch.Ten
 # busy). torch releases the GIL inside every op, so the Python threads do run in parallel.
 
 
-def default_workers(num_layers: int) -> int:
+# Below this width the pipeline loses: each per-step op takes a few microseconds, and the two Python threads then
+# spend their time handing the GIL back and forth (2x128 fp32 trained 120k chars/s pipelined vs 151-179k serial on
+# the 2-core machine; 2x256 fp32 56k vs 62k; at 2x256 bf16 and 2x512 the pipeline was 2-5 % ahead).
+PIPELINE_MIN_HIDDEN = 256
+
+
+def default_workers(num_layers: int, hidden_size: int = PIPELINE_MIN_HIDDEN) -> int:
     """Threads for the layer pipeline: one per layer, at most torch's intra-op thread count; 1 means serial."""
     import torch as _torch
 
-    if num_layers < 2:
+    if num_layers < 2 or hidden_size < PIPELINE_MIN_HIDDEN:
         return 1
     return max(1, min(num_layers, _torch.get_num_threads()))
 
@@ -287,7 +293,7 @@ def tanh_stack(x1, h0, w_hh, w_xh, b, masks=None, workers=None):
     (already scaled by 1/(1-p)) applied to each layer's output before the next layer, or None.
     workers: pipeline threads (None: `default_workers`; 1: serial, on torch's own intra-op threads)."""
     L = len(w_hh)
-    workers = default_workers(L) if workers is None else workers
+    workers = default_workers(L, h0.shape[-1]) if workers is None else workers
     return TanhStack.apply(x1, h0, masks, workers, L, *w_hh, *w_xh, *b)
 
 
