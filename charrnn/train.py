@@ -256,9 +256,12 @@ def train(
     dist, device = distributed.from_environment(cfg.device)
     together = False  # whether every rank leaves at the same point (then they may meet at a last barrier)
     try:
-        cpu_bf16_problem = _cpu_bf16_problem(cfg, model_config) if device.type == "cpu" else None
-        if cfg.precision == "bf16" and device.type == "cpu" and cpu_bf16_problem:
-            raise UsageError(f"--precision bf16 on CPU {cpu_bf16_problem}; use --precision fp32 or auto")
+        if cfg.precision == "bf16" and device.type == "cpu":
+            problem = _cpu_bf16_problem(cfg, model_config)
+            if problem:
+                raise UsageError(f"--precision bf16 on CPU {problem}; use --precision fp32 or auto")
+        elif cfg.precision == "bf16" and device.type != "cuda":
+            raise UsageError(f"--precision bf16 is for CUDA and CPU devices, not {device.type}; use fp32 or auto")
         shard = dist.shard(cfg.batch_size)
         if resumed is not None and resumed["progress"].get("world_size", 1) != dist.world:
             raise UsageError(

@@ -174,3 +174,11 @@ def test_bf16_products_track_fp32(L):
     assert loss16.item() == pytest.approx(loss32.item(), rel=1e-2)
     for a, b in zip(g16, g32):
         assert (a - b).norm() <= 0.05 * b.norm() + 1e-6
+
+
+def test_pipeline_only_for_wide_stacks():
+    from charrnn.fused import PIPELINE_MIN_HIDDEN, default_workers
+
+    assert default_workers(2, PIPELINE_MIN_HIDDEN // 2) == 1  # narrow: serial, on torch's intra-op threads
+    assert default_workers(1, 4 * PIPELINE_MIN_HIDDEN) == 1  # one layer: nothing to overlap
+    assert default_workers(3, PIPELINE_MIN_HIDDEN) == max(1, min(3, torch.get_num_threads()))
