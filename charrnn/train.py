@@ -74,7 +74,8 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
 
 
 # Below this width bf16 products gain nothing on CPU: a 64x128x128 product is dispatch-bound, and bf16 ran it
-# slower than fp32 (benchmarks/run.py: 2x128 trains at the same speed either way; 2x512 1.8x, 3x1024 2.1x faster).
+# slower than fp32 (2x128 trained at the same speed either way; 2x256 85k vs 62k chars/s; benchmarks/run.py:
+# 2x512 1.86x and 3x1024 1.96x the fp32 kernel's speed).
 CPU_BF16_MIN_HIDDEN = 256
 
 
