@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -97,7 +98,7 @@ class CharRNN(nn.Module):
             # back to fp32), the state stays fp32 between calls, the loss is computed in fp32
             x = F.embedding(ids.t(), (self.embed.weight + self.bias[0]).to(low))
             top, state = self._tanh_layers_fused(x, state.to(low), low)
-            logits = F.linear(self.drop(top), self.head.weight.to(low), self.head.bias.to(low)).float()
+            logits = F.linear(self._head_dropout(top), self.head.weight.to(low), self.head.bias.to(low)).float()
             loss = None
             if targets is not None:
                 loss = F.cross_entropy(logits.reshape(T * B, -1), targets.t().reshape(T * B).long())
@@ -106,6 +107,7 @@ class CharRNN(nn.Module):
             # lookup in (W^1_xh + b^1): adding the bias to the V rows of the table is cheaper than to T*B rows
             x = F.embedding(ids.t(), self.embed.weight + self.bias[0])  # T, B, H: W^1_xh x^1_t + b^1
             top, state = self._tanh_layers_fused(x, state)
+            top = self._head_dropout(top)
         elif self.config.cell == "tanh":
             top, state = self._tanh_layers_nn(self.embed(ids.t()), state)
         else:
@@ -115,7 +117,7 @@ class CharRNN(nn.Module):
             else:
                 top, (h, c) = self.rnn(x, (state[0], state[1]))
                 state = torch.stack((h, c))
-        logits = self.head(self.drop(top))  # T, B, V
+        logits = self.head(top if self.config.cell == "tanh" and self._use_fused(ids) else self.drop(top))  # T,B,V
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(T * B, -1), targets.t().reshape(T * B).long())
@@ -129,7 +131,7 @@ class CharRNN(nn.Module):
         masks = None
         if self.training and self.config.dropout > 0 and L > 1:
             # x^{l+1} = dropout(h^l) = h^l * mask^l: the masks are drawn up front, scaled by 1/(1-p) like nn.Dropout
-            masks = F.dropout(x.new_ones((L - 1, T, B, H)), self.config.dropout, True)
+            masks = self._dropout_mask((L - 1, T, B, H), x)
         stack = tanh_stack_reference if self.kernel == "reference" else tanh_stack
         extra = {} if self.kernel == "reference" else {"workers": self.workers}
         w_hh, w_xh, bias = list(self.w_hh), list(self.w_xh), list(self.bias[1:])
@@ -137,6 +139,26 @@ class CharRNN(nn.Module):
             w_hh, w_xh, bias = ([p.to(dtype) for p in ps] for ps in (w_hh, w_xh, bias))
         hs = stack(x, state, w_hh, w_xh, bias, masks, **extra)  # L, T, B, H
         return hs[-1], hs[:, -1].clone()
+
+    def _dropout_mask(self, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+        """An inverted-dropout mask: 1/(1-p) with probability 1-p, else 0, in `like`'s dtype and device.
+
+        On CPU the random bits come from numpy's PCG64 (16 bits per element), seeded by one draw from torch's
+        generator: about 3x faster than torch's own dropout here (which made a 2x512 dropout run 40 % slower), and
+        still reproducible from torch's RNG state, which checkpoints save."""
+        p = self.config.dropout
+        if like.device.type != "cpu":
+            return F.dropout(like.new_ones(shape), p, True)
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+        bits = np.frombuffer(np.random.default_rng(seed).bytes(2 * math.prod(shape)), dtype=np.uint16)
+        keep = torch.from_numpy(bits.reshape(shape) >= round(p * 65536))
+        return keep.to(like.dtype).mul_(1.0 / (1.0 - p))
+
+    def _head_dropout(self, top: torch.Tensor) -> torch.Tensor:
+        """Dropout before the head on the fused path (the same mask source as between the layers)."""
+        if not self.training or self.config.dropout <= 0:
+            return top
+        return top * self._dropout_mask(tuple(top.shape), top)
 
     def _tanh_layers_nn(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The same maths through torch's RNN kernel (cuDNN on CUDA). Layer 1's input weight is the identity,

@@ -182,3 +182,22 @@ def test_pipeline_only_for_wide_stacks():
     assert default_workers(2, PIPELINE_MIN_HIDDEN // 2) == 1  # narrow: serial, on torch's intra-op threads
     assert default_workers(1, 4 * PIPELINE_MIN_HIDDEN) == 1  # one layer: nothing to overlap
     assert default_workers(3, PIPELINE_MIN_HIDDEN) == max(1, min(3, torch.get_num_threads()))
+
+
+def test_cpu_dropout_masks_are_inverted_dropout_and_follow_torchs_seed():
+    from charrnn.config import ModelConfig
+    from charrnn.model import CharRNN
+
+    model = CharRNN(ModelConfig(vocab_size=5, hidden_size=8, num_layers=2, dropout=0.3), kernel="fused")
+    like = torch.zeros(1, dtype=torch.bfloat16)
+    torch.manual_seed(7)
+    a = model._dropout_mask((4, 64, 256), like)
+    b = model._dropout_mask((4, 64, 256), like)
+    torch.manual_seed(7)
+    again = model._dropout_mask((4, 64, 256), like)
+    assert a.dtype == torch.bfloat16 and a.shape == (4, 64, 256)
+    assert torch.equal(a, again) and not torch.equal(a, b)  # drawn from torch's (checkpointed) generator
+    assert a.float().unique().tolist() == [0.0, torch.tensor(1 / 0.7).bfloat16().item()]
+    kept = (a != 0).float().mean().item()
+    assert abs(kept - 0.7) < 0.01  # 65,536 draws: the standard error is 0.002
+    assert abs(a.float().mean().item() - 1.0) < 0.02  # inverted dropout keeps the expectation
