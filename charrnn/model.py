@@ -110,6 +110,7 @@ class CharRNN(nn.Module):
             top = self._head_dropout(top)
         elif self.config.cell == "tanh":
             top, state = self._tanh_layers_nn(self.embed(ids.t()), state)
+            top = self.drop(top)
         else:
             x = self.embed(ids.t())  # T, B, H: W^1_xh x^1_t for every t by lookup
             if self.config.cell == "gru":
@@ -117,7 +118,8 @@ class CharRNN(nn.Module):
             else:
                 top, (h, c) = self.rnn(x, (state[0], state[1]))
                 state = torch.stack((h, c))
-        logits = self.head(top if self.config.cell == "tanh" and self._use_fused(ids) else self.drop(top))  # T,B,V
+            top = self.drop(top)
+        logits = self.head(top)  # T, B, V
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(T * B, -1), targets.t().reshape(T * B).long())
