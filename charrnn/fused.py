@@ -179,7 +179,7 @@ class TanhStack(torch.autograd.Function):
         #   2 z_t = 2 x_t + 2 h_{t-1} W^T = (2 x_t - 2 c) + 4 s_{t-1} W^T,   c = W 1 (the row sums of W_hh)
         # and h = 2 s - 1 is formed for a whole chunk at once when its steps are done.
         c2 = [w.sum(1).mul_(2) for w in w_hh]  # 2 c per layer
-        shift = [None] + [torch.sub(b[l - 1], c2[l], alpha=0.5).mul_(2) for l in range(1, L)]  # 2 b - 2 c
+        shift = [None] + [b[l - 1].mul(2).sub_(c2[l]) for l in range(1, L)]  # 2 b - 2 c
         s_init = torch.add(h0, 1).mul_(0.5)  # s_{-1} from h_{-1}
 
         def forward_task(l, t0, t1):

@@ -92,21 +92,16 @@ class CharRNN(nn.Module):
         B, T = ids.shape
         if state is None:
             state = self.init_state(B, ids.device)
-        low = self.compute_dtype if self.compute_dtype not in (None, self.head.weight.dtype) else None
-        if self.config.cell == "tanh" and self._use_fused(ids) and low is not None and self.kernel != "reference":
-            # the same maths with bf16 operands: each weight is cast once per call (autograd casts its gradient
-            # back to fp32), the state stays fp32 between calls, the loss is computed in fp32
-            x = F.embedding(ids.t(), (self.embed.weight + self.bias[0]).to(low))
-            top, state = self._tanh_layers_fused(x, state.to(low), low)
-            logits = F.linear(self._head_dropout(top), self.head.weight.to(low), self.head.bias.to(low)).float()
-            loss = None
-            if targets is not None:
-                loss = F.cross_entropy(logits.reshape(T * B, -1), targets.t().reshape(T * B).long())
-            return logits.transpose(0, 1), loss, state.float()
+        head_w, head_b, low = self.head.weight, self.head.bias, None
         if self.config.cell == "tanh" and self._use_fused(ids):
             # lookup in (W^1_xh + b^1): adding the bias to the V rows of the table is cheaper than to T*B rows
-            x = F.embedding(ids.t(), self.embed.weight + self.bias[0])  # T, B, H: W^1_xh x^1_t + b^1
-            top, state = self._tanh_layers_fused(x, state)
+            table = self.embed.weight + self.bias[0]  # row c: W^1_xh x^1_t + b^1 for x^1_t = one-hot(c)
+            if self.compute_dtype not in (None, head_w.dtype) and self.kernel != "reference":
+                # bf16 operands: each weight is cast once per call (autograd casts its gradient back to fp32);
+                # the logits and the state come back in fp32, so the loss and the next call are fp32
+                low = self.compute_dtype
+                table, state, head_w, head_b = table.to(low), state.to(low), head_w.to(low), head_b.to(low)
+            top, state = self._tanh_layers_fused(F.embedding(ids.t(), table), state, low)  # input: T, B, H
             top = self._head_dropout(top)
         elif self.config.cell == "tanh":
             top, state = self._tanh_layers_nn(self.embed(ids.t()), state)
@@ -119,7 +114,9 @@ class CharRNN(nn.Module):
                 top, (h, c) = self.rnn(x, (state[0], state[1]))
                 state = torch.stack((h, c))
             top = self.drop(top)
-        logits = self.head(top)  # T, B, V
+        logits = F.linear(top, head_w, head_b)  # T, B, V
+        if low is not None:
+            logits, state = logits.float(), state.float()
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(T * B, -1), targets.t().reshape(T * B).long())
