@@ -6,7 +6,8 @@
 
 Each run is a fresh `charrnn train CORPUS --val-frac 0.1 --test-frac 0 --time-budget BUDGET` process (first 90 %
 train, last 10 % validation: the split nanoGPT's shakespeare_char uses). Prints val nats/char and bits/char per
-run, the median, and the configuration used; writes JSON to benchmarks/results/. Run it on an otherwise idle
+run, the median, the dropout the run used (`--dropout auto` decides it from the run's speed), and the
+configuration used; writes JSON to benchmarks/results/. Run it on an otherwise idle
 machine: the result depends on how many characters per second the machine trains.
 """
 
@@ -79,7 +80,7 @@ def main() -> None:
     results = []
     print(f"corpus {args.corpus}, budget {args.budget}, {args.runs} run(s) per configuration, "
           f"load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
-    print(f"{'configuration':<48} {'val nats':>9} {'val bits':>9} {'steps':>6} {'chars/s':>9}")
+    print(f"{'configuration':<48} {'val nats':>9} {'val bits':>9} {'steps':>6} {'chars/s':>9} {'dropout':>7}")
     for point in grid:
         options = list(extra)
         for name, value in point:
@@ -90,7 +91,7 @@ def main() -> None:
             r = run_once(args.corpus, args.budget, options, seed=args.first_seed + i)
             runs.append(r)
             print(f"{label:<48} {r['val_nats']:9.4f} {r['val_bits']:9.4f} {r['steps']:6d} "
-                  f"{(r['chars_per_sec'] or 0):9.0f}", flush=True)
+                  f"{(r['chars_per_sec'] or 0):9.0f} {r['model_config']['dropout']!s:>7}", flush=True)
         median = statistics.median(r["val_nats"] for r in runs)
         if args.runs > 1:
             print(f"{label + '  [median]':<48} {median:9.4f} {median / math.log(2):9.4f}", flush=True)

@@ -16,7 +16,8 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from .config import TOP_NEURONS, VIEW_MAX_CHARS, ModelConfig, TrainConfig, default_of, parse_duration
+from .config import (TOP_NEURONS, VIEW_MAX_CHARS, ModelConfig, TrainConfig, default_of, parse_dropout,
+                     parse_duration)
 from .errors import EXIT_SIGINT, CharrnnError, Interrupted
 
 app = typer.Typer(
@@ -104,7 +105,8 @@ def train(
     cell: Annotated[str, typer.Option(help="Recurrent cell: tanh, gru or lstm.", rich_help_panel="Model")] = _m("cell"),
     hidden_size: Annotated[int, typer.Option(help="Hidden units per layer.", rich_help_panel="Model")] = _m("hidden_size"),
     num_layers: Annotated[int, typer.Option(help="Stacked recurrent layers.", rich_help_panel="Model")] = _m("num_layers"),
-    dropout: Annotated[float, typer.Option(help="Dropout between layers and before the head.", rich_help_panel="Model")] = _m("dropout"),
+    dropout: Annotated[str, typer.Option(help="Dropout between layers and before the head: a rate in [0, 1), or auto (0.005 per pass over the training split the run will make, at most 0.2; with --time-budget, decided from the speed of the first steps).", rich_help_panel="Model")] = "auto",
+    recurrent_init: Annotated[str, typer.Option(help="tanh cell's W_hh at initialisation: KIND[:GAIN], KIND orthogonal, identity or uniform (torch's nn.RNN default).", rich_help_panel="Model")] = _m("recurrent_init"),
     # data
     val_frac: Annotated[float, typer.Option(help="Fraction of the corpus held out for validation (after train).", rich_help_panel="Data")] = _t("val_frac"),
     test_frac: Annotated[float, typer.Option(help="Fraction held out for testing (the end of the corpus).", rich_help_panel="Data")] = _t("test_frac"),
@@ -132,7 +134,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed (weights, dropout).", rich_help_panel="Run")] = _t("seed"),
     device: Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.", rich_help_panel="Run")] = _t("device"),
     kernel: Annotated[str, typer.Option(help="tanh cell implementation: auto (fused on CPU, torch's RNN on GPU), fused or nn.", rich_help_panel="Run")] = _t("kernel"),
-    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, and on CPUs with bf16 instructions for tanh models of width >= 256; fp32 otherwise), fp32 or bf16.", rich_help_panel="Run")] = _t("precision"),
+    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, and on CPUs with bf16 instructions for models of width >= 256; fp32 otherwise), fp32 or bf16.", rich_help_panel="Run")] = _t("precision"),
     run_dir: Annotated[Optional[str], typer.Option(help="Where checkpoints and metrics go [default: checkpoints/NAME-TIME].", rich_help_panel="Run", show_default=False)] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the run in this directory or checkpoint file.", rich_help_panel="Run")] = None,
     allow_lr_change: Annotated[bool, typer.Option("--allow-lr-change", help="With --resume: accept a changed --lr, --min-lr-frac, --warmup-steps, --schedule-steps or --grad-clip.", rich_help_panel="Run")] = False,
@@ -151,7 +153,8 @@ def train(
         from .corpora import resolve_corpus
         from .train import train as train_fn
 
-        model_config = ModelConfig(cell=cell, hidden_size=hidden_size, num_layers=num_layers, dropout=dropout)
+        model_config = ModelConfig(cell=cell, hidden_size=hidden_size, num_layers=num_layers,
+                                   dropout=parse_dropout(dropout), recurrent_init=recurrent_init)
         train_config = TrainConfig(
             val_frac=val_frac, test_frac=test_frac, glob=glob, batch_size=batch_size, seq_len=seq_len, lr=lr,
             min_lr_frac=min_lr_frac, warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,

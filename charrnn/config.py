@@ -7,6 +7,7 @@ Nothing here imports torch (``charrnn --help`` must stay fast).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -29,7 +30,12 @@ class ModelConfig:
     cell: str = "tanh"  # tanh (the seed's recurrence), gru or lstm
     hidden_size: int = 512
     num_layers: int = 2
-    dropout: float = 0.0  # between layers and before the head; 0 disables
+    # between layers and before the head; 0 disables; None ("auto"): chosen by `auto_dropout` from the number of
+    # passes over the training split the run is expected to make (0 for short runs, up to 0.2 for long ones)
+    dropout: Optional[float] = None
+    # the tanh cell's W_hh at initialisation: KIND[:GAIN] with KIND orthogonal, identity or uniform (torch's
+    # nn.RNN default, U(-1/sqrt(H), 1/sqrt(H)), times GAIN)
+    recurrent_init: str = "orthogonal:0.5"
 
     def validate(self) -> None:
         if self.cell not in CELLS:
@@ -38,8 +44,50 @@ class ModelConfig:
             raise UsageError(f"--hidden-size must be at least 1, not {self.hidden_size}")
         if self.num_layers < 1:
             raise UsageError(f"--num-layers must be at least 1, not {self.num_layers}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UsageError(f"--dropout must be in [0, 1), not {self.dropout}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise UsageError(f"--dropout must be auto or in [0, 1), not {self.dropout}")
+        parse_recurrent_init(self.recurrent_init)
+        if self.cell != "tanh" and self.recurrent_init != default_of(ModelConfig, "recurrent_init"):
+            raise UsageError(f"--recurrent-init is for --cell tanh; {self.cell} keeps torch's initialisation")
+
+
+RECURRENT_INITS = ("orthogonal", "identity", "uniform")
+
+
+def parse_recurrent_init(spec: str) -> tuple[str, float]:
+    """'orthogonal:0.5' -> ('orthogonal', 0.5); the gain defaults to 1."""
+    kind, _, gain = str(spec).partition(":")
+    kind = kind.strip().lower()
+    try:
+        value = float(gain) if gain.strip() else 1.0
+    except ValueError:
+        value = float("nan")
+    if kind not in RECURRENT_INITS or not math.isfinite(value) or value < 0:
+        raise UsageError(f"--recurrent-init must be KIND[:GAIN] with KIND {', '.join(RECURRENT_INITS)} and GAIN >= 0 "
+                         f"(e.g. orthogonal:0.5), not {spec!r}")
+    return kind, value
+
+
+def parse_dropout(text: str) -> Optional[float]:
+    """The --dropout option: 'auto' -> None, else a number."""
+    if str(text).strip().lower() == "auto":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"--dropout must be auto or a number in [0, 1), not {text!r}") from None
+
+
+# auto dropout, from the passes over the training split a run is expected to make (tiny-shakespeare, 2x512,
+# benchmarks/quality.py; see the README's Quality section): AUTO_DROPOUT_PER_PASS per pass, at most AUTO_DROPOUT_MAX
+AUTO_DROPOUT_PER_PASS = 0.005
+AUTO_DROPOUT_MAX = 0.2
+
+
+def auto_dropout(passes: float) -> float:
+    """The dropout `--dropout auto` uses for a run expected to make `passes` passes over its training split:
+    0.05 at 10 passes (a 300 s run on tiny-shakespeare here), 0.2 from 40 passes on."""
+    return round(min(AUTO_DROPOUT_MAX, AUTO_DROPOUT_PER_PASS * max(0.0, passes)), 3)
 
 
 @dataclass
@@ -174,4 +222,5 @@ def parse_duration(text: str | float | int | None) -> Optional[float]:
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
 
 
-__all__ = ["ModelConfig", "TrainConfig", "CELLS", "parse_duration", "to_dict", "from_dict", "default_of", "field"]
+__all__ = ["ModelConfig", "TrainConfig", "CELLS", "parse_duration", "to_dict", "from_dict", "default_of", "field",
+           "auto_dropout", "parse_dropout", "parse_recurrent_init"]

@@ -14,7 +14,7 @@ import sys
 import typing
 from typing import Any, Optional
 
-from .config import ModelConfig, TrainConfig, parse_duration
+from .config import ModelConfig, TrainConfig, parse_dropout, parse_duration
 from .errors import UsageError, unreadable
 
 NOT_IN_FILE = {"vocab_size"}  # comes from the corpus
@@ -53,6 +53,8 @@ def _coerce(key: str, value: Any, hint, path: str) -> Any:
     base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint
     if key == "time_budget" and isinstance(value, str):
         return parse_duration(value)
+    if key == "dropout" and isinstance(value, str):
+        return parse_dropout(value)  # "auto"
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if base is bool and isinstance(value, bool):
@@ -111,7 +113,8 @@ def config_toml(model_config: ModelConfig, train_config: TrainConfig) -> str:
     """The effective configuration as TOML (unset optional values are left out: TOML has no null)."""
     lines = ["# charrnn train configuration: charrnn train CORPUS --config THIS_FILE", "", "# model"]
     for name in _fields(ModelConfig):
-        lines.append(f"{name} = {_toml_value(getattr(model_config, name))}")
+        value = getattr(model_config, name)
+        lines.append(f"{name} = {_toml_value('auto' if value is None else value)}")  # dropout: None is auto
     lines += ["", "# training"]
     for name in _fields(TrainConfig):
         value = getattr(train_config, name)

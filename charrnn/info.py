@@ -73,7 +73,7 @@ def format_info(info: dict) -> str:
     rows = [
         ("checkpoint", info["checkpoint"]),
         ("architecture", f"{arch['cell']} RNN, {arch['num_layers']} layer(s) x {arch['hidden_size']} hidden units, "
-                         f"dropout {arch['dropout']}"),
+                         f"dropout {'auto (not decided yet)' if arch['dropout'] is None else arch['dropout']}"),
         ("parameters", f"{info['parameters']:,}"),
         ("vocabulary", f"{arch['vocab_size']} characters: {info['vocab_printable']}"),
         ("steps", f"{info['step']:,} (epoch {info['epoch']})" if info["step"] is not None else "?"),

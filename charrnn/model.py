@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ModelConfig
+from .config import ModelConfig, parse_recurrent_init
 from .fused import tanh_stack, tanh_stack_reference
 
 
@@ -45,8 +45,8 @@ class CharRNN(nn.Module):
             self.bias = nn.ParameterList([nn.Parameter(torch.zeros(H)) for _ in range(L)])
         else:
             rnn_cls = nn.GRU if config.cell == "gru" else nn.LSTM
-            self.rnn = rnn_cls(H, H, L, dropout=config.dropout if L > 1 else 0.0)
-        self.drop = nn.Dropout(config.dropout)
+            self.rnn = rnn_cls(H, H, L, dropout=self.dropout_rate if L > 1 else 0.0)
+        self.drop = nn.Dropout(self.dropout_rate)
         self.head = nn.Linear(H, V)  # W_hy, b_y
         self.reset_parameters()
 
@@ -57,11 +57,29 @@ class CharRNN(nn.Module):
         if self.config.cell == "tanh":
             for w in self.w_xh:
                 nn.init.uniform_(w, -bound, bound)
+            kind, gain = parse_recurrent_init(self.config.recurrent_init)
             for w in self.w_hh:
-                nn.init.orthogonal_(w)
-                w.data.mul_(0.5)
+                if kind == "orthogonal":
+                    nn.init.orthogonal_(w)
+                elif kind == "identity":
+                    nn.init.eye_(w)
+                else:
+                    nn.init.uniform_(w, -bound, bound)
+                w.data.mul_(gain)
             for b in self.bias:
                 nn.init.zeros_(b)
+
+    @property
+    def dropout_rate(self) -> float:
+        """The dropout in use: the configured rate, 0 while `--dropout auto` has not been decided yet."""
+        return self.config.dropout or 0.0
+
+    def set_dropout(self, p: float) -> None:
+        """Change the dropout rate (`--dropout auto` decides it once the run's speed is known)."""
+        self.config.dropout = p
+        self.drop.p = p
+        if self.config.cell != "tanh" and self.config.num_layers > 1:
+            self.rnn.dropout = p
 
     # ------------------------------------------------------------------------------------------------------------
 
@@ -119,7 +137,8 @@ class CharRNN(nn.Module):
             logits, state = logits.float(), state.float()
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.reshape(T * B, -1), targets.t().reshape(T * B).long())
+            # in fp32 also under autocast (a no-op for fp32 logits)
+            loss = F.cross_entropy(logits.reshape(T * B, -1).float(), targets.t().reshape(T * B).long())
         return logits.transpose(0, 1), loss, state
 
     def _tanh_layers_fused(self, x: torch.Tensor, state: torch.Tensor, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +147,7 @@ class CharRNN(nn.Module):
         T, B, H = x.shape
         L = self.config.num_layers
         masks = None
-        if self.training and self.config.dropout > 0 and L > 1:
+        if self.training and self.dropout_rate > 0 and L > 1:
             # x^{l+1} = dropout(h^l) = h^l * mask^l: the masks are drawn up front, scaled by 1/(1-p) like nn.Dropout
             masks = self._dropout_mask((L - 1, T, B, H), x)
         stack = tanh_stack_reference if self.kernel == "reference" else tanh_stack
@@ -145,7 +164,7 @@ class CharRNN(nn.Module):
         On CPU the random bits come from numpy's PCG64 (16 bits per element), seeded by one draw from torch's
         generator: about 3x faster than torch's own dropout here (which made a 2x512 dropout run 40 % slower), and
         still reproducible from torch's RNG state, which checkpoints save."""
-        p = self.config.dropout
+        p = self.dropout_rate
         if like.device.type != "cpu":
             return F.dropout(like.new_ones(shape), p, True)
         seed = int(torch.randint(0, 2**62, (1,)).item())
@@ -155,7 +174,7 @@ class CharRNN(nn.Module):
 
     def _head_dropout(self, top: torch.Tensor) -> torch.Tensor:
         """Dropout before the head on the fused path (the same mask source as between the layers)."""
-        if not self.training or self.config.dropout <= 0:
+        if not self.training or self.dropout_rate <= 0:
             return top
         return top * self._dropout_mask(tuple(top.shape), top)
 
@@ -169,7 +188,7 @@ class CharRNN(nn.Module):
         for layer in range(L):
             w_ih = eye if layer == 0 else self.w_xh[layer - 1]
             weights += [w_ih, self.w_hh[layer], self.bias[layer], zeros]
-        dropout = self.config.dropout if self.training else 0.0
+        dropout = self.dropout_rate if self.training else 0.0
         out, h_n = torch._VF.rnn_tanh(x, state.contiguous(), weights, True, L, dropout, self.training, False, False)
         return out, h_n
 

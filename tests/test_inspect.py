@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from charrnn.checkpoint import load_checkpoint
 from charrnn.info import printable
 from charrnn.report import sparkline, summary_rows
 from conftest import TINY, assert_one_line_error, cli_env, run_cli
@@ -37,7 +38,9 @@ def test_info_json_describes_the_checkpoint(tiny_run):
     for key in ("checkpoint", "architecture", "parameters", "vocab", "vocab_printable", "step", "epoch",
                 "best_val_loss", "best_val_bpc", "corpus", "torch_version", "train_config"):
         assert key in info, key
-    assert info["architecture"] == {"cell": "tanh", "hidden_size": 32, "num_layers": 2, "dropout": 0.0,
+    decided = load_checkpoint(str(tiny_run / "latest.pt"))["model_config"]["dropout"]  # --dropout auto's choice
+    assert isinstance(decided, float)
+    assert info["architecture"] == {"cell": "tanh", "hidden_size": 32, "num_layers": 2, "dropout": decided,
                                     "vocab_size": len(info["vocab"])}
     V, H = len(info["vocab"]), 32
     assert info["parameters"] == V * H + 2 * H * H + H * H + 2 * H + H * V + V  # embed, w_hh x2, w_xh, biases, head

@@ -157,9 +157,9 @@ def test_precision_on_cpu_bf16_products_fp32_weights(tmp_path):
     narrow = charrnn.train(str(corpus), charrnn.ModelConfig(hidden_size=8, num_layers=1), tiny(max_steps=2),
                            run_dir=str(tmp_path / "a"), progress=False)
     assert all(t.dtype == torch.float32 for t in load_checkpoint(narrow.latest)["model"].values())
-    with pytest.raises(UsageError, match="--precision bf16 on CPU is for --cell tanh"):
-        charrnn.train(str(corpus), charrnn.ModelConfig(hidden_size=8, num_layers=1, cell="gru"),
-                      tiny(max_steps=2, precision="bf16"), run_dir=str(tmp_path / "b"), progress=False)
+    with pytest.raises(UsageError, match="--precision bf16 on CPU needs --kernel fused or auto"):
+        charrnn.train(str(corpus), charrnn.ModelConfig(hidden_size=8, num_layers=1),
+                      tiny(max_steps=2, precision="bf16", kernel="nn"), run_dir=str(tmp_path / "b"), progress=False)
     if not cpu_supports_bf16():
         with pytest.raises(UsageError, match="bf16 instructions"):
             charrnn.train(str(corpus), charrnn.ModelConfig(hidden_size=8, num_layers=1),
@@ -179,3 +179,23 @@ def test_precision_on_cpu_bf16_products_fp32_weights(tmp_path):
     assert runs["bf16"].best_val_loss == pytest.approx(runs["fp32"].best_val_loss, abs=0.05)
     w16, w32 = ckpts["bf16"]["model"]["w_hh.0"], ckpts["fp32"]["model"]["w_hh.0"]
     assert not torch.equal(w16, w32) and torch.allclose(w16, w32, atol=0.02)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_gated_cells_train_under_cpu_bf16_autocast_with_fp32_weights(tmp_path, cell):
+    from charrnn.train import cpu_supports_bf16
+
+    if not cpu_supports_bf16():
+        pytest.skip("this CPU has no bf16 instructions: --precision auto stays fp32 and bf16 is refused")
+    corpus = make_corpus(tmp_path / "c.txt", 3000)
+    runs = {}
+    for precision in ("bf16", "fp32"):
+        runs[precision] = charrnn.train(
+            str(corpus), charrnn.ModelConfig(hidden_size=32, num_layers=2, cell=cell, dropout=0.0),
+            tiny(max_steps=30, precision=precision, eval_every=30), run_dir=str(tmp_path / precision), progress=False)
+    ckpts = {k: load_checkpoint(r.latest) for k, r in runs.items()}
+    assert all(t.dtype == torch.float32 for t in ckpts["bf16"]["model"].values())
+    assert ckpts["bf16"]["hidden"].dtype == torch.float32
+    assert runs["bf16"].best_val_loss == pytest.approx(runs["fp32"].best_val_loss, abs=0.05)
+    w16, w32 = ckpts["bf16"]["model"]["rnn.weight_hh_l0"], ckpts["fp32"]["model"]["rnn.weight_hh_l0"]
+    assert not torch.equal(w16, w32)  # the products really ran in bf16
