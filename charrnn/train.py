@@ -84,7 +84,8 @@ CPU_BF16_MIN_HIDDEN = 256
 
 def _cpu_bf16_problem(cfg: TrainConfig, model_config) -> Optional[str]:
     """Why bf16 products cannot be used for this run on CPU, or None when they can (tanh: in the fused kernel;
-    gru and lstm: torch's kernels under bf16 autocast, 1.7x and 1.6x fp32's speed at 2x512 here)."""
+    gru and lstm: torch's kernels under bf16 autocast, 1.87x and 1.63x fp32's speed at 2x512 here,
+    benchmarks/gated_speed.py)."""
     if model_config.cell == "tanh" and cfg.kernel not in ("auto", "fused"):
         return f"needs --kernel fused or auto for --cell tanh, not {cfg.kernel}"
     if not cpu_supports_bf16():
