@@ -162,16 +162,19 @@ def _chunks(T: int, target: int = 16) -> list[tuple[int, int]]:
 
 class TanhStack(torch.autograd.Function):
     """All L layers: h^1 = recurrence(x1, h0[0], W^1_hh);  h^l = recurrence(b^l + (h^{l-1} * mask^{l-1}) W^l_xh^T,
-    h0[l], W^l_hh). Returns every hidden state, (L, T, B, H)."""
+    h0[l], W^l_hh). Returns the top layer's states (T, B, H), the layers below it (L-1, T, B, H) and every layer's
+    last state (L, B, H) as three outputs, so that a gradient only on the top layer (what training has) costs no
+    (L, T, B, H) tensor of zeros: outputs without a gradient reach backward as None."""
 
     @staticmethod
     def forward(ctx, x1, h0, masks, workers, num_layers, *params):
         L = num_layers
         w_hh, w_xh, b = params[:L], params[L : 2 * L - 1], params[2 * L - 1 :]
         T, B, H = x1.shape
-        hs = x1.new_empty((L, T, B, H))
+        top, lower = x1.new_empty((T, B, H)), x1.new_empty((L - 1, T, B, H))
+        hs = [*lower.unbind(0), top]  # hs[l]: layer l's states (T, B, H)
         # the input each layer above the first sees: h^{l-1} * mask (kept for dL/dW_xh), or h^{l-1} itself
-        xin = x1.new_empty((L - 1, T, B, H)) if masks is not None else hs[:-1]
+        xin = x1.new_empty((L - 1, T, B, H)) if masks is not None else lower
         chunks = _chunks(T)
         tasks, deps, index = [], [], {}
         # tanh through the sigmoid, which torch computes several times faster on CPU (0.5 vs 2.6 ns per element
@@ -184,18 +187,18 @@ class TanhStack(torch.autograd.Function):
 
         def forward_task(l, t0, t1):
             def run():
-                out = hs[l, t0:t1]  # C, B, H; first 2 z_t's constant part, then s_t, then h_t
+                out = hs[l][t0:t1]  # C, B, H; first 2 z_t's constant part, then s_t, then h_t
                 if l == 0:
                     torch.mul(x1[t0:t1], 2, out=out).sub_(c2[0])
                 else:
-                    inp = hs[l - 1, t0:t1]
+                    inp = hs[l - 1][t0:t1]
                     if masks is not None:
                         inp = torch.mul(inp, masks[l - 1, t0:t1], out=xin[l - 1, t0:t1])
                     torch.addmm(shift[l], inp.reshape(-1, H), w_xh[l - 1].t(), alpha=2, out=out.view(-1, H))
                 w_t = w_hh[l].t()
-                s = s_init[l] if t0 == 0 else torch.add(hs[l, t0 - 1], 1).mul_(0.5)
-                for t in range(t0, t1):
-                    s = hs[l, t].addmm_(s, w_t, alpha=4).sigmoid_()  # s_t = sigmoid(2 z_t)
+                s = s_init[l] if t0 == 0 else torch.add(hs[l][t0 - 1], 1).mul_(0.5)
+                for step in out.unbind(0):  # one call for the chunk's views: indexing per step costs more
+                    s = step.addmm_(s, w_t, alpha=4).sigmoid_()  # s_t = sigmoid(2 z_t)
                 out.mul_(2).sub_(1)  # h_t = 2 s_t - 1 = tanh(z_t)
 
             return run
@@ -209,23 +212,27 @@ class TanhStack(torch.autograd.Function):
                     tasks.append(forward_task(l, *chunks[k]))
                     deps.append([index[x] for x in ((l, k - 1), (l - 1, k)) if x in index])
         _run_tasks(tasks, deps, workers)
-        ctx.save_for_backward(h0, hs, *params)
-        # never keep a view of the output `hs` on ctx: hs -> its grad_fn (this ctx) -> the view -> hs is a
+        last = torch.stack([h[-1] for h in hs])
+        ctx.save_for_backward(h0, top, lower, *params)
+        # never keep a view of an output on ctx: output -> its grad_fn (this ctx) -> the view -> output is a
         # reference cycle, and each step's activations would wait for the cyclic garbage collector (a leak of
         # several (T, B, H) tensors per step in practice)
         ctx.masks, ctx.workers, ctx.num_layers = masks, workers, L
         ctx.xin = xin if masks is not None else None
-        return hs
+        ctx.set_materialize_grads(False)
+        return top, lower, last
 
     @staticmethod
-    def backward(ctx, grad_hs):
-        h0, hs, *params = ctx.saved_tensors
+    def backward(ctx, grad_top, grad_lower, grad_last):
+        h0, top, lower, *params = ctx.saved_tensors
         L, masks, workers = ctx.num_layers, ctx.masks, ctx.workers
-        xin = ctx.xin if ctx.xin is not None else hs[:-1]  # layer l+1's input: h^l (times its dropout mask)
+        xin = ctx.xin if ctx.xin is not None else lower  # layer l+1's input: h^l (times its dropout mask)
+        hs = [*lower.unbind(0), top]
         w_hh, w_xh, b = params[:L], params[L : 2 * L - 1], params[2 * L - 1 :]
-        _, T, B, H = hs.shape
-        grad_hs = grad_hs.contiguous()
-        dz = torch.empty_like(hs)  # L, T, B, H: dL/dz^l_t
+        T, B, H = top.shape
+        # dL/dh^l_t from outside the stack (None: none), per layer
+        outside = [grad_lower[l] if grad_lower is not None else None for l in range(L - 1)] + [grad_top]
+        dz = top.new_empty((L, T, B, H))  # dL/dz^l_t
         grads = {}
         chunks = _chunks(T)
         K = len(chunks)
@@ -233,20 +240,33 @@ class TanhStack(torch.autograd.Function):
 
         def backward_task(l, t0, t1):
             def run():
-                g = dz[l, t0:t1]  # C, B, H: dL/dh^l_t from outside the layer, then dL/dz^l_t
-                g.copy_(grad_hs[l, t0:t1])
+                g = dz[l, t0:t1]  # C, B, H: dL/dh^l_t, then dL/dz^l_t
+                rows = g.view(-1, H)
+                given = outside[l][t0:t1].reshape(-1, H) if outside[l] is not None else None
                 if l < L - 1:  # through layer l+1's input: d(x^{l+1})/dh^l = W^{l+1}_xh (times the mask)
                     up = dz[l + 1, t0:t1].reshape(-1, H)
-                    if masks is None:
-                        g.view(-1, H).addmm_(up, w_xh[l])
+                    if masks is None and given is not None:
+                        torch.addmm(given, up, w_xh[l], out=rows)
                     else:
-                        g.view(-1, H).addcmul_(torch.mm(up, w_xh[l]), masks[l, t0:t1].reshape(-1, H))
-                h = hs[l, t0:t1]
+                        torch.mm(up, w_xh[l], out=rows)
+                        if masks is not None:
+                            rows.mul_(masks[l, t0:t1].reshape(-1, H))
+                        if given is not None:
+                            rows.add_(given)
+                elif given is not None:
+                    rows.copy_(given)
+                else:
+                    rows.zero_()
+                if grad_last is not None and t1 == T:
+                    g[-1].add_(grad_last[l])
+                h = hs[l][t0:t1]
                 dtanh = torch.mul(h, h).neg_().add_(1.0)  # tanh'(z_t) = 1 - h_t^2, for the chunk at once
-                for t in range(t1 - 1, t0 - 1, -1):
-                    if t < T - 1:
-                        dz[l, t].addmm_(dz[l, t + 1], w_hh[l])  # + dL/dh_t arriving from step t+1
-                    dz[l, t].mul_(dtanh[t - t0])
+                w = w_hh[l]
+                later = dz[l, t1] if t1 < T else None  # dL/dz at step t1, done by the chunk after this one
+                for step, d in zip(reversed(g.unbind(0)), reversed(dtanh.unbind(0))):
+                    if later is not None:
+                        step.addmm_(later, w)  # + dL/dh_t arriving from step t+1
+                    later = step.mul_(d)
 
             return run
 
@@ -256,7 +276,7 @@ class TanhStack(torch.autograd.Function):
                 # dL/dW_hh = sum_t dz_t^T h_{t-1}, ONE GEMM over all T*B rows (step 0 pairs with h0)
                 gw = torch.mm(dz[l, 0].t(), h0[l])
                 if T > 1:
-                    gw.addmm_(rows[B:].t(), hs[l, :-1].reshape((T - 1) * B, H))
+                    gw.addmm_(rows[B:].t(), hs[l][:-1].reshape((T - 1) * B, H))
                 grads["w_hh", l] = gw
                 grads["h0", l] = torch.mm(dz[l, 0], w_hh[l])
                 if l > 0:
@@ -285,8 +305,9 @@ class TanhStack(torch.autograd.Function):
         return (dz[0], grad_h0, None, None, None, *grad_params)
 
 
-def tanh_stack(x1, h0, w_hh, w_xh, b, masks=None, workers=None):
-    """Every hidden state (L, T, B, H) of L stacked tanh layers, fast forward and backward.
+def tanh_stack_parts(x1, h0, w_hh, w_xh, b, masks=None, workers=None):
+    """L stacked tanh layers, fast forward and backward: (top layer's states (T, B, H), the layers below
+    (L-1, T, B, H), every layer's last state (L, B, H)).
 
     x1: (T, B, H) layer 1's pre-activation input (W^1_xh x^1_t + b^1, a lookup); h0: (L, B, H); w_hh: L (H, H);
     w_xh, b: the L-1 input weights (H, H) and biases (H,) of layers 2..L; masks: (L-1, T, B, H) dropout masks
@@ -295,6 +316,13 @@ def tanh_stack(x1, h0, w_hh, w_xh, b, masks=None, workers=None):
     L = len(w_hh)
     workers = default_workers(L, h0.shape[-1]) if workers is None else workers
     return TanhStack.apply(x1, h0, masks, workers, L, *w_hh, *w_xh, *b)
+
+
+def tanh_stack(x1, h0, w_hh, w_xh, b, masks=None, workers=None):
+    """Every hidden state (L, T, B, H) of the stack `tanh_stack_parts` computes (the layers joined into one tensor,
+    which `tanh_stack_reference` also returns)."""
+    top, lower, _ = tanh_stack_parts(x1, h0, w_hh, w_xh, b, masks, workers)
+    return torch.cat([lower, top[None]])
 
 
 def tanh_stack_reference(x1, h0, w_hh, w_xh, b, masks=None):

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig, parse_recurrent_init
-from .fused import tanh_stack, tanh_stack_reference
+from .fused import tanh_stack_parts, tanh_stack_reference
 
 
 class CharRNN(nn.Module):
@@ -150,13 +150,14 @@ class CharRNN(nn.Module):
         if self.training and self.dropout_rate > 0 and L > 1:
             # x^{l+1} = dropout(h^l) = h^l * mask^l: the masks are drawn up front, scaled by 1/(1-p) like nn.Dropout
             masks = self._dropout_mask((L - 1, T, B, H), x)
-        stack = tanh_stack_reference if self.kernel == "reference" else tanh_stack
-        extra = {} if self.kernel == "reference" else {"workers": self.workers}
         w_hh, w_xh, bias = list(self.w_hh), list(self.w_xh), list(self.bias[1:])
         if dtype is not None:
             w_hh, w_xh, bias = ([p.to(dtype) for p in ps] for ps in (w_hh, w_xh, bias))
-        hs = stack(x, state, w_hh, w_xh, bias, masks, **extra)  # L, T, B, H
-        return hs[-1], hs[:, -1].clone()
+        if self.kernel == "reference":
+            hs = tanh_stack_reference(x, state, w_hh, w_xh, bias, masks)  # L, T, B, H
+            return hs[-1], hs[:, -1].clone()
+        top, _, last = tanh_stack_parts(x, state, w_hh, w_xh, bias, masks, workers=self.workers)
+        return top, last
 
     def _dropout_mask(self, shape: tuple, like: torch.Tensor) -> torch.Tensor:
         """An inverted-dropout mask: 1/(1-p) with probability 1-p, else 0, in `like`'s dtype and device.

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from charrnn.config import ModelConfig
-from charrnn.fused import tanh_recurrence, tanh_recurrence_reference, tanh_stack, tanh_stack_reference
+from charrnn.fused import (
+    tanh_recurrence,
+    tanh_recurrence_reference,
+    tanh_stack,
+    tanh_stack_parts,
+    tanh_stack_reference,
+)
 from charrnn.model import CharRNN
 
 F64 = torch.float64
@@ -52,6 +58,35 @@ def test_stack_equals_autograd(L, T, B, H, workers, dropout):
     out = tanh_stack(x1, h0, w_hh, w_xh, b, masks, workers=workers)
     ref = tanh_stack_reference(x1, h0, w_hh, w_xh, b, masks)
     _assert_same_values_and_grads(out, ref, inputs)
+
+
+@pytest.mark.parametrize("used", ["top", "last", "top+last", "lower"])
+@pytest.mark.parametrize("dropout", [False, True])
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("L,T,B,H", [(1, 4, 2, 3), (2, 6, 3, 4), (3, 37, 2, 4)])
+def test_stack_parts_with_gradients_on_some_outputs(L, T, B, H, workers, dropout, used):
+    """Training back-propagates into the top layer and maybe the last states only; the other outputs' gradients
+    reach backward as None (no tensor of zeros), and the gradients must still equal autograd's."""
+    x1, h0, w_hh, w_xh, b, masks = _inputs(L, T, B, H, dropout=dropout)
+    inputs = (x1, h0, *w_hh, *w_xh, *b)
+    top, lower, last = tanh_stack_parts(x1, h0, w_hh, w_xh, b, masks, workers=workers)
+    ref = tanh_stack_reference(x1, h0, w_hh, w_xh, b, masks)
+    assert torch.allclose(top, ref[-1]) and torch.allclose(lower, ref[:-1]) and torch.allclose(last, ref[:, -1])
+    g = torch.Generator().manual_seed(7)
+    pairs = {"top": (top, ref[-1]), "last": (last, ref[:, -1]), "lower": (lower, ref[:-1])}
+    got_total, want_total = 0, 0
+    for name in used.split("+"):
+        got, want = pairs[name]
+        weight = torch.randn(got.shape, generator=g, dtype=F64)
+        got_total = got_total + (got * weight).sum()
+        want_total = want_total + (want * weight).sum()
+    got = torch.autograd.grad(got_total, inputs, allow_unused=True)
+    want = torch.autograd.grad(want_total, inputs, allow_unused=True)
+    for a, w in zip(got, want):
+        if w is None:  # e.g. layer 3's weights when only the layers below it are used
+            assert a is None or torch.count_nonzero(a) == 0
+        else:
+            assert torch.allclose(a, w, atol=1e-12, rtol=1e-10), (a - w).abs().max()
 
 
 def test_reference_stack_is_the_equation():
