@@ -143,7 +143,7 @@ class CharRNN(nn.Module):
 
     def _tanh_layers_fused(self, x: torch.Tensor, state: torch.Tensor, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (T, B, H) layer 1's pre-activation input W^1_xh x^1_t + b^1 (a lookup). All layers in one autograd
-        node (`tanh_stack`), so that layer l+1 can run beside layer l on another thread."""
+        node (`tanh_stack_parts`), so that layer l+1 can run beside layer l on another thread."""
         T, B, H = x.shape
         L = self.config.num_layers
         masks = None
