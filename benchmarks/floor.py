@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench_train import StockRNN, Trainer, make_charrnn  # noqa: E402
+from bench_train import compare  # noqa: E402
 
 
 def timed(fn, rounds: int = 7) -> float:
@@ -86,13 +86,8 @@ def main() -> None:
         rec32 = recurrent_products(L, T, B, H, torch.float32)
         rec16 = recurrent_products(L, T, B, H, torch.bfloat16) if H >= 256 else None
         big = big_products(L, T, B, H, V)
-        ours, stock = Trainer(make_charrnn(V, H, L), V, B, T), Trainer(StockRNN(V, H, L), V, B, T)
-        steps = max(2, round(1.0 / timed(lambda: stock.run(1), rounds=2)))
-        t_ours, t_stock = [], []
-        for _ in range(5):  # interleaved
-            t_ours.append(1.0 / ours.run(steps) * chars)
-            t_stock.append(1.0 / stock.run(steps) * chars)
-        step_ours, step_stock = statistics.median(t_ours), statistics.median(t_stock)
+        rates, _, _ = compare(H, L, V=V, B=B, T=T, round_seconds=1.0)  # charrnn and stock nn.RNN, interleaved
+        step_ours, step_stock = chars / rates["charrnn"], chars / rates["nn.RNN"]
         per_product = rec32 / (2 * L * (T - 1))
         flops = 2 * B * H * H / per_product
         print(f"{spec} B{B} T{T}: per-step products {rec32 * 1e3:.1f} ms fp32 ({per_product * 1e6:.1f} us each, "

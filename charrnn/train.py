@@ -526,7 +526,7 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
         if total_steps is not None:
             planned = min(planned, total_steps)
         passes = planned / len(batcher)
-        model.set_dropout(auto_dropout(passes))  # also sets model_config.dropout (the model's config), so saved
+        model.set_dropout(auto_dropout(passes))  # also sets model_config.dropout, which checkpoints save
         log.info(f"dropout {model_config.dropout:g} (auto: about {passes:.1f} passes over the training split in "
                  f"the time budget, at {chars_per_step / per_step:,.0f} chars/s)")
 
