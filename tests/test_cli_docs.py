@@ -1,5 +1,6 @@
 """The CLI documents itself: every command's --help has an example, the README has a section per command that
-mentions every option its --help lists, shell completion works, and --help does not import torch."""
+mentions every option its --help lists, shell completion works, and --help does not import torch. The README
+stays short (at most 12 KB) and docs/guarantees.md names only tests that exist."""
 
 from __future__ import annotations
 
@@ -65,3 +66,20 @@ def test_help_does_not_import_torch():
             "print('torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], env=cli_env(), stdout=subprocess.PIPE, timeout=60)
     assert proc.stdout.decode().strip() == "False"
+
+
+def test_readme_is_short_and_links_its_two_documents():
+    readme = (ROOT / "README.md").read_bytes()
+    assert len(readme) <= 12 * 1024, len(readme)  # measurement logs go to benchmarks/README.md
+    for doc in ("benchmarks/README.md", "docs/guarantees.md"):
+        assert f"]({doc})".encode() in readme and (ROOT / doc).is_file(), doc
+
+
+def test_every_test_named_in_the_guarantees_exists():
+    text = (ROOT / "docs" / "guarantees.md").read_text(encoding="utf-8")
+    named = re.findall(r"`(tests/test_\w+\.py)::(test_\w+)`", text)
+    assert named, "docs/guarantees.md names no test"
+    missing = [f"{path}::{name}" for path, name in named
+               if not (ROOT / path).is_file()
+               or not re.search(rf"^def {name}\(", (ROOT / path).read_text(encoding="utf-8"), re.M)]
+    assert not missing, f"docs/guarantees.md names tests that do not exist: {missing}"
