@@ -42,18 +42,20 @@ class StockRNN(nn.Module):
         return torch.zeros(self.rnn.num_layers, B, self.rnn.hidden_size)
 
 
-def make_charrnn(V, H, L, kernel="auto", precision="auto"):
-    """charrnn's model as `charrnn train --kernel KERNEL --precision PRECISION` sets it up on this CPU."""
+def make_charrnn(V, H, L, kernel="auto", precision="auto", device="cpu", cell="tanh"):
+    """charrnn's model as `charrnn train --kernel KERNEL --precision PRECISION` sets it up on this device (the same
+    precision policy, charrnn.precision.plan_for). Returns the model; its `.plan` says what runs in which dtype."""
     import torch
 
-    from charrnn.config import ModelConfig, TrainConfig
+    from charrnn.config import ModelConfig
     from charrnn.model import CharRNN
-    from charrnn.train import use_cpu_bf16
+    from charrnn.precision import plan_for
 
-    config = ModelConfig(vocab_size=V, hidden_size=H, num_layers=L)
-    model = CharRNN(config, kernel=kernel)
-    if use_cpu_bf16(TrainConfig(kernel=kernel, precision=precision), config):
-        model.compute_dtype = torch.bfloat16
+    device = torch.device(device)
+    config = ModelConfig(vocab_size=V, hidden_size=H, num_layers=L, cell=cell)
+    plan = plan_for(device, cell, H, precision, kernel)
+    model = CharRNN(config, kernel=plan.kernel).to(device)
+    model.use_precision(plan)
     return model
 
 

@@ -21,7 +21,8 @@ import torch  # noqa: E402
 
 from charrnn.config import ModelConfig  # noqa: E402
 from charrnn.model import CharRNN  # noqa: E402
-from charrnn.train import cpu_supports_bf16, make_optimizer  # noqa: E402
+from charrnn.precision import cpu_supports_bf16  # noqa: E402
+from charrnn.train import make_optimizer  # noqa: E402
 
 
 def main() -> None:

@@ -123,8 +123,8 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"
     kernel: str = "auto"  # tanh cell: fused (hand-written BPTT), nn (torch.nn.RNN) or auto
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, bf16 products in the fused kernel on bf16-capable CPUs
-    # (hidden >= 256), else fp32; or fp32, bf16
+    precision: str = "auto"  # auto, fp32, bf16 or fp16 (CUDA, with loss scaling): charrnn.precision decides what
+    # runs in which dtype
 
     def validate(self) -> None:
         for name in ("val_frac", "test_frac"):
@@ -148,8 +148,8 @@ class TrainConfig:
             raise UsageError(f"--time-budget must be positive, not {self.time_budget}")
         if self.warmup_steps < 0:
             raise UsageError(f"--warmup-steps must be >= 0, not {self.warmup_steps}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise UsageError(f"--precision must be auto, fp32 or bf16, not {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise UsageError(f"--precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
         if self.kernel not in ("auto", "fused", "nn"):
             raise UsageError(f"--kernel must be auto, fused or nn, not {self.kernel!r}")
         self.save_interval()  # raises on a value it cannot read

@@ -6,7 +6,14 @@ summed across ranks and divided by N, which makes the update equal to the single
 decision (non-finite loss, a signal, the time budget) is taken on values all-reduced across ranks, so all ranks
 stop together at the same step. Rank 0 alone writes checkpoints, between barriers; the hidden state and RNG
 state of every rank are gathered into the checkpoint so that a resume with the same world size is exact.
-gloo is used on CPU and NCCL on CUDA.
+gloo is used on CPU and NCCL on CUDA. The initial parameters are broadcast from rank 0, so ranks start equal even
+where equal seeds would not give bit-equal weights (an orthogonal init is a QR, which need not be bit-equal across
+machines).
+
+NCCL takes only tensors on the rank's GPU, gloo only CPU tensors here: every collective goes through a method of
+`Dist`, which checks the device of each tensor it is handed (`Dist.device`) and raises rather than let a backend
+fail or hang. Under torchrun a process group is made even at world size 1, so one GPU runs the same collectives
+(over NCCL) that many do.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Optional
+from typing import Any, Optional
 
 from .errors import UsageError
 
@@ -26,11 +33,12 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    backend: Optional[str] = None
+    backend: Optional[str] = None  # None: a single process, no process group
+    device: Any = None  # where the tensors handed to collectives must be: cuda:LOCAL_RANK for nccl, cpu for gloo
 
     @property
     def enabled(self) -> bool:
-        return self.world > 1
+        return self.backend is not None
 
     @property
     def is_main(self) -> bool:
@@ -48,6 +56,13 @@ class Dist:
 
     # collectives (no-ops in a single process) -----------------------------------------------------------------
 
+    def check_device(self, tensor) -> None:
+        """Refuse a tensor the backend cannot take (NCCL: CPU tensors; here gloo: GPU tensors)."""
+        want = getattr(self.device, "type", "cpu")
+        if tensor.device.type != want:
+            raise RuntimeError(f"charrnn bug: a {self.backend} collective was handed a tensor on {tensor.device}; "
+                               f"this process group takes {want} tensors")
+
     def barrier(self) -> None:
         if self.enabled:
             import torch.distributed as dist
@@ -58,18 +73,42 @@ class Dist:
         if self.enabled:
             import torch.distributed as dist
 
+            self.check_device(tensor)
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def sum_values(self, values: list) -> list:
+        """Plain numbers summed across ranks (one all-reduce, float64 on the backend's device)."""
+        if not self.enabled:
+            return [float(v) for v in values]
+        import torch
+
+        return self.all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=self.device)).tolist()
+
     def all_gather(self, tensor) -> list:
+        """Every rank's `tensor`, in rank order, on the device it came from (moved through the backend's
+        device when that differs, e.g. a CPU RNG state under NCCL)."""
         if not self.enabled:
             return [tensor]
         import torch
         import torch.distributed as dist
 
+        home = tensor.device
+        tensor = tensor.detach().to(self.device).contiguous()
+        self.check_device(tensor)
         parts = [torch.empty_like(tensor) for _ in range(self.world)]
-        dist.all_gather(parts, tensor.contiguous())
-        return parts
+        dist.all_gather(parts, tensor)
+        return [p.to(home) for p in parts]
+
+    def broadcast_parameters(self, module) -> None:
+        """Rank 0's parameters and buffers on every rank."""
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            self.check_device(tensor)
+            dist.broadcast(tensor.data, src=0)
 
     def agree_on_failure(self, failure):
         """Rank 0's error (or None) on every rank, so that all raise together instead of some ranks waiting in
@@ -108,7 +147,7 @@ class Dist:
         import torch
 
         grads = [p.grad for p in parameters if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = torch.cat([g.reshape(-1) for g in grads])  # on the parameters' device, which is the rank's
         self.all_reduce_sum(flat)
         flat.div_(self.world)
         offset = 0
@@ -124,24 +163,32 @@ def from_environment(device_name: str = "auto"):
 
     from .runtime import resolve_device
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if "WORLD_SIZE" not in os.environ or "LOCAL_RANK" not in os.environ:  # not launched by torchrun
         return Dist(), resolve_device(device_name)
     import torch.distributed as dist
 
+    world = int(os.environ["WORLD_SIZE"])
     rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = int(os.environ["LOCAL_RANK"])
     device = resolve_device(device_name)
+    backend = backend_for(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-        backend = "nccl"
-    else:
-        device = torch.device("cpu")
-        backend = "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=TIMEOUT)
-    return Dist(rank=rank, world=world, local_rank=local_rank, backend=backend), device
+        extra = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend=backend, timeout=TIMEOUT, **extra)
+    return Dist(rank=rank, world=world, local_rank=local_rank, backend=backend, device=device), device
+
+
+def backend_for(device_type: str) -> str:
+    """NCCL for CUDA, gloo for CPU; anything else is refused with one line."""
+    if device_type == "cuda":
+        return "nccl"
+    if device_type == "cpu":
+        return "gloo"
+    raise UsageError(f"torchrun with --device {device_type} is not supported (multi-process training runs on CUDA "
+                     f"GPUs with NCCL or on CPUs with gloo): use --device cuda or --device cpu")
 
 
 def shutdown(d: Dist, together: bool = True) -> None:

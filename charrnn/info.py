@@ -59,6 +59,7 @@ def checkpoint_info(checkpoint: Optional[str] = None) -> dict:
         "best_val_loss": best,
         "best_val_bpc": best / LN2 if best is not None else None,
         "corpus": {"source": corpus.get("source"), "sha256": corpus.get("sha256"), "chars": corpus.get("chars")},
+        "precision": (ckpt.get("precision") or {}).get("summary"),
         "torch_version": ckpt.get("torch_version"),
         "saved_at": datetime.datetime.fromtimestamp(saved_at).isoformat(timespec="seconds") if saved_at else None,
         "train_config": ckpt.get("train_config", {}),
@@ -82,6 +83,7 @@ def format_info(info: dict) -> str:
         ("corpus", f"{corpus['source']} ({corpus['chars']:,} characters)" if corpus["chars"] is not None
                    else str(corpus["source"])),
         ("corpus sha256", str(corpus["sha256"])),
+        ("precision", info["precision"] or "not recorded (a checkpoint from an earlier version)"),
         ("torch", str(info["torch_version"])),
         ("saved at", str(info["saved_at"])),
     ]

@@ -13,6 +13,7 @@ Hidden state is one tensor: (L, B, H) for tanh and GRU, (2, L, B, H) for LSTM (h
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional
 
@@ -33,10 +34,13 @@ class CharRNN(nn.Module):
         # tanh only: "fused" (hand-written BPTT), "nn" (torch's RNN, cuDNN on CUDA), "auto" (fused on CPU), and
         # "reference" (the same maths as "fused" in plain autograd, slow: for tests)
         self.kernel = kernel
-        self.workers: Optional[int] = None  # fused kernel's pipeline threads; None: fused.default_workers
-        # the fused tanh path's matrix-product dtype: None (the weights' own, fp32) or torch.bfloat16 (bf16
-        # products with fp32 accumulation; the weights, optimizer and returned state stay fp32)
+        # the fused tanh path's matrix-product dtype: None (the weights' own, fp32) or torch.bfloat16 / float16
+        # (low-precision operands, fp32 accumulation; the weights, optimizer and returned state stay fp32)
         self.compute_dtype: Optional[torch.dtype] = None
+        # run the recurrent core with autocast off (cuDNN under autocast is fp16 whatever dtype was asked for)
+        self.core_outside_autocast = False
+        self.plan = None  # the precision plan in use (charrnn.precision), once `use_precision` has set one
+        self._cudnn_extras: dict = {}  # the nn tanh path's constant identity and zero bias, made once per device
         V, H, L = config.vocab_size, config.hidden_size, config.num_layers
         self.embed = nn.Embedding(V, H)  # = W^1_xh: row c is W^1_xh times one-hot(c)
         if config.cell == "tanh":
@@ -68,6 +72,15 @@ class CharRNN(nn.Module):
                 w.data.mul_(gain)
             for b in self.bias:
                 nn.init.zeros_(b)
+
+    def use_precision(self, plan) -> None:
+        """Set the model up as a precision plan (charrnn.precision.Plan) says: the fused kernel's operand dtype
+        and whether the recurrent core runs outside autocast. Training and the benchmarks both call this."""
+        from .precision import torch_dtype
+
+        self.plan = plan
+        self.compute_dtype = torch_dtype(plan.fused_dtype)
+        self.core_outside_autocast = plan.core_outside_autocast
 
     @property
     def dropout_rate(self) -> float:
@@ -121,16 +134,9 @@ class CharRNN(nn.Module):
                 table, state, head_w, head_b = table.to(low), state.to(low), head_w.to(low), head_b.to(low)
             top, state = self._tanh_layers_fused(F.embedding(ids.t(), table), state, low)  # input: T, B, H
             top = self._head_dropout(top)
-        elif self.config.cell == "tanh":
-            top, state = self._tanh_layers_nn(self.embed(ids.t()), state)
-            top = self.drop(top)
         else:
-            x = self.embed(ids.t())  # T, B, H: W^1_xh x^1_t for every t by lookup
-            if self.config.cell == "gru":
-                top, state = self.rnn(x, state)
-            else:
-                top, (h, c) = self.rnn(x, (state[0], state[1]))
-                state = torch.stack((h, c))
+            with torch.autocast(ids.device.type, enabled=False) if self._core_outside(ids) else contextlib.nullcontext():
+                top, state = self._torch_core(self.embed(ids.t()), state)  # input: W^1_xh x^1_t by lookup
             top = self.drop(top)
         logits = F.linear(top, head_w, head_b)  # T, B, V
         if low is not None:
@@ -140,6 +146,18 @@ class CharRNN(nn.Module):
             # in fp32 also under autocast (a no-op for fp32 logits)
             loss = F.cross_entropy(logits.reshape(T * B, -1).float(), targets.t().reshape(T * B).long())
         return logits.transpose(0, 1), loss, state
+
+    def _core_outside(self, ids: torch.Tensor) -> bool:
+        return self.core_outside_autocast and torch.is_autocast_enabled(ids.device.type)
+
+    def _torch_core(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """torch's kernels (cuDNN on CUDA): x (T, B, H) -> top layer's outputs (T, B, H), final state."""
+        if self.config.cell == "tanh":
+            return self._tanh_layers_nn(x, state)
+        if self.config.cell == "gru":
+            return self.rnn(x, state)
+        top, (h, c) = self.rnn(x, (state[0], state[1]))
+        return top, torch.stack((h, c))
 
     def _tanh_layers_fused(self, x: torch.Tensor, state: torch.Tensor, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (T, B, H) layer 1's pre-activation input W^1_xh x^1_t + b^1 (a lookup). All layers in one autograd
@@ -156,7 +174,7 @@ class CharRNN(nn.Module):
         if self.kernel == "reference":
             hs = tanh_stack_reference(x, state, w_hh, w_xh, bias, masks)  # L, T, B, H
             return hs[-1], hs[:, -1].clone()
-        top, _, last = tanh_stack_parts(x, state, w_hh, w_xh, bias, masks, workers=self.workers)
+        top, _, last = tanh_stack_parts(x, state, w_hh, w_xh, bias, masks)
         return top, last
 
     def _dropout_mask(self, shape: tuple, like: torch.Tensor) -> torch.Tensor:
@@ -183,8 +201,11 @@ class CharRNN(nn.Module):
         """The same maths through torch's RNN kernel (cuDNN on CUDA). Layer 1's input weight is the identity,
         because its input is already the looked-up column W^1_xh x^1_t."""
         H, L = self.config.hidden_size, self.config.num_layers
-        eye = torch.eye(H, device=x.device, dtype=x.dtype)
-        zeros = torch.zeros(H, device=x.device, dtype=x.dtype)
+        key = (x.device, x.dtype)
+        if key not in self._cudnn_extras:  # made once, not on every call
+            self._cudnn_extras = {key: (torch.eye(H, device=x.device, dtype=x.dtype),
+                                        torch.zeros(H, device=x.device, dtype=x.dtype))}
+        eye, zeros = self._cudnn_extras[key]
         weights = []
         for layer in range(L):
             w_ih = eye if layer == 0 else self.w_xh[layer - 1]

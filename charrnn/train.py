@@ -76,41 +76,6 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
     return cfg.lr * warm * cosine
 
 
-# Below this width bf16 products gain nothing on CPU: a 64x128x128 product is dispatch-bound, and bf16 ran it
-# slower than fp32 (2x128 trained at the same speed either way; 2x256 85k vs 62k chars/s; benchmarks/run.py:
-# 2x512 1.86x and 3x1024 1.96x the fp32 kernel's speed).
-CPU_BF16_MIN_HIDDEN = 256
-
-
-def _cpu_bf16_problem(cfg: TrainConfig, model_config) -> Optional[str]:
-    """Why bf16 products cannot be used for this run on CPU, or None when they can (tanh: in the fused kernel;
-    gru and lstm: torch's kernels under bf16 autocast, 1.87x and 1.63x fp32's speed at 2x512 here,
-    benchmarks/gated_speed.py)."""
-    if model_config.cell == "tanh" and cfg.kernel not in ("auto", "fused"):
-        return f"needs --kernel fused or auto for --cell tanh, not {cfg.kernel}"
-    if not cpu_supports_bf16():
-        return "needs a CPU with bf16 instructions (avx512_bf16 or AMX); this one has none"
-    return None
-
-
-def cpu_supports_bf16() -> bool:
-    import torch
-
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def use_cpu_bf16(cfg: TrainConfig, model_config) -> bool:
-    """--precision on CPU: bf16 when asked (checked earlier), and for auto when the CPU has bf16 instructions and
-    the model is wide enough to gain from them."""
-    if cfg.precision == "bf16":
-        return True
-    return (cfg.precision == "auto" and model_config.hidden_size >= CPU_BF16_MIN_HIDDEN
-            and _cpu_bf16_problem(cfg, model_config) is None)
-
-
 def clip_gradients(parameters, max_norm: float):
     """Scale gradients so their global L2 norm is at most max_norm (0 disables); returns the norm before."""
     import torch
@@ -260,12 +225,10 @@ def train(
     dist, device = distributed.from_environment(cfg.device)
     together = False  # whether every rank leaves at the same point (then they may meet at a last barrier)
     try:
-        if cfg.precision == "bf16" and device.type == "cpu":
-            problem = _cpu_bf16_problem(cfg, model_config)
-            if problem:
-                raise UsageError(f"--precision bf16 on CPU {problem}; use --precision fp32 or auto")
-        elif cfg.precision == "bf16" and device.type != "cuda":
-            raise UsageError(f"--precision bf16 is for CUDA and CPU devices, not {device.type}; use fp32 or auto")
+        from .precision import plan_for
+
+        # what runs in which dtype (refuses a request the device cannot honour, before the run directory exists)
+        plan = plan_for(device, model_config.cell, model_config.hidden_size, cfg.precision, cfg.kernel)
         shard = dist.shard(cfg.batch_size)
         if resumed is not None and resumed["progress"].get("world_size", 1) != dist.world:
             raise UsageError(
@@ -274,7 +237,7 @@ def train(
             )
         run_dir = dist.broadcast_str(run_dir or default_run_dir(text.source))
         if not dist.is_main:
-            log.setLevel(logging.WARNING)  # one voice: rank 0 reports
+            log.addFilter(_quiet_rank)  # one voice: rank 0 reports (removed again below)
         lock, failure = None, None
         if dist.is_main:
             try:
@@ -287,7 +250,7 @@ def train(
             raise failure
         try:
             result = _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resumed, total_steps,
-                                 progress and dist.is_main, on_step, dist, shard, device)
+                                 progress and dist.is_main, on_step, dist, shard, device, plan)
             together = True
             return result
         except (Interrupted, NonFiniteLossError, WriteError):
@@ -297,7 +260,13 @@ def train(
             if lock is not None:
                 lock.release()
     finally:
+        log.removeFilter(_quiet_rank)
         distributed.shutdown(dist, together)
+
+
+def _quiet_rank(record: logging.LogRecord) -> bool:
+    """A filter for ranks other than 0: warnings and errors only (the logger's own level stays the user's)."""
+    return record.levelno >= logging.WARNING
 
 
 def _prepare_run_dir(run_dir: str, resumed: Optional[dict]) -> "ckpt_io.RunLock":
@@ -323,14 +292,14 @@ def _prepare_run_dir(run_dir: str, resumed: Optional[dict]) -> "ckpt_io.RunLock"
 
 
 def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resumed, total_steps, progress, on_step,
-                dist, shard, device):
+                dist, shard, device, plan):
     import numpy as np
     import torch
     from tqdm import tqdm
 
     from .evaluate import LN2, score_ids
     from .model import CharRNN
-    from .runtime import resolve_device
+    from .precision import torch_dtype
 
     if model_config.dropout is None and cfg.time_budget is None:
         # --dropout auto with a run whose length is known in steps: decided now (with a time budget, the loop
@@ -340,13 +309,13 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                  f"training split)")
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     random.seed(cfg.seed)
-    model = CharRNN(model_config, kernel=cfg.kernel).to(device)
-    cpu_autocast = False
-    if device.type == "cpu" and use_cpu_bf16(cfg, model_config):
-        if model_config.cell == "tanh":
-            model.compute_dtype = torch.bfloat16  # bf16 products in the fused kernel; weights, optimizer stay fp32
-        else:
-            cpu_autocast = True  # gru/lstm: torch's kernels under bf16 autocast
+    model = CharRNN(model_config, kernel=plan.kernel).to(device)
+    dist.broadcast_parameters(model)  # rank 0's initial weights everywhere (equal seeds need not give equal QRs)
+    model.compute_dtype = torch_dtype(plan.fused_dtype)  # the fused kernel's operand dtype; weights stay fp32
+    model.core_outside_autocast = plan.core_outside_autocast
+    autocast_dtype = torch_dtype(plan.autocast)
+    scaler = torch.amp.GradScaler(device.type) if plan.grad_scaler else None
+    log.info(f"precision: {plan.describe()}")
     optimizer = make_optimizer(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay)
     step, epoch, batch_index, elapsed_before = 0, 0, 0, 0.0
     skipped_in_a_row = 0
@@ -361,6 +330,8 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
     if resumed is not None:
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
+        if scaler is not None and resumed.get("grad_scaler"):
+            scaler.load_state_dict(resumed["grad_scaler"])
         progress_state = resumed["progress"]
         step, epoch, batch_index = progress_state["step"], progress_state["epoch"], progress_state["batch"]
         elapsed_before = progress_state["elapsed"]
@@ -390,9 +361,9 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
         hidden = torch.cat(dist.all_gather(state.detach()), dim=-2) if dist.enabled else state.detach()
         rng = {"torch": torch.get_rng_state(), "python": _python_rng_to_plain(random.getstate())}
         if dist.enabled:
-            rng["torch_ranks"] = [t.cpu() for t in dist.all_gather(torch.get_rng_state().to(device))]
+            rng["torch_ranks"] = dist.all_gather(torch.get_rng_state())
         if device.type == "cuda":  # the generator of the device dropout draws from, for every rank
-            rng["cuda_ranks"] = [t.cpu() for t in dist.all_gather(torch.cuda.get_rng_state(device).to(device))]
+            rng["cuda_ranks"] = dist.all_gather(torch.cuda.get_rng_state(device))
         return {
             "model_config": to_dict(model_config),
             "train_config": to_dict(cfg),
@@ -413,6 +384,8 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
             "hidden": hidden.cpu(),
             "rng": rng,
             "corpus": {"source": text.source, "sha256": text.sha256, "chars": text.chars},
+            "precision": plan.as_dict(),
+            "grad_scaler": scaler.state_dict() if scaler is not None else None,
             "torch_version": str(torch.__version__),
             "saved_at": time.time(),
         }
@@ -483,8 +456,6 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
     rate_t0, rate_steps = time.perf_counter(), 0
     stopped_by = "max_steps"
     pin = device.type == "cuda"
-    # autocast: on CUDA, and for gru/lstm on a bf16-capable CPU (tanh on CPU: model.compute_dtype)
-    use_bf16 = (device.type == "cuda" and cfg.precision in ("bf16", "auto")) or cpu_autocast
     poison_steps, poison = _test_poison()  # test-only fault injection
     nan_rank = int(os.environ.get("CHARRNN_TEST_NAN_RANK", "0") or 0)  # test-only: which rank is poisoned
     step_delay = float(os.environ.get("CHARRNN_TEST_STEP_DELAY", "0") or 0)  # test-only: room for a signal
@@ -508,8 +479,8 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                               rank=dist.rank, world=dist.world)
         finally:
             model.compute_dtype = compute_dtype
-        totals = dist.all_reduce_sum(torch.tensor([score.nats, float(score.chars)], dtype=torch.float64))
-        return totals[0].item() / totals[1].item()
+        nats, chars = dist.sum_values([score.nats, float(score.chars)])
+        return nats / chars
 
     probe: list = []  # (step, elapsed) where --dropout auto starts timing the run
 
@@ -530,6 +501,17 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
         log.info(f"dropout {model_config.dropout:g} (auto: about {passes:.1f} passes over the training split in "
                  f"the time budget, at {chars_per_step / per_step:,.0f} chars/s)")
 
+    def nonfinite_stop(bad_step: int, in_a_row: str) -> None:
+        raise NonFiniteLossError(
+            f"non-finite loss at step {bad_step}{in_a_row}; the last good checkpoint is {latest_path}"
+            if os.path.exists(latest_path)
+            else f"non-finite loss at step {bad_step}{in_a_row}; no checkpoint was saved")
+
+    # per-step host reads only where a step's outcome must be known at once: skipping a non-finite step, the
+    # ranks' agreement, or a caller's on_step; otherwise a non-finite step is noted on the device and the run
+    # stops at the next read (a log, evaluation or save point), before anything is saved
+    check_every_step = cfg.on_nonfinite == "skip" or on_step is not None
+    first_bad = torch.full((), -1, dtype=torch.int64, device=device)
     first_step = step
     model.train()
     try:
@@ -556,32 +538,52 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                 # but cut the graph, so backward stops at this window's start.
                 state = state.detach()
                 state_in = state
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
+                                    enabled=autocast_dtype is not None):
                     _, loss, state = model(x, state, y)
-                state = state.float() if use_bf16 else state
+                state = state.float()  # a no-op in fp32; the carried state stays fp32 in every mode
                 if step + 1 in poison_steps and dist.rank == nan_rank:
                     loss = loss * poison  # real NaN/Inf gradients, so a missed check would poison the weights
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (scaler.scale(loss) if scaler is not None else loss).backward()
                 dist.average_gradients(model.parameters())  # a rank's NaN reaches every rank's gradients
+                if scaler is not None:
+                    scaler.unscale_(optimizer)  # the clip and the check see the true gradients
                 grad_norm = clip_gradients(model.parameters(), cfg.grad_clip)
-                loss_value = loss.item()
+                # with loss scaling an overflowed gradient is the scaler's business (it skips the step and lowers
+                # the scale); a non-finite loss is ours
+                bad = ~torch.isfinite(loss.detach()) if scaler is not None else ~(
+                    torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))
+                loss_value = None  # read from the device only where needed: each host read waits for the GPU
                 if crash_at and step + 1 == crash_at[1] and dist.rank == crash_at[0]:
                     os._exit(3)  # test-only: a rank dying without a word
                 if dist.enabled:
-                    # one all-reduce carries what every rank must agree on: the mean loss, whether any rank was
-                    # signalled, and the mean elapsed time (for the budget)
-                    shared = dist.all_reduce_sum(torch.tensor(
-                        [loss_value, 1.0 if signals.signum is not None else 0.0,
-                         elapsed_before + (time.perf_counter() - start)], dtype=torch.float64))
-                    loss_value = shared[0].item() / dist.world
-                    # decide on the reduced flag only: a signal arriving after this point waits for the next
+                    # one all-reduce carries what every rank must agree on: the mean loss, any rank's
+                    # non-finite step, whether any rank was signalled (SIGINT, SIGTERM), and the mean elapsed time
+                    signum = signals.signum
+                    shared = dist.all_reduce_sum(torch.stack([
+                        loss.detach().double(), bad.double(),
+                        *torch.tensor([signum == signal.SIGINT, signum == signal.SIGTERM,
+                                       elapsed_before + (time.perf_counter() - start)], dtype=torch.float64)
+                        .to(dist.device)])).tolist()
+                    loss_value = shared[0] / dist.world
+                    # decide on the reduced flags only: a signal arriving after this point waits for the next
                     # step, or one rank would save (a collective) while the other trains on
-                    agreed_stop = shared[1].item() > 0
-                    shared_elapsed = shared[2].item() / dist.world
-                finite = math.isfinite(loss_value) and math.isfinite(grad_norm.item())  # the same on every rank
+                    finite = shared[1] == 0
+                    agreed_stop = (EXIT_SIGINT if shared[2] > 0 else EXIT_SIGTERM) if shared[2] + shared[3] else 0
+                    shared_elapsed = shared[4] / dist.world
+                elif check_every_step:
+                    finite = not bool(bad.item())
+                    loss_value = loss.item()
+                else:  # noted on the device, acted on at the next point that reads the host (no per-step sync)
+                    first_bad = torch.where((first_bad < 0) & bad, step + 1, first_bad)
+                    finite = True
                 if finite:
-                    optimizer.step()
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
                     skipped_in_a_row = 0
                 elif cfg.on_nonfinite == "skip" and skipped_in_a_row < MAX_SKIPS_IN_A_ROW:
                     # the weights stay as they were; the state this window produced may be non-finite, so the
@@ -594,17 +596,11 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                 else:
                     # raised before any save, so the bad state never reaches latest.pt or best.pt
                     in_a_row = f" ({skipped_in_a_row + 1} steps in a row)" if skipped_in_a_row else ""
-                    raise NonFiniteLossError(
-                        f"non-finite loss at step {step + 1}{in_a_row}; the last good checkpoint is {latest_path}"
-                        if os.path.exists(latest_path)
-                        else f"non-finite loss at step {step + 1}{in_a_row}; no checkpoint was saved"
-                    )
+                    nonfinite_stop(step + 1, in_a_row)
                 step += 1
                 batch_index += 1
                 if batch_index == len(batcher):
                     batch_index, epoch = 0, epoch + 1
-                if finite:
-                    last_loss = loss_value
                 if step_delay:
                     time.sleep(step_delay)
                 elapsed = shared_elapsed if dist.enabled else elapsed_before + (time.perf_counter() - start)
@@ -615,15 +611,27 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                 if now - rate_t0 >= 1.0:
                     rate = rate_steps * chars_per_step / (now - rate_t0)
                     rate_t0, rate_steps = now, 0
-                if step % cfg.log_every == 0 and finite:
-                    log_row({"step": step, "epoch": epoch, "loss": loss_value, "lr": lr,
-                             "grad_norm": grad_norm.item(), "elapsed": round(elapsed, 3),
-                             "chars_per_sec": round(rate, 1)})
                 finishing = (total_steps is not None and step >= total_steps) or (
                     budget is not None and elapsed >= budget
                 )
+                evaluating = step % cfg.eval_every == 0 or finishing
+                logging_now = step % cfg.log_every == 0
+                if loss_value is None and (logging_now or evaluating or signals.signum is not None
+                                           or save_steps is not None or save_seconds is not None):
+                    # the host reads the device here: first whether any step since the last read was
+                    # non-finite (then the run stops before anything is saved), then the loss
+                    bad_step = int(first_bad.item())
+                    if bad_step >= 0:
+                        nonfinite_stop(bad_step, "")
+                    loss_value = loss.item()
+                if finite and loss_value is not None:
+                    last_loss = loss_value
+                if logging_now and finite:
+                    log_row({"step": step, "epoch": epoch, "loss": loss_value, "lr": lr,
+                             "grad_norm": grad_norm.item(), "elapsed": round(elapsed, 3),
+                             "chars_per_sec": round(rate, 1)})
                 saved = False
-                if step % cfg.eval_every == 0 or finishing:
+                if evaluating:
                     val = run_eval()
                     improved = False
                     if val is not None:
@@ -644,7 +652,7 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                     saved = True
                 if progress:
                     # tqdm shows step/limit and the ETA (or elapsed/budget and time left); the rest goes here
-                    postfix = {"step": step, "epoch": epoch, "loss": f"{loss_value:.3f}"}
+                    postfix = {"step": step, "epoch": epoch, "loss": f"{last_loss:.3f}" if last_loss is not None else "-"}
                     if last_val is not None:
                         postfix["val"] = f"{last_val:.3f}"
                     postfix["lr"] = f"{lr:.2e}"
@@ -657,11 +665,13 @@ def _train_loop(text, vocab, splits, batcher, model_config, cfg, run_dir, resume
                         bar.refresh()
                 if on_step is not None:
                     on_step({"step": step, "epoch": epoch, "loss": loss_value, "lr": lr})
-                if (agreed_stop if dist.enabled else signals.signum is not None):
+                stop_code = agreed_stop if dist.enabled else (
+                    0 if signals.signum is None else EXIT_SIGINT if signals.signum == signal.SIGINT else EXIT_SIGTERM)
+                if stop_code:
                     if not saved:
                         save(best=False)
-                    code = EXIT_SIGINT if signals.signum == signal.SIGINT else EXIT_SIGTERM
-                    name = "SIGINT" if signals.signum == signal.SIGINT else "SIGTERM"
+                    code = stop_code  # the signal any rank received (SIGINT first), the same on every rank
+                    name = "SIGINT" if code == EXIT_SIGINT else "SIGTERM"
                     raise Interrupted(
                         f"{name}: stopped after step {step}; saved {latest_path} "
                         f"(continue with: charrnn train --resume {run_dir})" if dist.is_main else "",

@@ -151,7 +151,7 @@ def test_other_cells_train_and_sample(tmp_path, cell):
 
 
 def test_precision_on_cpu_bf16_products_fp32_weights(tmp_path):
-    from charrnn.train import CPU_BF16_MIN_HIDDEN, cpu_supports_bf16
+    from charrnn.precision import CPU_BF16_MIN_HIDDEN, cpu_supports_bf16
 
     corpus = make_corpus(tmp_path / "c.txt", 3000)
     narrow = charrnn.train(str(corpus), charrnn.ModelConfig(hidden_size=8, num_layers=1), tiny(max_steps=2),
@@ -183,7 +183,7 @@ def test_precision_on_cpu_bf16_products_fp32_weights(tmp_path):
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_gated_cells_train_under_cpu_bf16_autocast_with_fp32_weights(tmp_path, cell):
-    from charrnn.train import cpu_supports_bf16
+    from charrnn.precision import cpu_supports_bf16
 
     if not cpu_supports_bf16():
         pytest.skip("this CPU has no bf16 instructions: --precision auto stays fp32 and bf16 is refused")

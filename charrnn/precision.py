@@ -1,0 +1,155 @@
+"""The precision policy: which kernel runs, and in which dtype each part of the model multiplies.
+
+One function, `plan_precision`, decides from (device type, whether the device has native bf16, cell, hidden size,
+--precision, --kernel); training, `charrnn info` and the benchmarks all use it, so what the log says is what ran.
+
+Facts it rests on:
+- CPU: bf16 products are native only with avx512_bf16 or AMX; elsewhere they are emulated, hundreds of times
+  slower. Below width 256 they gain nothing (a 64x128x128 product is dispatch-bound).
+- CUDA: torch's autocast casts a cuDNN RNN/GRU/LSTM's input, state and weights to fp16 whatever dtype autocast was
+  given (aten/src/ATen/autocast_mode.cpp, the cudnn_rnn rule). So "bf16 autocast" around cuDNN is fp16 without
+  loss scaling. Here bf16 runs only where it really runs in bf16: the head (a plain linear) under bf16 autocast,
+  and the fused tanh kernel, which casts its operands itself; the cuDNN core stays outside autocast (fp32, with
+  TF32 tensor cores where torch.backends.cudnn.allow_tf32 is on, torch's default). fp16 is the one mode that puts
+  cuDNN's core in half precision, and it comes with a GradScaler.
+- The weights, optimizer state, carried hidden state and validation loss are fp32 in every mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .errors import UsageError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# below this width bf16 products gain nothing on CPU (2x128 trained at the same speed either way; 2x256 85k vs 62k
+# chars/s; 2x512 1.86x and 3x1024 1.96x the fp32 kernel's speed: benchmarks/run.py on a bf16 CPU)
+CPU_BF16_MIN_HIDDEN = 256
+
+
+@dataclass(frozen=True)
+class Plan:
+    kernel: str  # the tanh cell's kernel: "fused" or "nn"; gru/lstm: "nn" (torch's cells)
+    core: str  # dtype of the recurrent core's products: "fp32", "bf16" or "fp16"
+    head: str  # dtype of the output head's product
+    autocast: Optional[str] = None  # torch.autocast dtype around the forward pass, or None
+    core_outside_autocast: bool = False  # run the recurrent core with autocast off (cuDNN would go fp16)
+    fused_dtype: Optional[str] = None  # the fused tanh kernel casts its operands to this dtype itself
+    grad_scaler: bool = False  # fp16: scale the loss so small gradients survive
+    tf32: bool = False  # fp32 cuDNN core on tensor cores in TF32
+
+    def describe(self) -> str:
+        core = self.core + (" (TF32 tensor cores)" if self.tf32 and self.core == "fp32" else "")
+        how = "fused kernel" if self.kernel == "fused" else ("cuDNN" if self.tf32 or self.grad_scaler or
+                                                             self.core_outside_autocast else "torch kernel")
+        text = f"recurrent core {core} ({how}), head {self.head}"
+        if self.grad_scaler:
+            text += ", loss scaling"
+        return text + "; weights, optimizer and validation fp32"
+
+    def as_dict(self) -> dict:
+        return {"kernel": self.kernel, "core": self.core, "head": self.head, "autocast": self.autocast,
+                "loss_scaling": self.grad_scaler, "summary": self.describe()}
+
+
+def resolve_kernel(device_type: str, cell: str, kernel: str) -> str:
+    """auto: the fused kernel on CPU (hand-written BPTT), cuDNN/torch's RNN elsewhere (per-step Python calls cost
+    more than cuDNN's whole-sequence kernel on a GPU). gru/lstm always use torch's cells."""
+    if cell != "tanh":
+        return "nn"
+    if kernel == "auto":
+        return "fused" if device_type == "cpu" else "nn"
+    return kernel
+
+
+def plan_precision(device_type: str, cell: str, hidden: int, request: str = "auto", kernel: str = "auto", *,
+                   bf16_supported: bool = False, tf32: bool = False) -> Plan:
+    """What runs in which dtype. `bf16_supported`: the device multiplies bf16 natively (CPU: avx512_bf16/AMX;
+    CUDA: torch.cuda.is_bf16_supported()). `tf32`: cuDNN may use TF32 for fp32 (CUDA only). Raises UsageError
+    for a request the device cannot honour."""
+    if request not in PRECISIONS:
+        raise UsageError(f"--precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, not {request!r}")
+    kernel = resolve_kernel(device_type, cell, kernel)
+    fp32 = Plan(kernel=kernel, core="fp32", head="fp32", tf32=tf32 and device_type == "cuda" and kernel == "nn")
+    if request == "fp32":
+        return fp32
+    if device_type == "cpu":
+        return _cpu_plan(cell, hidden, request, kernel, bf16_supported, fp32)
+    if device_type == "cuda":
+        return _cuda_plan(request, kernel, bf16_supported, fp32)
+    if request != "auto":
+        raise UsageError(f"--precision {request} is for CUDA and CPU devices, not {device_type}; use fp32 or auto")
+    return fp32
+
+
+def _cpu_plan(cell: str, hidden: int, request: str, kernel: str, bf16_supported: bool, fp32: Plan) -> Plan:
+    if request == "fp16":
+        raise UsageError("--precision fp16 is for CUDA GPUs; on CPU use fp32, bf16 or auto")
+    problem = None
+    if cell == "tanh" and kernel != "fused":
+        problem = f"needs --kernel fused or auto for --cell tanh, not {kernel}"
+    elif not bf16_supported:
+        problem = "needs a CPU with bf16 instructions (avx512_bf16 or AMX); this one has none"
+    if request == "bf16" and problem:
+        raise UsageError(f"--precision bf16 on CPU {problem}; use --precision fp32 or auto")
+    if request == "auto" and (problem or hidden < CPU_BF16_MIN_HIDDEN):
+        return fp32
+    if cell == "tanh":  # bf16 operands cast by the kernel, fp32 accumulation
+        return Plan(kernel=kernel, core="bf16", head="bf16", fused_dtype="bf16")
+    # gru/lstm: torch's CPU kernels under bf16 autocast (1.87x and 1.63x fp32's speed at 2x512 on a bf16 CPU,
+    # benchmarks/gated_speed.py)
+    return Plan(kernel=kernel, core="bf16", head="bf16", autocast="bf16")
+
+
+def _cuda_plan(request: str, kernel: str, bf16_supported: bool, fp32: Plan) -> Plan:
+    if request == "fp16":
+        if kernel == "fused":
+            return Plan(kernel=kernel, core="fp16", head="fp16", fused_dtype="fp16", autocast="fp16",
+                        grad_scaler=True)
+        return Plan(kernel=kernel, core="fp16", head="fp16", autocast="fp16", grad_scaler=True)
+    if not bf16_supported:
+        if request == "bf16":
+            raise UsageError("--precision bf16: this GPU has no native bf16; use --precision fp16, fp32 or auto")
+        return fp32  # auto
+    if kernel == "fused":  # the kernel honours bf16: it casts its operands itself
+        return Plan(kernel=kernel, core="bf16", head="bf16", fused_dtype="bf16")
+    # cuDNN would run in fp16 under autocast: the core stays fp32 (TF32 where allowed), the head runs in bf16
+    return Plan(kernel=kernel, core="fp32", head="bf16", autocast="bf16", core_outside_autocast=True, tf32=fp32.tf32)
+
+
+def cpu_supports_bf16() -> bool:
+    import torch
+
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def device_supports_bf16(device) -> bool:
+    import torch
+
+    if device.type == "cpu":
+        return cpu_supports_bf16()
+    if device.type == "cuda":
+        try:
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except TypeError:  # older torch without the keyword
+            return bool(torch.cuda.is_bf16_supported())
+    return False
+
+
+def plan_for(device, cell: str, hidden: int, request: str = "auto", kernel: str = "auto") -> Plan:
+    """`plan_precision` with the capabilities read off the device."""
+    import torch
+
+    tf32 = device.type == "cuda" and bool(torch.backends.cudnn.allow_tf32)
+    return plan_precision(device.type, cell, hidden, request, kernel, bf16_supported=device_supports_bf16(device),
+                          tf32=tf32)
+
+
+def torch_dtype(name: Optional[str]):
+    import torch
+
+    return {None: None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
