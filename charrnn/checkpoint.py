@@ -7,7 +7,6 @@ Loading never falls back to unsafe unpickling.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import glob
 import hashlib
@@ -15,16 +14,15 @@ import io
 import math
 import os
 import struct
-import tempfile
 from typing import Any, Optional
 
-from .errors import CannotCreateError, CharrnnError, DataError, InputMissingError, WriteError, unreadable
+from .errors import CannotCreateError, CharrnnError, DataError, InputMissingError, unreadable
+from .fileio import TEMP_PREFIX, write_bytes
 
 FORMAT = "charrnn-checkpoint"
 VERSION = 1
 LATEST = "latest.pt"
 BEST = "best.pt"
-TEMP_PREFIX = ".tmp-"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -71,14 +69,6 @@ def _feed(h, obj: Any) -> None:
 # saving
 
 
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _serialize(state: dict) -> bytes:
     import torch
 
@@ -93,62 +83,15 @@ def _serialize(state: dict) -> bytes:
 
 
 def save_checkpoint(state: dict, paths: list[str]) -> None:
-    """Write `state` atomically to every path in `paths` (all in one directory).
+    """Write `state` atomically to every path in `paths` (all in one directory), through fileio.write_bytes.
 
-    The bytes go to a unique temp file in the destination directory, are flushed and fsynced, then hard-linked /
-    renamed over each final name with os.replace and the directory is fsynced: a final name always holds a
-    complete checkpoint, the old one or the new one. On a write error the temp file is removed and WriteError
-    (exit 74) is raised; the previous checkpoints are untouched.
+    The bytes go to a unique temp file in the destination directory, are flushed and fsynced, then linked (or
+    copied, on filesystems without hard links) and renamed over each final name with os.replace, and the
+    directory is fsynced: a final name always holds a complete checkpoint, the old one or the new one. On a write
+    error the temp files are removed and WriteError (exit 74; 73 where the directory refuses new files) is
+    raised; the previous checkpoints are untouched.
     """
-    data = _serialize(state)
-    directory = os.path.dirname(os.path.abspath(paths[0]))
-    write_atomic(data, directory, [os.path.basename(p) for p in paths])
-
-
-def write_atomic(data: bytes, directory: str, names: list[str]) -> None:
-    temps: list[str] = []
-    try:
-        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".pt", dir=directory)
-        temps.append(temp)
-        with os.fdopen(fd, "wb") as f:
-            _write_all(f, data)
-            f.flush()
-            os.fsync(f.fileno())
-        # extra names share the inode: link first, then rename each link into place
-        for _ in names[1:]:
-            link = temp + f".{len(temps)}"
-            os.link(temp, link)
-            temps.append(link)
-        for temp_name, name in zip(temps, names):
-            os.replace(temp_name, os.path.join(directory, name))
-        temps.clear()
-        fsync_dir(directory)
-    except OSError as exc:
-        for temp_name in temps:
-            try:
-                os.unlink(temp_name)
-            except OSError:
-                pass
-        reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        raise WriteError(f"could not write checkpoint in {directory}: {reason}") from None
-
-
-def _write_all(f, data: bytes) -> None:
-    slow = os.environ.get("CHARRNN_TEST_SLOW_WRITE")  # test-only: widen the window a kill can land in
-    full_after = os.environ.get("CHARRNN_TEST_ENOSPC_AFTER")  # test-only: a disk that fills after N bytes
-    if not slow and not full_after:
-        f.write(data)
-        return
-    import time
-
-    chunk = max(1, len(data) // 8)
-    for start in range(0, len(data), chunk):
-        if full_after and start + chunk > int(full_after):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        f.write(data[start : start + chunk])
-        f.flush()
-        if slow:
-            time.sleep(float(slow))
+    write_bytes(paths, _serialize(state), what="checkpoint")
 
 
 STEP_PREFIX = "step-"

@@ -126,10 +126,10 @@ def config_toml(model_config: ModelConfig, train_config: TrainConfig) -> str:
 
 
 def save_config(path: str, model_config: ModelConfig, train_config: TrainConfig) -> str:
-    """Write the effective configuration to path (temp file + rename)."""
-    from .paths import write_text_atomic
+    """Write the effective configuration to path, atomically (fileio.write_text)."""
+    from .fileio import write_text
 
-    return write_text_atomic(path, config_toml(model_config, train_config), f"config file {path}")
+    return write_text(path, config_toml(model_config, train_config), "config file")
 
 
 __all__ = ["read_config", "apply_config", "config_toml", "save_config", "config_keys"]

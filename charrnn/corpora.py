@@ -11,23 +11,22 @@
 
 A download goes to a temp file in the data directory and is renamed into place only after its sha256 matched,
 so the cache never holds a partial or wrong file. Errors: download failed or offline -> InputMissingError (66)
-naming the file to place where; sha256 mismatch -> DataError (65); data directory not creatable -> 73; a write
-failure (disk full) -> WriteError (74). For tests, CHARRNN_CORPUS_URL_<NAME> overrides a named corpus's URL.
+naming the file to place where; sha256 mismatch -> DataError (65); a write failure -> fileio.write_error (data
+directory not creatable -> 73, disk full -> 74). For tests, CHARRNN_CORPUS_URL_<NAME> overrides a named corpus's URL.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 from urllib.parse import urlparse
 
-from .errors import CannotCreateError, DataError, InputMissingError, UsageError, WriteError
+from .errors import DataError, InputMissingError, UsageError
+from .fileio import atomic_write, write_error
 from .paths import data_dir as default_data_dir
 
 log = logging.getLogger("charrnn")
@@ -133,7 +132,7 @@ def fetch(url: str, dest: str, sha256: Optional[str], what: str) -> str:
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as exc:
-        raise CannotCreateError(f"cannot create data directory {directory}: {exc.strerror or exc}") from None
+        raise write_error(exc, directory, "data directory") from None
     actual = _download(url, dest, sha256, what)
     if sha256 is None:
         log.info(f"{dest}: sha256 {actual} (pass --sha256 {actual} to verify it next time)")
@@ -150,74 +149,45 @@ def _place_hint(url: str, dest: str, sha256: Optional[str]) -> str:
 
 
 def _download(url: str, dest: str, sha256: Optional[str], what: str) -> str:
-    """Stream url into a temp file beside dest, verify, fsync, rename into place. Returns the sha256."""
-    import urllib.error
-    import urllib.request
-
-    directory = os.path.dirname(os.path.abspath(dest))
-    try:
-        fd, temp = tempfile.mkstemp(prefix=".tmp-download-", dir=directory)
-    except OSError as exc:
-        raise CannotCreateError(f"cannot write in data directory {directory}: {exc.strerror or exc}") from None
+    """Stream url into dest through fileio.atomic_write: a temp file beside dest, renamed into place only after
+    the sha256 matched. Returns the sha256."""
     digest = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                request = urllib.request.Request(url, headers={"User-Agent": "charrnn"})
-                with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
-                    log.info(f"downloading {_origin(what, url)} to {dest}")  # connected: say so
-                    while True:
-                        block = response.read(_CHUNK)
-                        if not block:
-                            break
-                        digest.update(block)
-                        try:
-                            out.write(block)
-                        except OSError as exc:
-                            raise _WriteFailed(exc) from None
-            except _WriteFailed:
-                raise
-            except urllib.error.HTTPError as exc:
-                raise InputMissingError(
-                    f"cannot download {what}: HTTP {exc.code} from {url}; {_place_hint(url, dest, sha256)}"
-                ) from None
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                reason = getattr(exc, "reason", None) or exc
-                raise InputMissingError(
-                    f"cannot download {what} (offline? {reason}); {_place_hint(url, dest, sha256)}"
-                ) from None
-            try:
-                out.flush()
-                os.fsync(out.fileno())
-            except OSError as exc:
-                raise _WriteFailed(exc) from None
+    with atomic_write(dest, "downloaded corpus") as out:
+        for block in _blocks(url, dest, sha256, what):
+            digest.update(block)
+            out.write(block)
         actual = digest.hexdigest()
         if sha256 is not None and actual != sha256:
             raise DataError(
                 f"downloaded {_origin(what, url)} has sha256 {actual}, expected {sha256}; nothing was cached"
             )
-        try:
-            os.replace(temp, dest)
-        except OSError as exc:
-            raise _WriteFailed(exc) from None
-        temp = None
-        return actual
-    except _WriteFailed as failed:
-        exc = failed.exc
-        reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        raise WriteError(f"could not write {dest}: {reason}") from None
-    finally:
-        if temp is not None:
-            try:
-                os.unlink(temp)
-            except OSError:
-                pass
+    return actual
 
 
-class _WriteFailed(Exception):
-    def __init__(self, exc: OSError):
-        super().__init__(str(exc))
-        self.exc = exc
+def _blocks(url: str, dest: str, sha256: Optional[str], what: str) -> Iterator[bytes]:
+    """The body of url, block by block. A failed download is an InputMissingError saying which file to place
+    where; errors writing the blocks are the caller's (they are raised in its frame, not here)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "charrnn"})
+        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            log.info(f"downloading {_origin(what, url)} to {dest}")  # connected: say so
+            while True:
+                block = response.read(_CHUNK)
+                if not block:
+                    return
+                yield block
+    except urllib.error.HTTPError as exc:
+        raise InputMissingError(
+            f"cannot download {what}: HTTP {exc.code} from {url}; {_place_hint(url, dest, sha256)}"
+        ) from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise InputMissingError(
+            f"cannot download {what} (offline? {reason}); {_place_hint(url, dest, sha256)}"
+        ) from None
 
 
 def list_corpora(data_dir: Optional[str] = None) -> list[dict]:

@@ -7,7 +7,6 @@ smallest unsigned numpy dtype that holds the vocabulary.
 
 from __future__ import annotations
 
-import errno
 import glob as globlib
 import hashlib
 import os
@@ -19,6 +18,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from .errors import DataError, InputMissingError, UsageError, unreadable
+from .fileio import atomic_write, write_bytes, write_error
 
 BOM = "\ufeff"
 DEMO_SOURCE = "<demo:python-stdlib>"
@@ -153,6 +153,9 @@ class Vocab:
     def __eq__(self, other) -> bool:
         return isinstance(other, Vocab) and other.chars == self.chars
 
+    def __hash__(self) -> int:  # equal vocabularies hash alike, so a Vocab can be a dict key or a set member
+        return hash((Vocab, self.chars))
+
     def unknown(self, text: str) -> list[str]:
         """Characters of text that are not in the vocabulary, sorted."""
         return sorted(set(text) - set(self.chars))
@@ -197,6 +200,9 @@ class EncodedCorpus:
     @property
     def chars(self) -> int:
         return len(self.ids)
+
+
+CACHE_HINT = " (CHARRNN_CACHE_DIR moves it)"
 
 
 def cache_dir() -> str:
@@ -289,17 +295,9 @@ def _cached_ids(source: str, files: list[str], size: int, chunk_bytes: int, prog
     except (OSError, ValueError, KeyError, TypeError):
         meta = None
     if meta is None:
-        try:
-            meta = _encode_to_cache(files, base, size, chunk_bytes, progress)
-            meta["sha256"] = sha
-            _write_atomic(base + ".json", json.dumps(meta).encode("utf-8"))
-        except OSError as exc:
-            from .errors import CannotCreateError, WriteError
-
-            reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-            cls = WriteError if exc.errno == errno.ENOSPC else CannotCreateError
-            raise cls(f"cannot write the corpus cache in {os.path.dirname(base)}: {reason} "
-                      f"(CHARRNN_CACHE_DIR moves it)") from None
+        meta = _encode_to_cache(files, base, size, chunk_bytes, progress)
+        meta["sha256"] = sha
+        write_bytes(base + ".json", json.dumps(meta).encode("utf-8"), "corpus cache", CACHE_HINT)
     vocab = Vocab(meta["vocab"])
     ids = np.memmap(base + ".ids", dtype=meta["dtype"], mode="r") if meta["chars"] else np.zeros(0, vocab.dtype)
     return EncodedCorpus(ids, vocab, os.path.abspath(source), [os.path.abspath(f) for f in files], sha)
@@ -319,41 +317,23 @@ def _encode_to_cache(files: list[str], base: str, size: int, chunk_bytes: int, p
     vocab = Vocab("".join(map(chr, points.tolist())))
     lookup = np.zeros(MAX_CODE_POINT + 1, dtype=vocab.dtype)
     lookup[points] = np.arange(len(points), dtype=vocab.dtype)  # code point -> id, one gather per chunk
-    os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
-    tmp = f"{base}.ids.{os.getpid()}.tmp"
+    directory = os.path.dirname(base) or "."
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise write_error(exc, directory, "corpus cache", CACHE_HINT) from None
     chars = 0
-    try:
-        # plain sequential writes, not a writable memmap: dirty mapped pages would count in this process's RSS
-        with open(tmp, "wb") as out, _progress(size, "encoding corpus", progress) as bar:
-            for path in files:
-                done = 0
-                for points_chunk, read in _decoded_chunks(path, chunk_bytes):
-                    out.write(lookup[points_chunk].tobytes())
-                    chars += len(points_chunk)
-                    bar.update(read - done)
-                    done = read
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, base + ".ids")
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # plain sequential writes, not a writable memmap: dirty mapped pages would count in this process's RSS
+    with atomic_write(base + ".ids", "corpus cache", CACHE_HINT) as out, \
+            _progress(size, "encoding corpus", progress) as bar:
+        for path in files:
+            done = 0
+            for points_chunk, read in _decoded_chunks(path, chunk_bytes):
+                out.write(lookup[points_chunk].tobytes())
+                chars += len(points_chunk)
+                bar.update(read - done)
+                done = read
     return {"format": 1, "vocab": vocab.chars, "chars": chars, "dtype": vocab.dtype.name}
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ----------------------------------------------------------------------------------------------------------------

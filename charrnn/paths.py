@@ -25,24 +25,3 @@ def data_dir() -> str:
     """Where named and downloaded corpora are cached: $CHARRNN_HOME/data."""
     return os.path.join(charrnn_home(), "data")
 
-
-def write_text_atomic(path: str, text: str, what: str = "") -> str:
-    """Write a small text file via a temp file in the same directory and a rename, so a reader never sees half
-    of it; CannotCreateError (exit 73) names `what` (or the path) when it cannot be written."""
-    from .errors import CannotCreateError
-
-    directory = os.path.dirname(os.path.abspath(path))
-    temp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(temp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())  # the data reaches the disk before the name does
-        os.replace(temp, path)
-    except OSError as exc:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise CannotCreateError(f"cannot write {what or path}: {exc.strerror or exc}") from None
-    return path

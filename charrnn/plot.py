@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from .errors import CannotCreateError, MissingDependencyError
+from .errors import MissingDependencyError
+from .fileio import atomic_write
 from .metrics import read_metrics
 
 PLOT_NAME = "loss.png"
@@ -55,9 +56,8 @@ def plot_run(run: str, output: Optional[str] = None) -> str:
     axes[-1][0].set_xlabel("step")
     fig.tight_layout()
     try:
-        fig.savefig(output, format="png", dpi=100)
-    except OSError as exc:
-        raise CannotCreateError(f"cannot write {output}: {exc.strerror or exc}") from None
+        with atomic_write(output, "plot") as f:
+            fig.savefig(f, format="png", dpi=100)
     finally:
         plt.close(fig)
     return output

@@ -351,6 +351,6 @@ def explain(checkpoint: Optional[str] = None, file: Optional[str] = None, show: 
 
 
 def write_html(view: View, path: str) -> str:
-    from .paths import write_text_atomic
+    from .fileio import write_text
 
-    return write_text_atomic(path, render_html(view))
+    return write_text(path, render_html(view), "HTML view")

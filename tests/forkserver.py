@@ -6,8 +6,11 @@ server imports torch and charrnn once, then forks one child per request; the chi
 exits with the CLI's exit code. Each child is a separate process that can be SIGKILLed like any other.
 
 Protocol (one JSON object a line on stdin, one answer a line on stdout):
-    {"argv": [...], "env": {...}, "stderr": PATH}  ->  {"pid": PID}
-    {"wait": PID}                                  ->  {"status": exit code, or -signal}
+    {"argv": [...], "env": {...}, "stderr": PATH, "hooks": {...}}  ->  {"pid": PID}
+    {"wait": PID}                                                  ->  {"status": exit code, or -signal}
+
+"hooks" (optional) names faults the child installs before it runs the CLI (see tests/faults.py), e.g.
+{"slow_write": 0.003}.
 """
 
 from __future__ import annotations
@@ -20,7 +23,11 @@ import sys
 def _child(request: dict) -> None:
     code = 1
     try:
-        os.environ.update(request["env"])
+        os.environ.update(request.get("env", {}))
+        if request.get("hooks"):
+            import faults  # tests/faults.py, beside this file
+
+            faults.install(request["hooks"])
         null = os.open(os.devnull, os.O_RDWR)
         os.dup2(null, 0)
         os.dup2(null, 1)

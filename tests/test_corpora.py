@@ -96,6 +96,20 @@ def test_sha256_mismatch_is_an_error_and_nothing_is_cached(server, tmp_path):
     assert os.listdir(data) == []  # neither the bad file nor a temp file is left
 
 
+def test_disk_full_during_a_download_is_one_line_74_and_nothing_is_cached(server, tmp_path, monkeypatch):
+    import faults
+    from charrnn import fileio
+    from charrnn.errors import WriteError
+
+    data = tmp_path / "data"
+    monkeypatch.setattr(fileio, "write_hook", faults.disk_full_after(1000, suffix=".txt"))
+    with pytest.raises(WriteError) as info:
+        corpora.resolve_corpus(server.url("/corpus/input.txt"), data_dir=str(data))
+    assert info.value.exit_code == 74 and info.value.message.endswith(": disk full")
+    assert corpora.cache_path_for_url(server.url("/corpus/input.txt"), str(data)) in info.value.message
+    assert os.listdir(data) == []  # neither a partial file nor a temp file is left
+
+
 def test_named_corpus_downloads_from_its_url_and_checks_its_builtin_sha(server, tmp_path, monkeypatch):
     fake = dataclasses.replace(corpora.NAMED["shakespeare"], sha256=server.sha, filename="tiny.txt")
     monkeypatch.setitem(corpora.NAMED, "shakespeare", fake)

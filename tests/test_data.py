@@ -110,3 +110,12 @@ def test_demo_corpus_is_a_deterministic_few_megabytes():
     assert corpus.source == DEMO_SOURCE
     assert 1_000_000 < len(corpus.text) < 10_000_000
     assert "def " in corpus.text
+
+
+def test_equal_vocabularies_hash_alike():
+    from charrnn.data import Vocab
+
+    a, b, c = Vocab("abc"), Vocab("cba"), Vocab("abd")
+    assert a == b and hash(a) == hash(b)
+    assert a != c
+    assert {a: 1}[b] == 1 and len({a, b, c}) == 2

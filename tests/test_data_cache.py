@@ -124,3 +124,22 @@ def test_train_and_eval_from_the_cache(tmp_path, monkeypatch):
 
     scored = evaluate(result.latest)
     assert scored["text"] == "test split" and scored["chars"] == int(round(6000 * 0.05)) - 1
+
+
+def test_disk_full_while_caching_is_one_line_74_naming_the_variable_and_leaves_no_temp(tmp_path, monkeypatch):
+    import faults
+    from charrnn import fileio
+    from charrnn.errors import WriteError
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CHARRNN_CACHE_DIR", str(cache))
+    path = tmp_path / "c.txt"
+    path.write_text("hello cache\n" * 500, encoding="utf-8")
+    monkeypatch.setattr(fileio, "write_hook", faults.disk_full_after(100, suffix=".ids"))
+    with pytest.raises(WriteError) as info:
+        load_ids(str(path), chunk_bytes=64, min_bytes=0, progress=False)
+    assert info.value.exit_code == 74
+    assert "disk full" in info.value.message and "CHARRNN_CACHE_DIR" in info.value.message
+    assert os.listdir(cache) == []
+    monkeypatch.setattr(fileio, "write_hook", None)
+    assert load_ids(str(path), chunk_bytes=64, min_bytes=0, progress=False).ids.shape == (6000,)

@@ -1,10 +1,12 @@
 """Faults while training: SIGKILL at random moments, SIGINT/SIGTERM, exact resume, disk full, locks, NaN.
 
 Every test runs the real CLI in a subprocess (tiny model, one torch thread: the machine is shared and a tiny model
-only gets slower with more threads). Faults are injected with test-only environment switches:
-CHARRNN_TEST_SLOW_WRITE (a slow checkpoint writer, so a kill can land mid-save), CHARRNN_TEST_STEP_DELAY (slow
-steps, so a signal lands mid-run), CHARRNN_TEST_ENOSPC_AFTER (the writer fails with ENOSPC after N bytes) and
-CHARRNN_TEST_NAN_AT_STEP (the loss of a step is multiplied by NaN or Inf, so its gradients really are non-finite).
+only gets slower with more threads). Checkpoint-writer faults go through charrnn.fileio.write_hook (see
+tests/faults.py): `slow_write` (a slow checkpoint writer, so a kill can land mid-save) and `enospc_after` (the writer
+fails with ENOSPC after N bytes), installed in a real process by `python tests/faults.py HOOKS ARGS` or the fork
+server's "hooks" field. Still test-only environment switches: CHARRNN_TEST_STEP_DELAY (slow steps, so a signal lands
+mid-run) and CHARRNN_TEST_NAN_AT_STEP (the loss of a step is multiplied by NaN or Inf, so its gradients really are
+non-finite).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pytest
 
 from charrnn.config import TrainConfig
 
+import faults
 from conftest import TINY, assert_one_line_error, cli_env, make_corpus, run_cli
 
 # dropout on, so exact resume also has to restore the RNG that dropout draws from; log every step, so every loss
@@ -37,9 +40,17 @@ def env(**extra) -> dict:
     return cli_env(OMP_NUM_THREADS=1, **extra)
 
 
-def popen(*args, stderr=subprocess.PIPE, stdout=subprocess.PIPE, **extra) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "charrnn", *map(str, args)], env=env(**extra),
-                            stdout=stdout, stderr=stderr)
+def popen(*args, stderr=subprocess.PIPE, stdout=subprocess.PIPE, hooks=None, **extra) -> subprocess.Popen:
+    """The CLI in a subprocess; `hooks` installs faults from tests/faults.py in it first."""
+    entry = [str(Path(faults.__file__)), json.dumps(hooks)] if hooks else ["-m", "charrnn"]
+    return subprocess.Popen([sys.executable, *entry, *map(str, args)], env=env(**extra), stdout=stdout,
+                            stderr=stderr)
+
+
+def run_with_hooks(hooks: dict, *args, timeout: float = 120) -> subprocess.CompletedProcess:
+    proc = popen(*args, hooks=hooks)
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
@@ -153,8 +164,8 @@ def test_second_sigint_during_save_does_not_corrupt_it(exact_corpus, tmp_path):
     run = tmp_path / "run"
     # a save that takes about 1.6 s, and no evaluation (so the only save is the one the signal asks for)
     proc = popen("train", exact_corpus, *TINY, "--val-frac", "0", "--eval-every", "100000", "--log-every", "1",
-                 "--max-steps", "100000", "--run-dir", run, "--quiet",
-                 CHARRNN_TEST_STEP_DELAY=0.02, CHARRNN_TEST_SLOW_WRITE=0.2)
+                 "--max-steps", "100000", "--run-dir", run, "--quiet", hooks={"slow_write": 0.2},
+                 CHARRNN_TEST_STEP_DELAY=0.02)
     wait_for(lambda: last_logged_step(run) >= 3, what="step 3")
     proc.send_signal(signal.SIGINT)
     wait_for(lambda: temps(run), what="the save to start")
@@ -185,9 +196,9 @@ class ForkServer:
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())
 
-    def start(self, argv: list, stderr: Path, **extra) -> int:
+    def start(self, argv: list, stderr: Path, hooks: dict | None = None, **extra) -> int:
         return self._ask({"argv": [str(a) for a in argv], "env": {k: str(v) for k, v in extra.items()},
-                          "stderr": str(stderr)})["pid"]
+                          "stderr": str(stderr), "hooks": hooks or {}})["pid"]
 
     def wait(self, pid: int) -> int:
         return self._ask({"wait": pid})["status"]
@@ -216,7 +227,7 @@ def test_sigkill_at_random_moments_never_loses_the_checkpoint(tmp_path):
             err_path.write_bytes(b"")
             # a slow writer (8 chunks, 3 ms apart) makes saves a good part of the time, so kills land in both
             pid = server.start(["train", "--resume", run, "--max-steps", "100000"], err_path,
-                               CHARRNN_TEST_SLOW_WRITE=0.003)
+                               hooks={"slow_write": 0.003})
             # kill once training is under way, at a random moment: in a step or in a save
             wait_for(lambda: b"resuming" in err_path.read_bytes(), what=f"trial {trial} to resume")
             stderr = err_path.read_bytes()
@@ -284,7 +295,7 @@ def test_disk_full_exits_74_keeps_the_previous_checkpoint_and_removes_the_temp(t
             "--run-dir", run, "--quiet", env=env(), check=0)
     before = {p: Path(p).read_bytes() for p in glob.glob(str(run / "*.pt"))}
     assert len(before) == 3  # latest, best, step-00000005
-    proc = run_cli("train", "--resume", run, "--max-steps", "10", "--quiet", env=env(CHARRNN_TEST_ENOSPC_AFTER=5000))
+    proc = run_with_hooks({"enospc_after": 5000}, "train", "--resume", run, "--max-steps", "10", "--quiet")
     assert_one_line_error(proc, 74, "disk full", str(run))
     after = {p: Path(p).read_bytes() for p in glob.glob(str(run / "*.pt"))}
     assert after == before  # no new step checkpoint, latest and best untouched
@@ -292,23 +303,25 @@ def test_disk_full_exits_74_keeps_the_previous_checkpoint_and_removes_the_temp(t
     assert load(run / "latest.pt")["progress"]["step"] == 5
 
 
-def test_write_atomic_failures_leave_no_temp_and_keep_the_old_file(tmp_path, monkeypatch):
-    from charrnn.checkpoint import write_atomic
+def test_checkpoint_save_failures_leave_no_temp_and_keep_the_old_file(tmp_path, monkeypatch):
+    from charrnn import fileio
+    from charrnn.checkpoint import save_checkpoint
     from charrnn.errors import WriteError
 
     (tmp_path / "latest.pt").write_bytes(b"old")
-    monkeypatch.setenv("CHARRNN_TEST_ENOSPC_AFTER", "10")
+    paths = [str(tmp_path / "latest.pt"), str(tmp_path / "best.pt")]
+    monkeypatch.setattr(fileio, "write_hook", faults.disk_full_after(10))
     with pytest.raises(WriteError, match="disk full"):
-        write_atomic(b"x" * 1000, str(tmp_path), ["latest.pt", "best.pt"])
+        save_checkpoint({"step": 1}, paths)
     assert sorted(os.listdir(tmp_path)) == ["latest.pt"]
-    monkeypatch.delenv("CHARRNN_TEST_ENOSPC_AFTER")
+    monkeypatch.setattr(fileio, "write_hook", None)
 
     def failing_replace(src, dst):
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(WriteError, match="Input/output error"):
-        write_atomic(b"x" * 1000, str(tmp_path), ["latest.pt", "best.pt"])
+        save_checkpoint({"step": 1}, paths)
     assert sorted(os.listdir(tmp_path)) == ["latest.pt"]
     assert (tmp_path / "latest.pt").read_bytes() == b"old"
 
