@@ -1,72 +1,26 @@
-"""The tanh recurrence h_t = tanh(x_t + h_{t-1} W_hh^T) with a hand-written backward pass.
+"""The tanh RNN stack h^l_t = tanh(x^l_t + h^l_{t-1} W^l_hh^T) with a hand-written backward pass (`TanhStack`).
 
-`x_t` already holds W_xh x_t + b for every step (one GEMM over all T*B rows, or a lookup for layer 1), so only the
+`x^l_t` is W^l_xh x^l_t + b^l for every step (one GEMM over all T*B rows, or a lookup for layer 1), so only the
 recurrent part has to be stepped. Autograd on a per-step loop would also compute a small weight-gradient GEMM and
 an HxH accumulation at every step; here backward steps only the recurrent gradient
 
     dz_t = (dL/dh_t + dz_{t+1} W_hh) * (1 - h_t^2),        dL/dh0 = dz_0 W_hh
 
 and then forms dL/dW_hh = sum_t dz_t^T h_{t-1} as ONE GEMM over all T*B rows.
-`tanh_recurrence_reference` is the same maths in plain autograd; tests prove the two agree.
+`tanh_stack_reference` is the same maths in plain autograd; tests prove the two agree.
 
 Speed notes (the loops run T times per layer per batch, so every op inside them counts): each step is exactly two
-torch calls writing into preallocated slices (`out=`), with no temporaries for the allocator to find: forward
-`addmm` then `tanh_` (in `TanhStack`: `sigmoid_`, see there); backward `addmm` (dL/dh_t + dz_{t+1} W_hh, written
-straight into dz_t) then an in-place multiply by tanh'(z_t), which is computed for all T steps in one op before
+torch calls writing into preallocated slices (`out=`, `addmm_`), with no temporaries for the allocator to find:
+forward `addmm` then `sigmoid_` (see `TanhStack`); backward `addmm` (dL/dh_t + dz_{t+1} W_hh, written straight
+into dz_t) then an in-place multiply by tanh'(z_t), which is computed for a whole chunk of steps in one op before
 the loop. The functions are dtype-agnostic: given bf16 tensors they run bf16 products (fp32 accumulation).
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
-
-
-class TanhRecurrence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor) -> torch.Tensor:
-        T = x.shape[0]  # x: T, B, H;  h0: B, H;  w_hh: H, H
-        x = x.contiguous()
-        hs = torch.empty_like(x)  # T, B, H
-        w_t = w_hh.t()  # a view: BLAS takes the transpose flag, no copy
-        h = h0
-        for t in range(T):
-            h = torch.addmm(x[t], h, w_t, out=hs[t])  # z_t = x_t + h_{t-1} W_hh^T
-            h.tanh_()
-        ctx.save_for_backward(h0, w_hh, hs)
-        return hs
-
-    @staticmethod
-    def backward(ctx, grad_hs: torch.Tensor):
-        h0, w_hh, hs = ctx.saved_tensors
-        T, B, H = hs.shape
-        grad_hs = grad_hs.contiguous()
-        dtanh = torch.mul(hs, hs).neg_().add_(1.0)  # T, B, H: tanh'(z_t) = 1 - h_t^2 for every step at once
-        dz = torch.empty_like(hs)  # T, B, H: dL/dz_t, z_t the pre-activation
-        torch.mul(grad_hs[T - 1], dtanh[T - 1], out=dz[T - 1])
-        for t in range(T - 2, -1, -1):
-            torch.addmm(grad_hs[t], dz[t + 1], w_hh, out=dz[t])  # dL/dh_t = direct + from step t+1
-            dz[t].mul_(dtanh[t])
-        dz_rows = dz.view(T * B, H)
-        # dL/dW_hh = sum_t dz_t^T h_{t-1}: step 0 pairs with h0, steps 1.. with hs[:-1] (no concatenated copy)
-        grad_w = torch.mm(dz[0].t(), h0)
-        if T > 1:
-            grad_w.addmm_(dz_rows[B:].t(), hs[:-1].reshape((T - 1) * B, H))
-        grad_h0 = torch.mm(dz[0], w_hh) if ctx.needs_input_grad[1] else None
-        return dz, grad_h0, grad_w
-
-
-def tanh_recurrence(x: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor) -> torch.Tensor:
-    """All hidden states (T, B, H) of h_t = tanh(x_t + h_{t-1} W_hh^T), fast forward and backward."""
-    return TanhRecurrence.apply(x, h0, w_hh)
-
-
-def tanh_recurrence_reference(x: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor) -> torch.Tensor:
-    """The same recurrence written plainly, differentiated by autograd (readable and slow)."""
-    h, hs = h0, []
-    for t in range(x.shape[0]):
-        h = torch.tanh(x[t] + h @ w_hh.t())
-        hs.append(h)
-    return torch.stack(hs)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -86,12 +40,19 @@ PIPELINE_MIN_HIDDEN = 256
 
 
 def default_workers(num_layers: int, hidden_size: int = PIPELINE_MIN_HIDDEN) -> int:
-    """Threads for the layer pipeline: one per layer, at most torch's intra-op thread count; 1 means serial."""
-    import torch as _torch
-
+    """Threads for the layer pipeline on CPU: one per layer, at most torch's intra-op thread count; 1 means serial."""
     if num_layers < 2 or hidden_size < PIPELINE_MIN_HIDDEN:
         return 1
-    return max(1, min(num_layers, _torch.get_num_threads()))
+    return max(1, min(num_layers, torch.get_num_threads()))
+
+
+def choose_workers(device_type: str, num_layers: int, hidden_size: int, requested: Optional[int] = None) -> int:
+    """Pipeline threads for a stack whose tensors are on `device_type`: the request (None: `default_workers`) on
+    CPU, and always 1 (serial, in the calling thread) elsewhere. On a GPU the threads would gain nothing (the ops
+    are queued on one stream) and would lose per-thread state such as autocast and the current device."""
+    if device_type != "cpu":
+        return 1
+    return default_workers(num_layers, hidden_size) if requested is None else requested
 
 
 def _run_tasks(tasks: list, deps: list, workers: int) -> None:
@@ -312,21 +273,26 @@ def tanh_stack_parts(x1, h0, w_hh, w_xh, b, masks=None, workers=None):
     x1: (T, B, H) layer 1's pre-activation input (W^1_xh x^1_t + b^1, a lookup); h0: (L, B, H); w_hh: L (H, H);
     w_xh, b: the L-1 input weights (H, H) and biases (H,) of layers 2..L; masks: (L-1, T, B, H) dropout masks
     (already scaled by 1/(1-p)) applied to each layer's output before the next layer, or None.
-    workers: pipeline threads (None: `default_workers`; 1: serial, on torch's own intra-op threads)."""
+    workers: pipeline threads on CPU (None: `default_workers`; 1: serial, on torch's own intra-op threads); tensors
+    on any other device always run serially (`choose_workers`)."""
     L = len(w_hh)
-    workers = default_workers(L, h0.shape[-1]) if workers is None else workers
+    workers = choose_workers(x1.device.type, L, h0.shape[-1], workers)
     return TanhStack.apply(x1, h0, masks, workers, L, *w_hh, *w_xh, *b)
 
 
-def tanh_stack(x1, h0, w_hh, w_xh, b, masks=None, workers=None):
-    """Every hidden state (L, T, B, H) of the stack `tanh_stack_parts` computes (the layers joined into one tensor,
-    which `tanh_stack_reference` also returns)."""
-    top, lower, _ = tanh_stack_parts(x1, h0, w_hh, w_xh, b, masks, workers)
-    return torch.cat([lower, top[None]])
+def tanh_recurrence_reference(x: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor) -> torch.Tensor:
+    """One layer, h_t = tanh(x_t + h_{t-1} W_hh^T), written plainly and differentiated by autograd (readable and
+    slow): the maths the tests hold `TanhStack` to (and, for now, model.py's "reference" kernel)."""
+    h, hs = h0, []
+    for t in range(x.shape[0]):
+        h = torch.tanh(x[t] + h @ w_hh.t())
+        hs.append(h)
+    return torch.stack(hs)
 
 
 def tanh_stack_reference(x1, h0, w_hh, w_xh, b, masks=None):
-    """The same stack written plainly layer by layer, differentiated by autograd."""
+    """The stack `tanh_stack_parts` computes, written plainly layer by layer and differentiated by autograd:
+    every hidden state (L, T, B, H)."""
     x, out = x1, []
     for l in range(len(w_hh)):
         if l > 0:

@@ -33,23 +33,6 @@ def check_prime(vocab, prime: str) -> None:
         raise DataError(f"the prime text has characters not in the model's vocabulary: {describe_chars(unknown)}")
 
 
-def filter_logits(logits, temperature: float, top_k: Optional[int], top_p: Optional[float]):
-    """Scale by temperature and mask everything outside the top-k / nucleus with -inf. logits: (N, V)."""
-    import torch
-
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p  # keep the smallest set reaching top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return logits
-
-
 class TanhStepper:
     """One generation step of a tanh CharRNN, written for speed: no autograd, weights pre-transposed and
     contiguous, the layer-1 bias folded into the lookup table, every result written into a preallocated buffer.
@@ -57,9 +40,10 @@ class TanhStepper:
     as `CharRNN.step` (a test holds them equal). ids and logits are numpy arrays.
 
     One stream runs on numpy: its matrix-vector products go to a single-threaded BLAS gemv and each call costs
-    about a microsecond of overhead where a torch op costs several. Several streams run on torch with one
-    thread: numpy's BLAS would split those small GEMMs over threads, which on a busy 2-core machine costs
-    milliseconds per call in waiting."""
+    about a microsecond of overhead where a torch op costs several. Several streams run on torch, on however many
+    intra-op threads the caller has set: torch.set_num_threads is process-wide state that a library must not
+    change (a thread started meanwhile would keep the changed value). For small models on a busy machine one
+    thread is much faster (`torch.set_num_threads(1)`, or OMP_NUM_THREADS=1, is the caller's choice to make)."""
 
     def __init__(self, model, batch_size: int):
         import torch
@@ -89,14 +73,7 @@ class TanhStepper:
             return self._step_numpy(ids)
         import torch
 
-        threads = torch.get_num_threads()
-        if threads != 1:
-            torch.set_num_threads(1)
-        try:
-            self._step_torch(torch.from_numpy(ids))
-        finally:
-            if threads != 1:
-                torch.set_num_threads(threads)
+        self._step_torch(torch.from_numpy(ids))
         return self.np_logits
 
     def _step_numpy(self, ids):
@@ -146,9 +123,10 @@ def pick(logits, uniforms, temperature: float, top_k: Optional[int], top_p: Opti
     """Draw one id per row of logits (N, V) by inverse CDF, with uniforms (N,) in (0, 1].
 
     numpy rather than torch here: for V of a few hundred, each numpy call costs a microsecond or two where a torch
-    op costs several, and this runs once per generated character. Semantics equal `filter_logits`: temperature,
-    then keep logits >= the k-th largest, then keep the smallest set of most likely characters whose probability
-    reaches top_p; a character with probability 0 is never drawn (the uniforms exclude 0)."""
+    op costs several, and this runs once per generated character. The rule (the same as `filter_logits` in
+    tests/reference.py, which the tests compare against): divide by the temperature, keep the logits >= the k-th
+    largest, then keep the smallest set of most likely characters whose probability reaches top_p; a character
+    with probability 0 is never drawn (the uniforms exclude 0)."""
     import numpy as np
 
     z = np.asarray(logits, dtype=np.float64) / temperature  # N, V
@@ -176,8 +154,11 @@ def generate(model, vocab, length: int, temperature: float = 1.0, top_k: Optiona
     import torch
 
     check_prime(vocab, prime)
-    generator = torch.Generator()
-    generator.manual_seed(seed if seed is not None else torch.seed())
+    generator = torch.Generator()  # private: the caller's global RNG is neither drawn from nor reseeded
+    if seed is None:
+        generator.seed()  # a nondeterministic seed for this generator alone
+    else:
+        generator.manual_seed(seed)
     model.eval()
     fast = model.config.cell == "tanh"
     stepper = (TanhStepper if fast else _ModuleStepper)(model, num_samples)

@@ -6,14 +6,10 @@ import pytest
 import torch
 
 from charrnn.config import ModelConfig
-from charrnn.fused import (
-    tanh_recurrence,
-    tanh_recurrence_reference,
-    tanh_stack,
-    tanh_stack_parts,
-    tanh_stack_reference,
-)
+from charrnn.fused import PIPELINE_MIN_HIDDEN, choose_workers, default_workers, tanh_stack_parts
 from charrnn.model import CharRNN
+
+from reference import tanh_stack_reference
 
 F64 = torch.float64
 SHAPES = [(1, 1, 1, 3), (1, 4, 2, 5), (2, 1, 1, 4), (2, 6, 3, 4), (3, 5, 1, 3), (3, 37, 2, 4)]  # L, T, B, H
@@ -33,6 +29,12 @@ def _inputs(L, T, B, H, seed=0, dropout=False):
     return x1, h0, w_hh, w_xh, b, masks
 
 
+def tanh_stack(x1, h0, w_hh, w_xh, b, masks=None, workers=None):
+    """Every hidden state (L, T, B, H) from `tanh_stack_parts`, the layers joined as the reference returns them."""
+    top, lower, _ = tanh_stack_parts(x1, h0, w_hh, w_xh, b, masks, workers)
+    return torch.cat([lower, top[None]])
+
+
 def _assert_same_values_and_grads(out, ref, inputs, seed=1):
     assert torch.allclose(out, ref, atol=1e-12, rtol=1e-10)
     grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
@@ -45,8 +47,9 @@ def _assert_same_values_and_grads(out, ref, inputs, seed=1):
 @pytest.mark.parametrize("T,B,H", [(1, 1, 3), (5, 2, 4), (9, 1, 6)])
 def test_single_layer_recurrence_equals_autograd(T, B, H):
     x1, h0, w_hh, *_ = _inputs(1, T, B, H)
-    inputs = (x1, h0[0], w_hh[0])
-    _assert_same_values_and_grads(tanh_recurrence(*inputs), tanh_recurrence_reference(*inputs), inputs)
+    inputs = (x1, h0, w_hh[0])
+    out = tanh_stack(x1, h0, w_hh, [], [], workers=1)
+    _assert_same_values_and_grads(out, tanh_stack_reference(x1, h0, w_hh, [], []), inputs)
 
 
 @pytest.mark.parametrize("dropout", [False, True])
@@ -212,11 +215,43 @@ def test_bf16_products_track_fp32(L):
 
 
 def test_pipeline_only_for_wide_stacks():
-    from charrnn.fused import PIPELINE_MIN_HIDDEN, default_workers
-
     assert default_workers(2, PIPELINE_MIN_HIDDEN // 2) == 1  # narrow: serial, on torch's intra-op threads
     assert default_workers(1, 4 * PIPELINE_MIN_HIDDEN) == 1  # one layer: nothing to overlap
     assert default_workers(3, PIPELINE_MIN_HIDDEN) == max(1, min(3, torch.get_num_threads()))
+
+
+def test_pipeline_threads_only_on_cpu():
+    """A GPU tensor never takes the threaded path (autocast and the current device are per thread, and the
+    threads gain nothing there), whatever is asked; on CPU an explicit request is honoured."""
+    wide = 4 * PIPELINE_MIN_HIDDEN
+    for device_type in ("cuda", "mps", "xpu", "meta"):
+        assert choose_workers(device_type, 3, wide) == 1
+        assert choose_workers(device_type, 3, wide, requested=3) == 1
+    assert choose_workers("cpu", 3, wide) == default_workers(3, wide)
+    assert choose_workers("cpu", 2, 8, requested=2) == 2
+    assert choose_workers("cpu", 3, wide, requested=1) == 1
+
+
+def test_stack_off_the_cpu_runs_serially(monkeypatch):
+    """tanh_stack_parts decides from its inputs' device: meta tensors (shapes only, no data) stand in for a GPU."""
+    import charrnn.fused as fused
+
+    seen, real = [], fused._run_tasks
+
+    def recording(tasks, deps, workers):
+        seen.append(workers)
+        real(tasks, deps, workers)
+
+    monkeypatch.setattr(fused, "_run_tasks", recording)
+    L, T, B, H = 3, 4, 2, PIPELINE_MIN_HIDDEN
+    w = [torch.empty(H, H, device="meta") for _ in range(L)]
+    top, lower, last = tanh_stack_parts(torch.empty(T, B, H, device="meta"), torch.empty(L, B, H, device="meta"),
+                                        w, w[1:], [torch.empty(H, device="meta")] * (L - 1), workers=3)
+    assert top.shape == (T, B, H) and lower.shape == (L - 1, T, B, H) and last.shape == (L, B, H)
+    assert seen == [1]
+    x1, h0, w_hh, w_xh, b, _ = _inputs(2, 4, 1, 3)
+    tanh_stack_parts(x1, h0, w_hh, w_xh, b, workers=2)
+    assert seen == [1, 2]  # on CPU the request stands
 
 
 def test_cpu_dropout_masks_are_inverted_dropout_and_follow_torchs_seed():

@@ -4,26 +4,10 @@ import pytest
 import torch
 
 from charrnn.config import ModelConfig
-from charrnn.fused import tanh_recurrence, tanh_recurrence_reference
+from charrnn.fused import tanh_stack_parts
 from charrnn.model import CharRNN
 
-
-def explicit_tanh_rnn(model: CharRNN, ids: torch.Tensor, h0: torch.Tensor):
-    """h^l_t = tanh(W^l_hh h^l_{t-1} + W^l_xh x^l_t + b^l) per layer and time, with x^1_t one-hot, then
-    y_t = W_hy h^L_t + b_y, written out one time step at a time with explicit one-hot vectors (no dropout)."""
-    V, L = model.config.vocab_size, model.config.num_layers
-    B, T = ids.shape
-    w_xh_1 = model.embed.weight.t()  # H x V: column c is W^1_xh one-hot(c)
-    h = [h0[layer].clone() for layer in range(L)]
-    logits = []
-    for t in range(T):
-        x = torch.nn.functional.one_hot(ids[:, t], V).to(h0.dtype)  # B x V
-        for layer in range(L):
-            w_xh = w_xh_1 if layer == 0 else model.w_xh[layer - 1]
-            h[layer] = torch.tanh(h[layer] @ model.w_hh[layer].t() + x @ w_xh.t() + model.bias[layer])
-            x = h[layer]
-        logits.append(x @ model.head.weight.t() + model.head.bias)
-    return torch.stack(logits, dim=1), torch.stack(h)
+from reference import explicit_tanh_rnn, tanh_stack_reference
 
 
 @pytest.mark.parametrize("layers", [1, 2, 3])
@@ -41,20 +25,26 @@ def test_model_equals_explicit_equation(layers, kernel):
 
 @pytest.mark.parametrize("shape", [(1, 1, 4), (5, 1, 3), (1, 4, 6), (6, 3, 5)])
 def test_fused_recurrence_gradients_equal_autograd(shape):
+    """One layer of the hand-written kernel (`tanh_stack_parts` with L = 1): states and the gradients of x, h0 and
+    W_hh equal autograd on the plain recurrence, and pass torch's numerical gradcheck."""
     T, B, H = shape
     torch.manual_seed(sum(shape))
     x = torch.randn(T, B, H, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(1, B, H, dtype=torch.float64, requires_grad=True)
     w = (torch.randn(H, H, dtype=torch.float64) * 0.5).requires_grad_()
     upstream = torch.randn(T, B, H, dtype=torch.float64)
-    fast = tanh_recurrence(x, h0, w)
-    slow = tanh_recurrence_reference(x, h0, w)
+
+    def fused(x, h0, w):
+        return tanh_stack_parts(x, h0, [w], [], [], workers=1)[0]
+
+    fast = fused(x, h0, w)
+    slow = tanh_stack_reference(x, h0, [w], [], [])[-1]
     torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
     g_fast = torch.autograd.grad((fast * upstream).sum(), (x, h0, w))
     g_slow = torch.autograd.grad((slow * upstream).sum(), (x, h0, w))
     for a, b in zip(g_fast, g_slow):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    assert torch.autograd.gradcheck(tanh_recurrence, (x, h0, w))
+    assert torch.autograd.gradcheck(fused, (x, h0, w))
 
 
 def test_model_gradients_fused_equal_nn_kernel_with_dropout():

@@ -5,9 +5,9 @@ import torch
 
 import charrnn
 from charrnn.errors import DataError, UsageError
-from charrnn.sample import filter_logits
 
 from conftest import assert_one_line_error, run_cli
+from reference import filter_logits
 
 
 def test_same_seed_same_text_different_seed_different_text(tiny_run):
@@ -20,6 +20,36 @@ def test_same_seed_same_text_different_seed_different_text(tiny_run):
 def test_prime_comes_first_and_num_samples(tiny_run):
     texts = charrnn.sample(str(tiny_run), length=30, prime="The ", seed=1, num_samples=3)
     assert len(texts) == 3 and all(t.startswith("The ") and len(t) == 34 for t in texts)
+
+
+def test_sample_without_a_seed_does_not_reseed_torchs_global_rng(tiny_run):
+    """seed=None draws a fresh seed for sampling's own generator; the caller's global generator carries on with
+    the same sequence it would have had after a seeded call."""
+    torch.manual_seed(123)
+    charrnn.sample(str(tiny_run), length=200, seed=1)
+    want = torch.rand(8)
+    torch.manual_seed(123)
+    first = charrnn.sample(str(tiny_run), length=200, seed=None)[0]
+    assert torch.equal(torch.rand(8), want)
+    assert charrnn.sample(str(tiny_run), length=200, seed=None)[0] != first  # each unseeded call is a new draw
+
+
+@pytest.mark.parametrize("num_samples", [1, 3])
+def test_sample_leaves_torchs_thread_setting_alone(tiny_run, monkeypatch, num_samples):
+    """torch.set_num_threads is process-wide (threads started meanwhile inherit it): a library call must not
+    change the caller's value, not even for the duration of a step."""
+    before = torch.get_num_threads()
+    wanted = 3 if before != 3 else 2  # not the default
+    real = torch.set_num_threads
+    real(wanted)
+    try:
+        calls = []
+        monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls.append(n), real(n))[1])
+        charrnn.sample(str(tiny_run), length=100, seed=1, num_samples=num_samples)
+        assert torch.get_num_threads() == wanted
+        assert all(n == wanted for n in calls), calls
+    finally:
+        real(before)
 
 
 def test_top_k_1_is_greedy():

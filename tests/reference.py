@@ -1,0 +1,56 @@
+"""The plain equations the tests hold the fast code to, in one place: readable, slow, differentiated by autograd.
+
+- `explicit_tanh_rnn`: the whole tanh CharRNN, one time step and one layer at a time, with one-hot inputs.
+- `tanh_stack_reference`: the stack of tanh layers that `charrnn.fused.TanhStack` computes with its hand-written
+  backward pass. It still lives in charrnn/fused.py because model.py's "reference" kernel uses it; tests import
+  it from here, so that when it leaves the package only this file changes.
+- `filter_logits`: temperature, top-k and top-p as masks on torch logits; `charrnn.sample.pick` draws from the
+  same distribution with numpy.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from charrnn.fused import tanh_stack_reference
+
+__all__ = ["explicit_tanh_rnn", "filter_logits", "tanh_stack_reference"]
+
+
+def explicit_tanh_rnn(model, ids: torch.Tensor, h0: torch.Tensor):
+    """h^l_t = tanh(W^l_hh h^l_{t-1} + W^l_xh x^l_t + b^l) per layer and time, with x^1_t one-hot, then
+    y_t = W_hy h^L_t + b_y, written out one time step at a time with explicit one-hot vectors (no dropout).
+    model: a tanh `CharRNN`; ids (B, T) -> logits (B, T, V), last state (L, B, H)."""
+    V, L = model.config.vocab_size, model.config.num_layers
+    B, T = ids.shape
+    w_xh_1 = model.embed.weight.t()  # H x V: column c is W^1_xh one-hot(c)
+    h = [h0[layer].clone() for layer in range(L)]
+    logits = []
+    for t in range(T):
+        x = torch.nn.functional.one_hot(ids[:, t], V).to(h0.dtype)  # B x V
+        for layer in range(L):
+            w_xh = w_xh_1 if layer == 0 else model.w_xh[layer - 1]
+            h[layer] = torch.tanh(h[layer] @ model.w_hh[layer].t() + x @ w_xh.t() + model.bias[layer])
+            x = h[layer]
+        logits.append(x @ model.head.weight.t() + model.head.bias)
+    return torch.stack(logits, dim=1), torch.stack(h)
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: Optional[int], top_p: Optional[float]):
+    """Scale by temperature and mask everything outside the top-k / nucleus with -inf. logits: (N, V).
+
+    top-k keeps the logits >= the k-th largest; top-p then keeps the smallest set of most likely characters whose
+    probability reaches top_p."""
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p  # keep the smallest set reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
