@@ -133,7 +133,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed (weights, dropout).", rich_help_panel="Run")] = _t("seed"),
     device: Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.", rich_help_panel="Run")] = _t("device"),
     kernel: Annotated[str, typer.Option(help="tanh cell implementation: auto (fused on CPU, torch's RNN on GPU), fused or nn.", rich_help_panel="Run")] = _t("kernel"),
-    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, and on CPUs with bf16 instructions for models of width >= 256; fp32 otherwise), fp32 or bf16.", rich_help_panel="Run")] = _t("precision"),
+    precision: Annotated[str, typer.Option(help="auto (CPU: bf16 products on CPUs with bf16 instructions for width >= 256; else fp32, on CUDA with cuDNN's TF32), fp32, bf16 or fp16 (CUDA, with loss scaling).", rich_help_panel="Run")] = _t("precision"),
     run_dir: Annotated[Optional[str], typer.Option(help="Where checkpoints and metrics go [default: checkpoints/NAME-TIME].", rich_help_panel="Run", show_default=False)] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the run in this directory or checkpoint file.", rich_help_panel="Run")] = None,
     allow_lr_change: Annotated[bool, typer.Option("--allow-lr-change", help="With --resume: accept a changed --lr, --min-lr-frac, --warmup-steps, --schedule-steps or --grad-clip.", rich_help_panel="Run")] = False,

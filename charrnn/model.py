@@ -40,7 +40,8 @@ class CharRNN(nn.Module):
         # run the recurrent core with autocast off (cuDNN under autocast is fp16 whatever dtype was asked for)
         self.core_outside_autocast = False
         self.plan = None  # the precision plan in use (charrnn.precision), once `use_precision` has set one
-        self._cudnn_extras: dict = {}  # the nn tanh path's constant identity and zero bias, made once per device
+        self._cudnn_extras: dict = {}  # the nn tanh path's constant identity and zero biases, made once per device
+        self._flat_ptrs: tuple = ()  # where the weights were when last laid out in one buffer for cuDNN
         V, H, L = config.vocab_size, config.hidden_size, config.num_layers
         self.embed = nn.Embedding(V, H)  # = W^1_xh: row c is W^1_xh times one-hot(c)
         if config.cell == "tanh":
@@ -199,20 +200,36 @@ class CharRNN(nn.Module):
 
     def _tanh_layers_nn(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The same maths through torch's RNN kernel (cuDNN on CUDA). Layer 1's input weight is the identity,
-        because its input is already the looked-up column W^1_xh x^1_t."""
+        because its input is already the looked-up column W^1_xh x^1_t; b_hh is zero (b^l is b_ih)."""
         H, L = self.config.hidden_size, self.config.num_layers
         key = (x.device, x.dtype)
         if key not in self._cudnn_extras:  # made once, not on every call
             self._cudnn_extras = {key: (torch.eye(H, device=x.device, dtype=x.dtype),
-                                        torch.zeros(H, device=x.device, dtype=x.dtype))}
+                                        [torch.zeros(H, device=x.device, dtype=x.dtype) for _ in range(L)])}
         eye, zeros = self._cudnn_extras[key]
         weights = []
         for layer in range(L):
             w_ih = eye if layer == 0 else self.w_xh[layer - 1]
-            weights += [w_ih, self.w_hh[layer], self.bias[layer], zeros]
+            weights += [w_ih, self.w_hh[layer], self.bias[layer], zeros[layer]]
+        if x.is_cuda and x.dtype == self.w_hh[0].dtype:
+            self._flatten_for_cudnn(weights)
         dropout = self.dropout_rate if self.training else 0.0
         out, h_n = torch._VF.rnn_tanh(x, state.contiguous(), weights, True, L, dropout, self.training, False, False)
         return out, h_n
+
+    def _flatten_for_cudnn(self, weights: list) -> None:
+        """Make the weights views of one buffer in cuDNN's layout (as nn.RNN.flatten_parameters does), once per
+        placement: otherwise cuDNN copies them into such a buffer, and the gradients back out, on every call."""
+        ptrs = tuple(w.data_ptr() for w in weights)
+        if ptrs == self._flat_ptrs or not torch._use_cudnn_rnn_flatten_weight():
+            return
+        import torch.backends.cudnn.rnn as cudnn_rnn
+
+        H, L = self.config.hidden_size, self.config.num_layers
+        with torch.cuda.device_of(weights[0]), torch.no_grad():
+            torch._cudnn_rnn_flatten_weight(weights, 4, H, cudnn_rnn.get_cudnn_mode("RNN_TANH"), H, 0, L, False,
+                                            False)
+        self._flat_ptrs = tuple(w.data_ptr() for w in weights)
 
     # ------------------------------------------------------------------------------------------------------------
 
