@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile

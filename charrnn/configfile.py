@@ -12,7 +12,7 @@ import json
 import math
 import sys
 import typing
-from typing import Any, Optional
+from typing import Any
 
 from .config import ModelConfig, TrainConfig, parse_dropout, parse_duration
 from .errors import UsageError, unreadable

@@ -130,6 +130,23 @@ class Dist:
         copy.exit_code = box[0][1]
         return copy
 
+    def first_on_each_node(self, fn):
+        """fn() on each node's local rank 0 first (e.g. reading, downloading and encoding the corpus into the
+        cache), then on the other ranks (which then find the cache). A failure there is every rank's failure."""
+        if not self.enabled:
+            return fn()
+        from .errors import CharrnnError
+
+        result, failure = None, None
+        if self.local_rank == 0:
+            try:
+                result = fn()
+            except CharrnnError as exc:
+                failure = exc
+        if self.sum_values([1.0 if failure is not None else 0.0])[0] > 0:  # also where the others wait
+            raise self.agree_on_failure(failure) or failure or CharrnnError("")
+        return fn() if self.local_rank != 0 else result
+
     def broadcast_str(self, value: str) -> str:
         """Rank 0's value on every rank (e.g. a default run directory named after the clock)."""
         if not self.enabled:
@@ -157,13 +174,17 @@ class Dist:
             offset += n
 
 
+def launched_by_torchrun() -> bool:
+    return "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+
+
 def from_environment(device_name: str = "auto"):
     """Join the process group torchrun describes in the environment (if any); returns (Dist, device)."""
     import torch
 
     from .runtime import resolve_device
 
-    if "WORLD_SIZE" not in os.environ or "LOCAL_RANK" not in os.environ:  # not launched by torchrun
+    if not launched_by_torchrun():
         return Dist(), resolve_device(device_name)
     import torch.distributed as dist
 

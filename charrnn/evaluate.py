@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import DataError, UsageError
 
-LN2 = math.log(2.0)
+from .metrics import LN2  # noqa: F401 (charrnn.evaluate.LN2 is used elsewhere)
 
 
 @dataclass
@@ -99,14 +99,12 @@ def evaluate(
     device: str = "cpu",
 ) -> dict:
     """Score FILE (default: the run's test split, else its val split) with a checkpoint; see the module doc."""
-    from .checkpoint import load_checkpoint, resolve_checkpoint
     from .config import TrainConfig, from_dict
-    from .runtime import build_model, resolve_device
+    from .runtime import load_model, resolve_device
 
     if streams < 1:
         raise UsageError(f"--streams must be at least 1, not {streams}")
-    ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
-    model, vocab = build_model(ckpt)
+    ckpt, model, vocab = load_model(checkpoint)
     dev = resolve_device(device)
     model.to(dev)
     train_config = from_dict(TrainConfig, ckpt["train_config"])

@@ -7,7 +7,7 @@ an HxH accumulation at every step; here backward steps only the recurrent gradie
     dz_t = (dL/dh_t + dz_{t+1} W_hh) * (1 - h_t^2),        dL/dh0 = dz_0 W_hh
 
 and then forms dL/dW_hh = sum_t dz_t^T h_{t-1} as ONE GEMM over all T*B rows.
-`tanh_stack_reference` is the same maths in plain autograd; tests prove the two agree.
+tests/reference.py holds the same maths in plain autograd; tests prove the two agree.
 
 Speed notes (the loops run T times per layer per batch, so every op inside them counts): each step is exactly two
 torch calls writing into preallocated slices (`out=`, `addmm_`), with no temporaries for the allocator to find:
@@ -278,25 +278,3 @@ def tanh_stack_parts(x1, h0, w_hh, w_xh, b, masks=None, workers=None):
     L = len(w_hh)
     workers = choose_workers(x1.device.type, L, h0.shape[-1], workers)
     return TanhStack.apply(x1, h0, masks, workers, L, *w_hh, *w_xh, *b)
-
-
-def tanh_recurrence_reference(x: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor) -> torch.Tensor:
-    """One layer, h_t = tanh(x_t + h_{t-1} W_hh^T), written plainly and differentiated by autograd (readable and
-    slow): the maths the tests hold `TanhStack` to (and, for now, model.py's "reference" kernel)."""
-    h, hs = h0, []
-    for t in range(x.shape[0]):
-        h = torch.tanh(x[t] + h @ w_hh.t())
-        hs.append(h)
-    return torch.stack(hs)
-
-
-def tanh_stack_reference(x1, h0, w_hh, w_xh, b, masks=None):
-    """The stack `tanh_stack_parts` computes, written plainly layer by layer and differentiated by autograd:
-    every hidden state (L, T, B, H)."""
-    x, out = x1, []
-    for l in range(len(w_hh)):
-        if l > 0:
-            inp = out[-1] if masks is None else out[-1] * masks[l - 1]
-            x = inp @ w_xh[l - 1].t() + b[l - 1]
-        out.append(tanh_recurrence_reference(x, h0[l], w_hh[l]))
-    return torch.stack(out)

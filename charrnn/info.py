@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import datetime
-import math
 from typing import Optional
 
-LN2 = math.log(2.0)
+from .metrics import LN2
 _ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}
 
 

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 
 from .errors import DataError, InputMissingError
 
 METRICS = "metrics.jsonl"
+LN2 = math.log(2.0)  # nats -> bits
 
 
 @dataclass
@@ -28,6 +30,19 @@ def metrics_path(run: str) -> str:
     return run
 
 
+def rows(lines) -> list:
+    """The rows of metrics.jsonl lines: dicts with a "step"; a line cut short by a kill is skipped."""
+    out = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "step" in row:
+            out.append(row)
+    return out
+
+
 def read_metrics(run: str) -> Metrics:
     path = metrics_path(run)
     try:
@@ -38,13 +53,7 @@ def read_metrics(run: str) -> Metrics:
     except OSError as exc:
         raise InputMissingError(f"cannot read {path}: {exc.strerror or exc}") from None
     metrics = Metrics(path)
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill
-        if not isinstance(row, dict) or "step" not in row:
-            continue
+    for row in rows(lines):
         if "val_loss" in row:
             metrics.val.append(row)
         elif "loss" in row:

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig, parse_recurrent_init
-from .fused import tanh_stack_parts, tanh_stack_reference
+from .fused import tanh_stack_parts
 
 
 class CharRNN(nn.Module):
@@ -31,9 +31,11 @@ class CharRNN(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        # tanh only: "fused" (hand-written BPTT), "nn" (torch's RNN, cuDNN on CUDA), "auto" (fused on CPU), and
-        # "reference" (the same maths as "fused" in plain autograd, slow: for tests)
+        # tanh only: "fused" (hand-written BPTT), "nn" (torch's RNN, cuDNN on CUDA), "auto" (fused on CPU)
+        if kernel not in ("auto", "fused", "nn"):
+            raise ValueError(f"kernel must be auto, fused or nn, not {kernel!r}")
         self.kernel = kernel
+        self._fused = {"fused": True, "nn": False}.get(kernel)  # None: by the input's device, at each call
         # the fused tanh path's matrix-product dtype: None (the weights' own, fp32) or torch.bfloat16 / float16
         # (low-precision operands, fp32 accumulation; the weights, optimizer and returned state stay fp32)
         self.compute_dtype: Optional[torch.dtype] = None
@@ -108,11 +110,7 @@ class CharRNN(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def _use_fused(self, x: torch.Tensor) -> bool:
-        if self.kernel in ("fused", "reference"):
-            return True
-        if self.kernel == "nn":
-            return False
-        return x.device.type == "cpu"
+        return self._fused if self._fused is not None else x.device.type == "cpu"
 
     def forward(
         self,
@@ -128,7 +126,7 @@ class CharRNN(nn.Module):
         if self.config.cell == "tanh" and self._use_fused(ids):
             # lookup in (W^1_xh + b^1): adding the bias to the V rows of the table is cheaper than to T*B rows
             table = self.embed.weight + self.bias[0]  # row c: W^1_xh x^1_t + b^1 for x^1_t = one-hot(c)
-            if self.compute_dtype not in (None, head_w.dtype) and self.kernel != "reference":
+            if self.compute_dtype not in (None, head_w.dtype):
                 # bf16 operands: each weight is cast once per call (autograd casts its gradient back to fp32);
                 # the logits and the state come back in fp32, so the loss and the next call are fp32
                 low = self.compute_dtype
@@ -172,9 +170,6 @@ class CharRNN(nn.Module):
         w_hh, w_xh, bias = list(self.w_hh), list(self.w_xh), list(self.bias[1:])
         if dtype is not None:
             w_hh, w_xh, bias = ([p.to(dtype) for p in ps] for ps in (w_hh, w_xh, bias))
-        if self.kernel == "reference":
-            hs = tanh_stack_reference(x, state, w_hh, w_xh, bias, masks)  # L, T, B, H
-            return hs[-1], hs[:, -1].clone()
         top, _, last = tanh_stack_parts(x, state, w_hh, w_xh, bias, masks)
         return top, last
 

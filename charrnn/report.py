@@ -6,7 +6,7 @@ import math
 import os
 from typing import Optional, Sequence
 
-LN2 = math.log(2.0)
+from .metrics import LN2
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 
 

@@ -27,15 +27,28 @@ def resolve_device(name: str = "auto"):
     return device
 
 
+def load_model(checkpoint=None):
+    """(checkpoint dict, model, vocabulary) for a checkpoint file, a run directory, or None for the newest run."""
+    from .checkpoint import load_checkpoint, resolve_checkpoint
+
+    ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
+    model, vocab = build_model(ckpt)
+    return ckpt, model, vocab
+
+
 def build_model(ckpt: dict, kernel: str = "auto"):
-    """The model and vocabulary a loaded checkpoint describes, weights loaded, in eval mode on the CPU."""
+    """The model and vocabulary a loaded checkpoint describes, weights loaded, in eval mode on the CPU. torch's
+    global RNG is left as it was (the initial weights it would draw are overwritten anyway)."""
+    import torch
+
     from .data import Vocab
     from .model import CharRNN
 
     try:
         config = from_dict(ModelConfig, ckpt["model_config"])
         vocab = Vocab(ckpt["vocab"])
-        model = CharRNN(config, kernel=kernel)
+        with torch.random.fork_rng(devices=[]):
+            model = CharRNN(config, kernel=kernel)
         model.load_state_dict(ckpt["model"])
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:
         raise DataError(f"checkpoint is incomplete or corrupt: {ckpt.get('path', '?')} ({exc.__class__.__name__})") from None

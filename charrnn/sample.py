@@ -188,12 +188,10 @@ def sample(checkpoint: Optional[str] = None, length: int = 1000, temperature: fl
     Returns the samples (each the prime followed by the generated text). If `write` is given, the first sample is
     streamed to it as it is generated and each further sample is written when complete, separated by a blank line.
     """
-    from .checkpoint import load_checkpoint, resolve_checkpoint
-    from .runtime import build_model
+    from .runtime import load_model
 
     check_sampling_options(length, temperature, top_k, top_p, num_samples)
-    ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
-    model, vocab = build_model(ckpt)
+    _, model, vocab = load_model(checkpoint)
     check_prime(vocab, prime)
     samples = [[prime] for _ in range(num_samples)]
     if write is not None:

@@ -21,7 +21,7 @@ import numpy as np
 from .config import TOP_NEURONS, VIEW_MAX_CHARS
 from .errors import DataError, UsageError
 
-LN2 = math.log(2.0)
+from .metrics import LN2
 MAX_BITS = 8.0  # surprisal colour scale saturates here
 
 
@@ -293,14 +293,12 @@ def inspect_text(checkpoint: Optional[str] = None, file: Optional[str] = None, s
                  max_chars: int = VIEW_MAX_CHARS) -> Inspection:
     """Load a checkpoint, read FILE (default: the run's test split, as `eval`), keep its first max_chars
     characters and trace the model over them."""
-    from .checkpoint import load_checkpoint, resolve_checkpoint
     from .evaluate import text_ids
-    from .runtime import build_model
+    from .runtime import load_model
 
     if max_chars < 2:
         raise UsageError(f"--max-chars must be at least 2, not {max_chars}")
-    ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
-    model, vocab = build_model(ckpt)
+    ckpt, model, vocab = load_model(checkpoint)
     ids, what, skipped = text_ids(ckpt, vocab, file, skip_unknown)
     ids = np.asarray(ids[:max_chars])
     if len(ids) < 2:

@@ -7,6 +7,15 @@ or kills: pass `{"hooks": {NAME: VALUE}}` to the fork server (tests/forkserver.p
 
     slow_write: SECONDS     checkpoint writes go in 8 chunks with SECONDS between them (a kill lands mid-save)
     enospc_after: BYTES     checkpoint writes fail with ENOSPC once BYTES have been written (a full disk)
+    nan_at: {"steps": [13, 14], "value": "nan" or "inf", "rank": 0}
+                            the loss of those steps is multiplied by NaN (or Inf) on that rank, so its gradients
+                            really are non-finite
+    pause_at: STEP          after step STEP the trainer writes STEP to the file named by its run directory +
+                            "/paused" and waits until it has received SIGINT or SIGTERM (a signal lands at a known
+                            step, whatever the machine's load)
+    crash_at: {"rank": 1, "step": 15}
+                            that rank dies without a word (os._exit(3)) after that step
+    step_delay: SECONDS     every step takes SECONDS longer (for saves by wall-clock time)
 """
 
 from __future__ import annotations
@@ -65,9 +74,58 @@ def disk_full_after(n_bytes: int, suffix: str = CHECKPOINT_SUFFIX):
     return _only(suffix, lambda f: _FaultyFile(f, room=int(n_bytes)))
 
 
+class TrainFaults:
+    """A charrnn.trainer.TrainHooks with the training faults of the module docstring."""
+
+    def __init__(self):
+        self.nan_steps, self.nan_value, self.nan_rank = set(), float("nan"), 0
+        self.pause_step = None
+        self.crash = None
+        self.delay = 0.0
+
+    def loss(self, trainer, loss):
+        if trainer.step + 1 in self.nan_steps and trainer.dist.rank == self.nan_rank:
+            return loss * self.nan_value  # real NaN/Inf gradients, so a missed check would poison the weights
+        return loss
+
+    def after_step(self, trainer) -> None:
+        if self.delay:
+            time.sleep(self.delay)
+        if self.crash and trainer.step == self.crash["step"] and trainer.dist.rank == self.crash["rank"]:
+            os._exit(3)
+        if trainer.step == self.pause_step:
+            with open(os.path.join(trainer.run_.run_dir, "paused"), "w") as f:
+                f.write(str(trainer.step))
+            while trainer.signals.signum is None:  # the handler runs in this thread, between these sleeps
+                time.sleep(0.005)
+
+
+def _train_faults() -> TrainFaults:
+    from charrnn import trainer
+
+    if not isinstance(trainer.hooks, TrainFaults):
+        trainer.hooks = TrainFaults()
+    return trainer.hooks
+
+
+def _nan_at(value: dict) -> None:
+    faults = _train_faults()
+    faults.nan_steps = set(value["steps"])
+    faults.nan_value = float(value.get("value", "nan"))
+    faults.nan_rank = value.get("rank", 0)
+
+
+def _set(name: str, value) -> None:
+    setattr(_train_faults(), name, value)
+
+
 INSTALLERS = {
     "slow_write": lambda value: _set_write_hook(slow_writes(value)),
     "enospc_after": lambda value: _set_write_hook(disk_full_after(value)),
+    "nan_at": _nan_at,
+    "pause_at": lambda value: _set("pause_step", int(value)),
+    "crash_at": lambda value: _set("crash", value),
+    "step_delay": lambda value: _set("delay", float(value)),
 }
 
 

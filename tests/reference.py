@@ -2,8 +2,7 @@
 
 - `explicit_tanh_rnn`: the whole tanh CharRNN, one time step and one layer at a time, with one-hot inputs.
 - `tanh_stack_reference`: the stack of tanh layers that `charrnn.fused.TanhStack` computes with its hand-written
-  backward pass. It still lives in charrnn/fused.py because model.py's "reference" kernel uses it; tests import
-  it from here, so that when it leaves the package only this file changes.
+  backward pass (and `tanh_recurrence_reference`, one such layer).
 - `filter_logits`: temperature, top-k and top-p as masks on torch logits; `charrnn.sample.pick` draws from the
   same distribution with numpy.
 """
@@ -14,9 +13,8 @@ from typing import Optional
 
 import torch
 
-from charrnn.fused import tanh_stack_reference
 
-__all__ = ["explicit_tanh_rnn", "filter_logits", "tanh_stack_reference"]
+__all__ = ["explicit_tanh_rnn", "filter_logits", "tanh_recurrence_reference", "tanh_stack_reference"]
 
 
 def explicit_tanh_rnn(model, ids: torch.Tensor, h0: torch.Tensor):
@@ -54,3 +52,25 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: Optional[int]
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     return logits
+
+
+def tanh_recurrence_reference(x: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor) -> torch.Tensor:
+    """One layer, h_t = tanh(x_t + h_{t-1} W_hh^T), written plainly and differentiated by autograd (readable and
+    slow): the maths the tests hold `TanhStack` to."""
+    h, hs = h0, []
+    for t in range(x.shape[0]):
+        h = torch.tanh(x[t] + h @ w_hh.t())
+        hs.append(h)
+    return torch.stack(hs)
+
+
+def tanh_stack_reference(x1, h0, w_hh, w_xh, b, masks=None):
+    """The stack `tanh_stack_parts` computes, written plainly layer by layer and differentiated by autograd:
+    every hidden state (L, T, B, H)."""
+    x, out = x1, []
+    for l in range(len(w_hh)):
+        if l > 0:
+            inp = out[-1] if masks is None else out[-1] * masks[l - 1]
+            x = inp @ w_xh[l - 1].t() + b[l - 1]
+        out.append(tanh_recurrence_reference(x, h0[l], w_hh[l]))
+    return torch.stack(out)

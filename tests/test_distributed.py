@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,12 +16,15 @@ from charrnn.checkpoint import load_checkpoint
 
 from conftest import cli_env, make_corpus, run_cli
 
+FAULTS = Path(__file__).with_name("faults.py")
 SMALL = ["--hidden-size", "16", "--batch-size", "4", "--seq-len", "16", "--eval-every", "10", "-q"]
 
 
-def torchrun(*args, cwd, env=None, timeout=150, wait=True):
+def torchrun(*args, cwd, env=None, timeout=150, wait=True, hooks=None):
+    """torchrun with 2 processes of the CLI; `hooks` installs faults from tests/faults.py in each first."""
+    entry = [str(FAULTS), json.dumps(hooks)] if hooks else ["-m", "charrnn"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "charrnn", *map(str, args)]
+           *entry, *map(str, args)]
     env = env or cli_env(CHARRNN_DIST_TIMEOUT=60)
     if not wait:
         return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -77,14 +81,14 @@ def test_resume_under_ddp_is_exact(tmp_path, corpus):
 
 
 def test_nan_on_one_rank_stops_all_and_a_dead_rank_stops_all(tmp_path, corpus):
-    env = cli_env(CHARRNN_DIST_TIMEOUT=60, CHARRNN_TEST_NAN_AT_STEP=15, CHARRNN_TEST_NAN_RANK=1)
     start = time.monotonic()
-    proc = torchrun("train", corpus, *SMALL, "--max-steps", "30", "--run-dir", "nan", cwd=tmp_path, env=env)
+    proc = torchrun("train", corpus, *SMALL, "--max-steps", "30", "--run-dir", "nan", cwd=tmp_path,
+                    hooks={"nan_at": {"steps": [15], "rank": 1}})
     assert proc.returncode != 0
     assert proc.stderr.decode().count("non-finite loss at step 15") == 2  # both ranks stopped at the same step
     assert load_checkpoint(str(tmp_path / "nan" / "latest.pt"))["progress"]["step"] == 10  # last good one kept
-    env = cli_env(CHARRNN_DIST_TIMEOUT=60, CHARRNN_TEST_CRASH_AT="1:15")
-    proc = torchrun("train", corpus, *SMALL, "--max-steps", "30", "--run-dir", "crash", cwd=tmp_path, env=env)
+    proc = torchrun("train", corpus, *SMALL, "--max-steps", "30", "--run-dir", "crash", cwd=tmp_path,
+                    hooks={"crash_at": {"rank": 1, "step": 15}})
     assert proc.returncode != 0
     assert time.monotonic() - start < 120  # no hang: torchrun stops the surviving rank
     assert load_checkpoint(str(tmp_path / "crash" / "latest.pt"))["progress"]["step"] == 10

@@ -3,10 +3,10 @@
 Every test runs the real CLI in a subprocess (tiny model, one torch thread: the machine is shared and a tiny model
 only gets slower with more threads). Checkpoint-writer faults go through charrnn.fileio.write_hook (see
 tests/faults.py): `slow_write` (a slow checkpoint writer, so a kill can land mid-save) and `enospc_after` (the writer
-fails with ENOSPC after N bytes), installed in a real process by `python tests/faults.py HOOKS ARGS` or the fork
-server's "hooks" field. Still test-only environment switches: CHARRNN_TEST_STEP_DELAY (slow steps, so a signal lands
-mid-run) and CHARRNN_TEST_NAN_AT_STEP (the loss of a step is multiplied by NaN or Inf, so its gradients really are
-non-finite).
+fails with ENOSPC after N bytes); training faults through charrnn.trainer.hooks: `pause_at` (the trainer waits after
+a given step until it is signalled, so a signal lands at a known step whatever the load), `nan_at` (the loss of a
+step is multiplied by NaN or Inf, so its gradients really are non-finite) and `step_delay`. They are installed in a
+real process by `python tests/faults.py HOOKS ARGS` or the fork server's "hooks" field.
 """
 
 from __future__ import annotations
@@ -135,15 +135,14 @@ def reference_run(exact_corpus) -> Path:
 @pytest.mark.parametrize("sig, code, name", [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")])
 def test_signal_saves_says_where_and_resume_is_exact(reference_run, exact_corpus, tmp_path, sig, code, name):
     run = tmp_path / "run"
-    proc = popen("train", exact_corpus, *EXACT, "--max-steps", "40", "--run-dir", run,
-                 CHARRNN_TEST_STEP_DELAY=0.05)
-    wait_for(lambda: last_logged_step(run) >= 12, what="step 12")
+    proc = popen("train", exact_corpus, *EXACT, "--max-steps", "40", "--run-dir", run, hooks={"pause_at": 12})
+    wait_for(lambda: (run / "paused").exists(), what="step 12")
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     proc_result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     line = assert_one_line_error(proc_result, code, name, "saved", str(run / "latest.pt"), "--resume")
     stopped = int(line.split("stopped after step ")[1].split(";")[0])
-    assert 12 <= stopped < 40
+    assert stopped == 12  # the step it was in when the signal came
     assert load(run / "latest.pt")["progress"]["step"] == stopped  # the step it finished is the one saved
     run_cli("train", "--resume", run, "--quiet", env=env(), check=0)
     assert_same_training_state(reference_run, run)
@@ -164,13 +163,14 @@ def test_second_sigint_during_save_does_not_corrupt_it(exact_corpus, tmp_path):
     run = tmp_path / "run"
     # a save that takes about 1.6 s, and no evaluation (so the only save is the one the signal asks for)
     proc = popen("train", exact_corpus, *TINY, "--val-frac", "0", "--eval-every", "100000", "--log-every", "1",
-                 "--max-steps", "100000", "--run-dir", run, "--quiet", hooks={"slow_write": 0.2},
-                 CHARRNN_TEST_STEP_DELAY=0.02)
-    wait_for(lambda: last_logged_step(run) >= 3, what="step 3")
+                 "--max-steps", "100000", "--run-dir", run, "--quiet", hooks={"slow_write": 0.2, "pause_at": 3})
+    wait_for(lambda: (run / "paused").exists(), what="step 3")
     proc.send_signal(signal.SIGINT)
-    wait_for(lambda: temps(run), what="the save to start")
+    first = wait_for(lambda: [(t, os.path.getsize(t)) for t in temps(run) if os.path.getsize(t)],
+                     what="the save to start")
     proc.send_signal(signal.SIGINT)  # mid-save
-    time.sleep(0.3)
+    wait_for(lambda: any(os.path.exists(t) and os.path.getsize(t) > size for t, size in first) or not temps(run),
+             what="the save to write on")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     line = assert_one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), 130, "SIGINT")
@@ -269,9 +269,9 @@ def test_second_trainer_is_refused_with_the_holders_pid_and_a_dead_holders_lock_
     corpus = make_corpus(tmp_path / "corpus.txt", n_chars=3000)
     run = tmp_path / "run"
     first = popen("train", corpus, *TINY, "--max-steps", "100000", "--log-every", "1", "--save-every", "2",
-                  "--run-dir", run, "--quiet", CHARRNN_TEST_STEP_DELAY=0.02)
+                  "--run-dir", run, "--quiet", hooks={"pause_at": 4})  # it waits there, holding the lock
     try:
-        wait_for(lambda: (run / "latest.pt").exists(), what="the first trainer's first save")
+        wait_for(lambda: (run / "paused").exists(), what="the first trainer's first save")
         for args in (["--resume", run], [corpus, *TINY, "--run-dir", run]):
             second = run_cli("train", *args, "--quiet", env=env())
             assert_one_line_error(second, 73, "in use", f"PID {first.pid}")
@@ -348,7 +348,7 @@ def test_nan_stops_with_the_step_and_never_replaces_latest_or_best(tmp_path):
             "--run-dir", run, "--quiet", env=env(), check=0)
     before = {name: (run / name).read_bytes() for name in ("latest.pt", "best.pt")}
     # step 13 poisons the weights if it is applied; the save at step 15 would then write them
-    proc = run_cli("train", "--resume", run, "--max-steps", "20", "--quiet", env=env(CHARRNN_TEST_NAN_AT_STEP=13))
+    proc = run_with_hooks({"nan_at": {"steps": [13]}}, "train", "--resume", run, "--max-steps", "20", "--quiet")
     assert_one_line_error(proc, 1, "non-finite loss at step 13", str(run / "latest.pt"))
     assert {name: (run / name).read_bytes() for name in before} == before
 
@@ -358,8 +358,8 @@ def test_inf_with_skip_policy_skips_the_step_and_finishes(tmp_path):
 
     corpus = make_corpus(tmp_path / "corpus.txt", n_chars=3000)
     run = tmp_path / "run"
-    proc = run_cli("train", corpus, *TINY, "--max-steps", "12", "--eval-every", "5", "--log-every", "1",
-                   "--on-nonfinite", "skip", "--run-dir", run, env=env(CHARRNN_TEST_NAN_AT_STEP="4,9:inf"))
+    proc = run_with_hooks({"nan_at": {"steps": [4, 9], "value": "inf"}}, "train", corpus, *TINY, "--max-steps",
+                          "12", "--eval-every", "5", "--log-every", "1", "--on-nonfinite", "skip", "--run-dir", run)
     assert proc.returncode == 0, proc.stderr
     err = proc.stderr.decode()
     assert "non-finite loss at step 4: skipped" in err and "non-finite loss at step 9: skipped" in err
@@ -374,9 +374,8 @@ def test_inf_with_skip_policy_skips_the_step_and_finishes(tmp_path):
 
 def test_skip_policy_still_stops_a_diverged_run(tmp_path):
     corpus = make_corpus(tmp_path / "corpus.txt", n_chars=3000)
-    every_step = ",".join(str(i) for i in range(1, 30))
-    proc = run_cli("train", corpus, *TINY, "--max-steps", "25", "--on-nonfinite", "skip", "--run-dir",
-                   tmp_path / "run", "--quiet", env=env(CHARRNN_TEST_NAN_AT_STEP=every_step))
+    proc = run_with_hooks({"nan_at": {"steps": list(range(1, 30))}}, "train", corpus, *TINY, "--max-steps", "25",
+                          "--on-nonfinite", "skip", "--run-dir", tmp_path / "run", "--quiet")
     err = proc.stderr.decode()
     assert proc.returncode == 1 and "Traceback" not in err, err
     assert err.count("skipped the step") == 0  # --quiet: errors only
@@ -407,8 +406,9 @@ def test_save_every_by_time(tmp_path):
     corpus = make_corpus(tmp_path / "corpus.txt", n_chars=3000)
     run = tmp_path / "run"
     # 60 steps of at least 25 ms: 1.5 s or more, so a save every 0.3 s gives several step checkpoints
-    run_cli("train", corpus, *TINY, "--max-steps", "60", "--eval-every", "1000", "--save-every", "0.3s",
-            "--keep-last", "100", "--run-dir", run, "--quiet", env=env(CHARRNN_TEST_STEP_DELAY=0.025), check=0)
+    proc = run_with_hooks({"step_delay": 0.025}, "train", corpus, *TINY, "--max-steps", "60", "--eval-every", "1000",
+                          "--save-every", "0.3s", "--keep-last", "100", "--run-dir", run, "--quiet")
+    assert proc.returncode == 0, proc.stderr
     steps = sorted(int(p.name[5:13]) for p in run.glob("step-*.pt"))
     assert steps[-1] == 60
     assert 3 <= len(steps) < 40, steps  # by time, not at every step
