@@ -226,3 +226,9 @@ def shutdown(d: Dist, together: bool = True) -> None:
                 except Exception:
                     pass  # a peer already failed; torchrun reports that
             dist.destroy_process_group()
+            # drop what still refers to the process group now, while the interpreter is whole: gloo's worker
+            # threads outliving it to interpreter exit abort the process ("terminate called without an active
+            # exception", exit -6) after a run that had finished and saved
+            import gc
+
+            gc.collect()
