@@ -44,7 +44,13 @@ def popen(*args, stderr=subprocess.PIPE, stdout=subprocess.PIPE, hooks=None, **e
     """The CLI in a subprocess; `hooks` installs faults from tests/faults.py in it first."""
     entry = [str(Path(faults.__file__)), json.dumps(hooks)] if hooks else ["-m", "charrnn"]
     return subprocess.Popen([sys.executable, *entry, *map(str, args)], env=env(**extra), stdout=stdout,
-                            stderr=stderr)
+                            stderr=stderr, preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    """A child started from a shell's background job inherits SIGINT ignored (and Python then leaves it so): give
+    it the default, as a command typed at a terminal has, whatever launched pytest."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_with_hooks(hooks: dict, *args, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -91,7 +91,7 @@ def test_checkpoint_round_trip_is_self_contained(tiny_run):
     assert ckpt["progress"]["step"] == 40
     assert len(ckpt["vocab"]) == ckpt["model_config"]["vocab_size"]
     assert ckpt["hidden"].shape == (2, 4, 32)
-    assert set(ckpt["rng"]) >= {"torch", "python"}
+    assert set(ckpt["rng"]) == {"torch"}  # Python's `random` state is no longer saved: nothing draws from it
     assert len(ckpt["corpus"]["sha256"]) == 64
     model = charrnn.CharRNN(charrnn.ModelConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
