@@ -394,6 +394,51 @@ def info(
     sys.stdout.flush()
 
 
+@app.command()
+def runs(
+    directory: Annotated[Optional[str], typer.Argument(
+        metavar="DIR", help="Directory of run directories (or one run directory); default: $CHARRNN_HOME/checkpoints.",
+        show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list (with --best: the best run's object).")] = False,
+    best: Annotated[bool, typer.Option("--best", help="Print only the path of best.pt of the run with the lowest best val loss (exit 66 if there is none).")] = False,
+):
+    """List training runs, newest first: corpus, model, steps, training time, best val loss, state, size on disk.
+
+    State: running (a live process holds the run's lock); finished (latest.pt's step reached the run's step limit, from its max steps or epochs, or its training time reached its time budget); interrupted (it stopped short of that: a signal, a crash, a kill or a non-finite loss); unreadable (latest.pt cannot be read).
+
+    Example: charrnn runs checkpoints --json
+    """
+    _setup_logging(False)
+
+    def go():
+        from .runs import list_runs
+
+        return list_runs(directory)
+
+    found = _run(go)
+    from .paths import runs_dir
+
+    where = directory if directory is not None else runs_dir()
+    if best:
+        from .runs import best_run
+
+        top = best_run(found)
+        if top is None:
+            _fail(f"no run with a best.pt and a validation loss under {where}", 66)
+        sys.stdout.write((json.dumps(top, ensure_ascii=False) if as_json else top["best"]) + "\n")
+    elif as_json:
+        sys.stdout.write(json.dumps(found, ensure_ascii=False) + "\n")
+    elif not found:
+        sys.stderr.write(f"charrnn: no runs under {where}\n")
+    else:
+        from rich.console import Console
+
+        from .runs import runs_table
+
+        Console(highlight=False, width=None if sys.stdout.isatty() else 250).print(runs_table(found))
+    sys.stdout.flush()
+
+
 def main() -> None:
     # Results are UTF-8 whatever the locale (LANG=C, PYTHONIOENCODING=ascii): a file name or text in the output
     # must never end the run with UnicodeEncodeError.
