@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from . import report  # light: rich is imported only when the summary is printed
 from .config import (TOP_NEURONS, VIEW_MAX_CHARS, ModelConfig, TrainConfig, default_of, parse_dropout,
                      parse_duration)
 from .errors import EXIT_SIGINT, CharrnnError, Interrupted
@@ -125,7 +126,8 @@ def train(
     time_budget: Annotated[Optional[str], typer.Option(help="Stop after this much training time: seconds, or 90s, 5m, 1h. The schedule decays over it.", rich_help_panel="When to stop")] = None,
     # running
     eval_every: Annotated[int, typer.Option(help="Evaluate on the validation split and save every N steps.", rich_help_panel="Run")] = _t("eval_every"),
-    log_every: Annotated[int, typer.Option(help="Write a metrics.jsonl row every N steps.", rich_help_panel="Run")] = _t("log_every"),
+    log_every: Annotated[int, typer.Option(help="Write a metrics.jsonl row (and, when stderr is not a terminal, a progress line) every N steps.", rich_help_panel="Run")] = _t("log_every"),
+    sample_every: Annotated[Optional[int], typer.Option(help="Show a short sample (200 characters, fixed seed) every N steps and append it to samples.txt in the run directory; 0 turns samples off [default: at each evaluation].", rich_help_panel="Run", show_default=False)] = _t("sample_every"),
     save_every: Annotated[Optional[str], typer.Option(help="Also save latest.pt every N steps (500) or every so often (90s, 10m, 1h) [default: at each evaluation].", rich_help_panel="Run", show_default=False)] = _t("save_every"),
     keep_last: Annotated[int, typer.Option(help="Also keep the N newest step-XXXXXXXX.pt checkpoints (0: only latest.pt and best.pt).", rich_help_panel="Run")] = _t("keep_last"),
     on_nonfinite: Annotated[str, typer.Option(help="On a NaN/Inf loss or gradient: stop (exit 1, checkpoints untouched) or skip the step.", rich_help_panel="Optimisation")] = _t("on_nonfinite"),
@@ -159,6 +161,7 @@ def train(
             min_lr_frac=min_lr_frac, warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,
             max_steps=max_steps, epochs=epochs, time_budget=parse_duration(time_budget), eval_every=eval_every,
             log_every=log_every, seed=seed, device=device, kernel=kernel, precision=precision,
+            sample_every=sample_every,
             save_every=save_every, keep_last=keep_last, schedule_steps=schedule_steps, on_nonfinite=on_nonfinite,
         )
         explicit = _explicit(ctx)
@@ -177,9 +180,7 @@ def train(
     if save_config is not None:
         logging.getLogger("charrnn").info(f"wrote {result}: train with `charrnn train CORPUS --config {result}`")
     elif not quiet and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone sums up
-        from .report import print_summary
-
-        print_summary(result)
+        report.print_summary(result)
 
 
 @app.command()

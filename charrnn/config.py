@@ -116,6 +116,7 @@ class TrainConfig:
     # evaluation, logging, checkpoints
     eval_every: int = 200
     log_every: int = 10
+    sample_every: Optional[int] = None  # a short sample every N steps; None: at each evaluation; 0: never
     save_every: Optional[str] = None  # "500": every 500 steps; "10m": every 10 minutes; None: at each evaluation
     keep_last: int = 0  # also keep the N newest step-XXXXXXXX.pt checkpoints; 0 keeps only latest.pt and best.pt
     schedule_steps: Optional[int] = None  # the cosine decays over this many steps; None: over the step limit
@@ -159,6 +160,8 @@ class TrainConfig:
             raise UsageError(f"--schedule-steps must be at least 1, not {self.schedule_steps}")
         if self.on_nonfinite not in NONFINITE_POLICIES:
             raise UsageError(f"--on-nonfinite must be {' or '.join(NONFINITE_POLICIES)}, not {self.on_nonfinite!r}")
+        if self.sample_every is not None and (isinstance(self.sample_every, bool) or self.sample_every < 0):
+            raise UsageError(f"--sample-every must be >= 0 (0 turns samples off), not {self.sample_every}")
 
     def save_interval(self) -> tuple[Optional[int], Optional[float]]:
         """`save_every` as (steps, None), (None, seconds) or (None, None): a bare number counts steps, a number

@@ -52,6 +52,7 @@ def checkpoint_info(checkpoint: Optional[str] = None) -> dict:
         "vocab": vocab,
         "vocab_printable": printable(vocab),
         "step": progress.get("step"),
+        "stopped_by": _stopped_by(progress, ckpt.get("train_config", {})),
         "epoch": progress.get("epoch"),
         "elapsed": progress.get("elapsed"),
         "chars_seen": progress.get("chars_seen"),
@@ -65,6 +66,31 @@ def checkpoint_info(checkpoint: Optional[str] = None) -> dict:
     }
 
 
+def _stopped_by(progress: dict, train_config: dict) -> Optional[str]:
+    """How the run ended, if this checkpoint is its last: as the run recorded it, or (an older checkpoint, which
+    does not record it) a step limit or time budget reached."""
+    if progress.get("stopped_by"):
+        return progress["stopped_by"]
+    step, elapsed = progress.get("step"), progress.get("elapsed")
+    max_steps, budget = train_config.get("max_steps"), train_config.get("time_budget")
+    if max_steps is not None and step is not None and step >= max_steps:
+        return "max_steps"
+    if budget is not None and elapsed is not None and elapsed >= budget:
+        return "time_budget"
+    return None
+
+
+def _dropout(info: dict) -> str:
+    """The dropout, or for --dropout auto not decided (a time-budget run decides after its first ~25 steps) what
+    that means: the run trained without dropout up to this checkpoint."""
+    rate = info["architecture"]["dropout"]
+    if rate is not None:
+        return str(rate)
+    if info.get("stopped_by"):
+        return "auto: the run ended before deciding (trained without dropout)"
+    return "auto: not decided yet at this checkpoint (trained without dropout so far)"
+
+
 def format_info(info: dict) -> str:
     """The human-readable form: one `label: value` line each."""
     arch = info["architecture"]
@@ -73,7 +99,7 @@ def format_info(info: dict) -> str:
     rows = [
         ("checkpoint", info["checkpoint"]),
         ("architecture", f"{arch['cell']} RNN, {arch['num_layers']} layer(s) x {arch['hidden_size']} hidden units, "
-                         f"dropout {'auto (not decided yet)' if arch['dropout'] is None else arch['dropout']}"),
+                         f"dropout {_dropout(info)}"),
         ("parameters", f"{info['parameters']:,}"),
         ("vocabulary", f"{arch['vocab_size']} characters: {info['vocab_printable']}"),
         ("steps", f"{info['step']:,} (epoch {info['epoch']})" if info["step"] is not None else "?"),

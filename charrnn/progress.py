@@ -1,11 +1,19 @@
-"""The progress display on stderr while training: a tqdm bar (steps of the step limit with its ETA, or seconds of
-the time budget) and a postfix with step, epoch, loss, val, lr and chars/s. Rank 0 alone shows it."""
+"""The progress display on stderr while training. Rank 0 alone shows it.
+
+On a terminal: a tqdm bar (steps of the step limit with its ETA, or seconds of the time budget) and a postfix with
+step, epoch, loss, val, lr and chars/s; messages (the charrnn logger's lines, samples) are written above the bar
+through tqdm, so they never land on a bar frame. Off a terminal (a file, a pipe): no bar frames at all, but one
+plain line every --log-every steps (step, epoch, loss, val, lr, chars/s, elapsed) and each message on its own line.
+Validations say what they are scoring while they run.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 import time
-from typing import Optional
+from typing import Optional, TextIO
 
 
 class RateMeter:
@@ -24,25 +32,60 @@ class RateMeter:
         return self.rate
 
 
+def duration(seconds: float) -> str:
+    """12s, 1m05s, 2h03m07s."""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
+
+
 class ProgressDisplay:
-    def __init__(self, enabled: bool, total_steps: Optional[int], budget: Optional[float], initial_step: int = 0):
+    """`terminal` (default: whether `stream` is one) chooses the bar or the plain lines."""
+
+    def __init__(self, enabled: bool, total_steps: Optional[int], budget: Optional[float], initial_step: int = 0,
+                 log_every: int = 10, stream: Optional[TextIO] = None, terminal: Optional[bool] = None):
         from tqdm import tqdm
 
-        self.by_steps = total_steps is not None
+        self.stream = stream if stream is not None else sys.stderr
+        if terminal is None:
+            terminal = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.enabled, self.terminal, self.log_every = enabled, terminal, max(1, log_every)
+        self.by_steps, self.total_steps, self.budget = total_steps is not None, total_steps, budget
         self.bar = tqdm(
             total=total_steps if self.by_steps else (int(budget) if budget else None),
             initial=initial_step if self.by_steps else 0,
             unit="step" if self.by_steps else "s",
-            disable=not enabled,
-            file=sys.stderr,
+            disable=not (enabled and terminal),
+            file=self.stream,
             dynamic_ncols=True,
             leave=True,
         )
-        self.enabled = enabled
+        self._swapped: list[tuple[logging.Handler, logging.Handler]] = []
+        if self.showing_bar:
+            self._log_above_the_bar()
+
+    def _log_above_the_bar(self) -> None:
+        """While the bar shows, the charrnn logger's handlers that write to the bar's stream write through the bar
+        (tqdm.write clears the frame, writes the line, redraws the bar) instead of onto its current frame."""
+        logger = logging.getLogger("charrnn")
+        for i, handler in enumerate(logger.handlers):
+            if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) is self.stream:
+                above = _AboveTheBar(self, handler)
+                logger.handlers[i] = above
+                self._swapped.append((above, handler))
+
+    @property
+    def showing_bar(self) -> bool:
+        return self.enabled and self.terminal
 
     def update(self, step: int, epoch: int, elapsed: float, loss: Optional[float], val: Optional[float], lr: float,
                rate: float) -> None:
         if not self.enabled:
+            return
+        if not self.terminal:
+            if step % self.log_every == 0:
+                self.message(self.line(step, epoch, elapsed, loss, val, lr, rate))
             return
         postfix = {"step": step, "epoch": epoch, "loss": f"{loss:.3f}" if loss is not None else "-"}
         if val is not None:
@@ -51,10 +94,65 @@ class ProgressDisplay:
         postfix["chars/s"] = f"{rate:,.0f}"
         self.bar.set_postfix(postfix, refresh=False)
         if self.by_steps:
-            self.bar.update(1)
+            self.bar.update(step - self.bar.n)
         else:
             self.bar.n = min(int(elapsed), self.bar.total or int(elapsed))
             self.bar.refresh()
 
+    def line(self, step: int, epoch: int, elapsed: float, loss: Optional[float], val: Optional[float], lr: float,
+             rate: float) -> str:
+        """One plain progress line (the form used off a terminal)."""
+        of = f"/{self.total_steps}" if self.by_steps else ""
+        parts = [f"step {step}{of}", f"epoch {epoch}", f"loss {loss:.3f}" if loss is not None else "loss -"]
+        if val is not None:
+            parts.append(f"val {val:.3f}")
+        parts += [f"lr {lr:.2e}", f"{rate:,.0f} chars/s" if rate > 0 else "- chars/s",  # measured after 1 s
+                  f"elapsed {duration(elapsed)}" + (f" of {duration(self.budget)}" if self.budget else "")]
+        return "  ".join(parts)
+
+    def message(self, text: str) -> None:
+        """A message on its own line(s): above the bar on a terminal, as it is elsewhere."""
+        if not self.enabled:
+            return
+        if self.showing_bar:
+            self.bar.write(text, file=self.stream)
+        else:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    @contextlib.contextmanager
+    def validating(self, chars: int, final: bool = False):
+        """Around a validation: the bar's description says so (on a terminal), or a line does (elsewhere)."""
+        what = f"{'final ' if final else ''}validation on {chars:,} characters"
+        if self.showing_bar:
+            self.bar.set_description_str(what, refresh=True)
+        else:
+            self.message(f"{what} ...")
+        try:
+            yield
+        finally:
+            if self.showing_bar:
+                self.bar.set_description_str("", refresh=False)
+
     def close(self) -> None:
         self.bar.close()
+        logger = logging.getLogger("charrnn")
+        for above, handler in self._swapped:
+            if above in logger.handlers:
+                logger.handlers[logger.handlers.index(above)] = handler
+        self._swapped.clear()
+
+
+class _AboveTheBar(logging.Handler):
+    """A console handler's stand-in while a bar shows: the same level, filters and format, written above the bar."""
+
+    def __init__(self, display: ProgressDisplay, like: logging.Handler):
+        super().__init__(like.level)
+        self.display, self.filters = display, list(like.filters)
+        self.setFormatter(like.formatter)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.display.message(self.format(record))
+        except Exception:  # noqa: BLE001 - logging's own policy: report, never raise
+            self.handleError(record)

@@ -28,18 +28,44 @@ def sparkline(values: Sequence[float], width: int = 40) -> str:
 
 
 def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
+    from .progress import duration
+
+    return duration(seconds)
 
 
-def summary_rows(result, val_losses: Optional[Sequence[float]] = None) -> list[tuple[str, str]]:
-    """The summary as (label, value) rows; `val_losses` defaults to the run's whole validation history."""
+def process_age() -> Optional[float]:
+    """Seconds since this process started (Linux: /proc), or None where that cannot be read."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))  # field 22: start time in ticks
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def time_row(result, wall: Optional[float] = None) -> str:
+    """Training time (the clock --time-budget counts: the steps and the periodic evaluations; across resumes) and,
+    where known, this command's wall time (with start-up, the final validation and saving)."""
+    before = getattr(result, "elapsed_before", 0.0) or 0.0
+    text = f"{_duration(result.elapsed)} training"
+    if before > 0:
+        text += f" ({_duration(before)} of it before this resume)"
+    if wall is not None:
+        text += (f"; {_duration(wall)} wall for this command (with start-up and the final validation and save, "
+                 f"which training time leaves out)")
+    return text
+
+
+def summary_rows(result, val_losses: Optional[Sequence[float]] = None,
+                 wall: Optional[float] = None) -> list[tuple[str, str]]:
+    """The summary as (label, value) rows; `val_losses` defaults to the run's whole validation history; `wall` is
+    this command's wall time, if known."""
     if val_losses is None:
         val_losses = _val_history(result)
     rows = [("steps", f"{result.step:,} (epoch {result.epoch}, stopped by {result.stopped_by.replace('_', ' ')})"),
-            ("time", _duration(result.elapsed))]
+            ("time", time_row(result, wall))]
     if result.best_val_loss is not None:
         rows.append(("best val loss", f"{result.best_val_loss:.4f} nats/char"))
         rows.append(("best val bits/char", f"{result.best_val_loss / LN2:.4f}"))
@@ -47,8 +73,11 @@ def summary_rows(result, val_losses: Optional[Sequence[float]] = None) -> list[t
         rows.append(("best val loss", "n/a (no validation split)"))
     if result.last_train_loss is not None:
         rows.append(("last train loss", f"{result.last_train_loss:.4f} nats/char"))
-    if val_losses:
+    val_losses = [v for v in val_losses or () if v is not None and math.isfinite(v)]
+    if len(val_losses) >= 3:  # a chart of one or two points says nothing the numbers do not
         rows.append(("val loss", f"{sparkline(val_losses)}  {val_losses[0]:.3f} → {val_losses[-1]:.3f}"))
+    elif val_losses:
+        rows.append(("val loss", " → ".join(f"{v:.3f}" for v in val_losses)))
     rows.append(("run directory", result.run_dir))
     rows.append(("latest checkpoint", result.latest))
     if result.best:
@@ -75,10 +104,16 @@ def print_summary(result) -> None:
     console = Console(stderr=True, highlight=False)
     if not console.is_terminal:
         console.width = max(console.width, 160)  # a log file: keep paths on one line
-    title = f"charrnn: done: {result.step} steps in {result.elapsed:.1f}s"  # the one-line gist, for logs and greps
+    wall, measured = process_age(), getattr(result, "wall", None)
+    if wall is None or (measured is not None and wall < measured):  # /proc unreadable, or not to be trusted here
+        wall = measured
+    # the one-line gist, for logs and greps
+    title = f"charrnn: done: {result.step} steps in {result.elapsed:.1f}s of training"
+    if wall is not None:
+        title += f" ({wall:.1f}s wall)"
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(overflow="fold")
-    for label, value in summary_rows(result):
+    for label, value in summary_rows(result, wall=wall):
         table.add_row(label, value)
     console.print(table)

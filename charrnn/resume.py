@@ -11,7 +11,7 @@ from .errors import DataError, UsageError
 
 # options that may differ when resuming; any other difference is refused
 RESUMABLE_CHANGES = {"max_steps", "epochs", "time_budget", "eval_every", "log_every", "device", "kernel",
-                     "precision", "save_every", "keep_last", "on_nonfinite"}
+                     "precision", "save_every", "keep_last", "on_nonfinite", "sample_every"}
 # the learning-rate schedule and clipping may change on resume only when asked for (allow_lr_change), because the
 # run then no longer equals an uninterrupted one
 LR_CHANGES = {"lr", "min_lr_frac", "warmup_steps", "schedule_steps", "grad_clip"}

@@ -5,8 +5,8 @@
 
 `Trainer.run` is that loop; each policy lives in its own module with its own tests: the stop rule and schedule
 (schedule.py), --dropout auto (decide.py), precision (precision.py), resume and RNG (resume.py), the metrics log
-(runlog.py), the progress display (progress.py), the collectives (distributed.py). SIGINT/SIGTERM set a flag; the
-loop finishes the current step, saves, and raises `Interrupted`.
+(runlog.py), the progress display (progress.py), samples while training (samplelog.py), the collectives
+(distributed.py). SIGINT/SIGTERM set a flag; the loop finishes the current step, saves, and raises `Interrupted`.
 """
 
 from __future__ import annotations
@@ -88,6 +88,8 @@ class TrainResult:
     elapsed: float
     stopped_by: str
     val_history: list = field(default_factory=list)
+    wall: Optional[float] = None  # seconds from building the trainer to the end of this session
+    elapsed_before: float = 0.0  # training time before this session (a resumed run's)
 
 
 @dataclass
@@ -153,13 +155,17 @@ class Trainer:
         from .decide import DropoutProbe, dropout_for_steps
         from .progress import ProgressDisplay, RateMeter
         from .runlog import MetricsLog
+        from .samplelog import SampleLog
 
+        self.started = time.perf_counter()
         self.run_, self.cfg, self.dist, self.device = run, run.cfg, run.dist, run.device
         self.hooks, self.stop = hooks, run.stop
         self.step = self.epoch = self.batch_index = self.skipped_in_a_row = 0
         self.elapsed_before = self.elapsed = 0.0
         self.best_val: Optional[float] = None
         self.last_val: Optional[float] = None
+        self.last_val_step: Optional[int] = None
+        self.finishing: Optional[str] = None  # the stop rule's reason once the step just taken is the last
         self.last_loss: Optional[float] = None
         self.val_history: list = []
         self.local_batch = run.shard.stop - run.shard.start  # this rank's streams
@@ -177,12 +183,16 @@ class Trainer:
             torch.manual_seed(self.cfg.seed + 1 + self.dist.rank)  # distinct dropout masks per rank
         self.metrics = MetricsLog(run.run_dir, enabled=self.dist.is_main, hold_failures=self.dist.enabled)
         self.metrics.open(keep_upto=self.step)
+        self.samples = SampleLog(run.run_dir, enabled=self.dist.is_main, hold_failures=self.dist.enabled)
+        self.samples.open(keep_upto=self.step)
+        self.sampler = None  # built at the first sample
         self.probe = None
         if run.model_config.dropout is None:
             self.probe = DropoutProbe(self.step, self.stop.budget, self.stop.total_steps, len(run.batcher),
                                       self.cfg.batch_size * self.cfg.seq_len)
         self.rate = RateMeter(self.cfg.batch_size * self.cfg.seq_len)
-        self.display = ProgressDisplay(run.progress, self.stop.total_steps, self.stop.budget, self.step)
+        self.display = ProgressDisplay(run.progress, self.stop.total_steps, self.stop.budget, self.step,
+                                       log_every=self.cfg.log_every)
         self.save_steps, self.save_seconds = self.cfg.save_interval()
         self.last_save_elapsed = self.elapsed_before  # training time, which all ranks agree on
         # per-step host reads only where a step's outcome must be known at once: skipping a non-finite step, the
@@ -255,14 +265,15 @@ class Trainer:
                         self.elapsed_before + (time.perf_counter() - start))
                     self.decide_dropout()
                     rate = self.rate.tick()
-                    finishing = self.stop.reason(self.step, self.elapsed) is not None
-                    evaluating = self.step % self.cfg.eval_every == 0 or finishing
+                    self.finishing = self.stop.reason(self.step, self.elapsed)
+                    evaluating = self.step % self.cfg.eval_every == 0 or self.finishing is not None
                     loss_value = self.read_loss(agreed, loss, evaluating or signals.code != 0)
                     if self.step % self.cfg.log_every == 0 and agreed.finite:
                         self.metrics.row({"step": self.step, "epoch": self.epoch, "loss": loss_value, "lr": lr,
                                           "grad_norm": self.grad_norm.item(), "elapsed": round(self.elapsed, 3),
                                           "chars_per_sec": round(rate, 1)})
                     saved = self.evaluate_and_save(evaluating)
+                    self.sample_if_due()
                     self.display.update(self.step, self.epoch, self.elapsed, self.last_loss, self.last_val, lr, rate)
                     if self.run_.on_step is not None:
                         self.run_.on_step({"step": self.step, "epoch": self.epoch, "loss": loss_value, "lr": lr})
@@ -403,7 +414,7 @@ class Trainer:
             val = self.validation_loss()
             improved = True  # without a validation split, best is the latest
             if val is not None:
-                self.last_val = val
+                self.last_val, self.last_val_step = val, self.step
                 self.val_history.append(val)
                 self.metrics.row({"step": self.step, "val_loss": val, "val_bpc": val / LN2})
                 improved = self.best_val is None or val < self.best_val
@@ -425,12 +436,30 @@ class Trainer:
             return None
         compute_dtype, self.model.compute_dtype = self.model.compute_dtype, None
         try:
-            score = score_ids(self.model, splits.val, streams=self.cfg.batch_size, chunk=self.cfg.seq_len,
-                              device=self.device, rank=self.dist.rank, world=self.dist.world)
+            with self.display.validating(len(splits.val), final=self.finishing is not None):
+                score = score_ids(self.model, splits.val, streams=self.cfg.batch_size, chunk=self.cfg.seq_len,
+                                  device=self.device, rank=self.dist.rank, world=self.dist.world)
         finally:
             self.model.compute_dtype = compute_dtype
         nats, chars = self.dist.sum_values([score.nats, float(score.chars)])
         return nats / chars
+
+    def sample_if_due(self) -> None:
+        """A short sample every --sample-every steps (default: at each evaluation; 0: never) and at the end: to
+        samples.txt (rank 0) and above the progress bar (unless --quiet)."""
+        from .samplelog import Sampler, header
+
+        every = getattr(self.cfg, "sample_every", None)
+        if every == 0 or not self.dist.is_main:
+            return
+        if self.step % (every or self.cfg.eval_every) != 0 and self.finishing is None:
+            return
+        if self.sampler is None:
+            self.sampler = Sampler(self.model.config, self.run_.vocab)
+        text = self.sampler(self.model)
+        self.samples.write(self.step, self.last_val, self.last_val_step, text)
+        shown = text.replace("\r\n", "\n").replace("\r", "\\r")  # a lone CR would overprint the line
+        self.display.message(f"{header(self.step, self.last_val, self.last_val_step)}\n{shown}")
 
     def stop_on_signal(self, code: int, saved: bool) -> None:
         if not saved:
@@ -450,7 +479,7 @@ class Trainer:
         if self.cfg.keep_last:
             paths.append(os.path.join(run_dir, ckpt_io.step_name(self.step)))
         payload = self.snapshot()  # every rank takes part in its collectives
-        failure = self.metrics.failure
+        failure = self.metrics.failure or self.samples.failure
         if self.dist.is_main and failure is None:
             try:
                 ckpt_io.save_checkpoint(payload, paths)
@@ -491,6 +520,7 @@ class Trainer:
                 "world_size": dist.world,
                 "schedule_steps": self.stop.horizon,
                 "skipped_in_a_row": self.skipped_in_a_row,
+                "stopped_by": self.finishing,  # set in the run's last checkpoint: how it ended
             },
             "hidden": hidden.cpu(),
             "rng": rng,
@@ -514,4 +544,6 @@ class Trainer:
             elapsed=self.elapsed,
             stopped_by=stopped_by,
             val_history=self.val_history,
+            wall=time.perf_counter() - self.started,
+            elapsed_before=self.elapsed_before,
         )

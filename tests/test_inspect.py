@@ -1,4 +1,5 @@
-"""Inspection and reporting: `info`, `plot`, the progress bar, the end-of-training summary, --quiet, CHARRNN_HOME."""
+"""Inspection and reporting: `info`, `plot`, the progress display (a bar on a terminal, plain lines on a file or pipe),
+samples while training, the end-of-training summary, --quiet, CHARRNN_HOME."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import os
 import re
 import shutil
+import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -15,7 +17,7 @@ import pytest
 from charrnn.checkpoint import load_checkpoint
 from charrnn.info import printable
 from charrnn.report import sparkline, summary_rows
-from conftest import TINY, assert_one_line_error, cli_env, run_cli
+from conftest import TINY, assert_one_line_error, cli_env, make_corpus, run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -110,25 +112,116 @@ def test_summary_rows_report_nats_bits_steps_and_paths():
     assert rows["best val bits/char"] == "1.5000"
     assert rows["best val loss"].startswith("1.0397 nats/char")
     assert rows["steps"].startswith("120 (epoch 2, stopped by time budget")
-    assert rows["time"] == "1m15s"
+    assert rows["time"] == "1m15s training"
     assert rows["latest checkpoint"] == "/r/latest.pt" and rows["best checkpoint"] == "/r/best.pt"
     assert rows["val loss"].startswith("█")
+    # the wall time, and why it differs; a resumed run's training time counts its earlier sessions too
+    timed = dict(summary_rows(SimpleNamespace(**{**vars(result), "elapsed_before": 45.0}), val_losses=[2.0, 1.5],
+                              wall=91.0))
+    assert timed["time"].startswith("1m15s training (45s of it before this resume); 1m31s wall for this command (with "
+                                    "start-up and the final validation and save, which training time leaves out)")
+    assert timed["val loss"] == "2.000 → 1.500"  # no sparkline of fewer than three points
+    assert dict(summary_rows(result, val_losses=[2.358]))["val loss"] == "2.358"
 
 
-def test_train_shows_progress_and_a_summary_on_stderr_only(corpus, tmp_path):
-    proc = run_cli("train", corpus, "--max-steps", "6", "--eval-every", "3", "--run-dir", tmp_path / "run", *TINY,
-                   cwd=tmp_path, env=cli_env(COLUMNS=200))
+def run_on_a_terminal(*args, cwd, columns: int = 200, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The CLI with its stderr on a pseudo-terminal (as typed at a terminal); stdout and stderr as bytes."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn", *map(str, args)], cwd=cwd, env=cli_env(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 1 << 16)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    out = proc.stdout.read()
+    proc.wait(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, b"".join(chunks).replace(b"\r\n", b"\n"))
+
+
+def test_train_on_a_terminal_shows_a_bar_with_messages_above_it(corpus, tmp_path):
+    proc = run_on_a_terminal("train", corpus, "--max-steps", "6", "--eval-every", "3", "--run-dir", tmp_path / "run",
+                             *TINY, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout == b""
     err = proc.stderr.decode()
     assert "done: 6 steps in" in err
-    for field in ("6/6", "step=6", "epoch=", "loss=", "val=", "lr=", "chars/s="):
+    for field in ("6/6", "step=6", "epoch=", "loss=", "val=", "lr=", "chars/s=", "validation on "):
         assert field in err, field
     assert "<00:00" in err  # tqdm's ETA
     for label in ("best val loss", "best val bits/char", "steps", "time", "latest checkpoint", "best checkpoint"):
         assert label in err, label
     assert str(tmp_path / "run" / "latest.pt") in err
-    assert any(c in err for c in "▁▂▃▄▅▆▇█")  # the val-loss sparkline
+    # the samples (steps 3 and 6) and log lines start on a line of their own: the bar's frame was cleared first
+    lines = re.split(r"[\r\n]", err)
+    assert "--- step 3, val loss" in " ".join(line for line in lines if line.startswith("--- step 3,"))
+    assert any(line.startswith("--- step 6, val loss") for line in lines), err
+    assert any(line.startswith("charrnn: precision:") for line in lines)
+
+
+def test_train_to_a_file_or_pipe_writes_plain_lines_without_frames(tmp_path):
+    """Off a terminal: no bar frames ('\r'), one line per --log-every interval, every message on its own line,
+    validations announced, samples shown, and a summary that explains its times."""
+    corpus = make_corpus(tmp_path / "corpus.txt", 6000)
+    with open(tmp_path / "err.txt", "wb") as err_file:  # stderr to a file, as with 2>train.log
+        proc = subprocess.run([sys.executable, "-m", "charrnn", "train", corpus, *TINY, "--max-steps", "12",
+                               "--eval-every", "6", "--log-every", "4", "--run-dir", tmp_path / "run"],
+                              cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=err_file, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == b""
+    err = (tmp_path / "err.txt").read_bytes().decode()
+    assert "\r" not in err and "\x1b" not in err, err
+    lines = err.splitlines()
+    steps = [line for line in lines if line.startswith("step ")]
+    assert [line.split()[1] for line in steps] == ["4/12", "8/12", "12/12"], err
+    for line in steps:
+        assert re.fullmatch(r"step \d+/12  epoch \d+  loss \d\.\d{3}( +val \d\.\d{3})?  lr \S+  (- |[\d,]+ )chars/s"
+                            r"  elapsed \d+s", line), line
+    assert "val " in steps[-1]
+    assert [re.sub(r"\d+", "N", line) for line in lines if "validation on" in line] == [
+        "validation on N characters ...", "final validation on N characters ..."]
+    messages = [line for line in lines if "charrnn:" in line]
+    assert messages and all(line.startswith("charrnn: ") for line in messages)  # never glued onto another line
+    assert any(line.startswith("charrnn: dropout ") for line in lines)
+    assert [line.split(",")[0] for line in lines if line.startswith("--- step ")] == ["--- step 6", "--- step 12"]
+    samples = (tmp_path / "run" / "samples.txt").read_text(encoding="utf-8")
+    assert samples.startswith("--- step 6, val loss ") and "\n--- step 12, val loss " in samples
+    assert re.search(r"done: 12 steps in [\d.]+s of training \([\d.]+s wall\)", err), err
+    assert "wall for this command" in err
+
+
+def test_a_budget_run_off_a_terminal_logs_mid_run_messages_on_their_own_lines(corpus, tmp_path):
+    """Messages logged while training (the --dropout auto decision after 25 steps of a budget run, a skipped
+    non-finite step) are lines of their own between the progress lines."""
+    import faults
+
+    hooks = json.dumps({"nan_at": {"steps": [3]}})
+    proc = subprocess.run([sys.executable, faults.__file__, hooks, "train", corpus, *TINY, "--time-budget", "1h",
+                           "--max-steps", "30", "--eval-every", "5000", "--log-every", "2", "--on-nonfinite", "skip", "--sample-every", "0",
+                           "--run-dir", tmp_path / "run"], cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    err = proc.stderr.decode()
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert "charrnn: non-finite loss at step 3: skipped the step" in lines, err
+    decided = [line for line in lines if "(auto: about" in line]
+    assert len(decided) == 1 and decided[0].startswith("charrnn: dropout "), err
+    steps = [line for line in lines if line.startswith("step ")]
+    assert len(steps) == 15 and all(line.endswith(" of 1h00m00s") for line in steps), err
+    assert "final validation on" in err and "--- step" not in err  # --sample-every 0: no samples
+    assert not (tmp_path / "run" / "samples.txt").exists()
 
 
 def test_quiet_train_prints_nothing(corpus, tmp_path):
@@ -137,6 +230,7 @@ def test_quiet_train_prints_nothing(corpus, tmp_path):
     assert proc.returncode == 0
     assert proc.stdout == b"" and proc.stderr == b""
     assert (tmp_path / "r" / "latest.pt").exists()
+    assert (tmp_path / "r" / "samples.txt").read_text().startswith("--- step 2, val loss ")  # hidden, still kept
 
 
 def test_default_run_dir_goes_under_charrnn_home(corpus, tmp_path):
@@ -149,8 +243,8 @@ def test_default_run_dir_goes_under_charrnn_home(corpus, tmp_path):
 
 
 def test_budget_run_bar_counts_seconds_with_an_eta(corpus, tmp_path):
-    proc = run_cli("train", corpus, "--time-budget", "2s", "--eval-every", "5", "--run-dir", tmp_path / "run", *TINY,
-                   cwd=tmp_path, env=cli_env(COLUMNS=200))
+    proc = run_on_a_terminal("train", corpus, "--time-budget", "2s", "--eval-every", "5", "--run-dir", tmp_path / "run",
+                             *TINY, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr.decode()
     err = proc.stderr.decode()
     assert re.search(r"\d+/2 \[\d\d:\d\d<\d\d:\d\d", err), err  # seconds out of the budget, elapsed<remaining

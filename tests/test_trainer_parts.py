@@ -1,11 +1,13 @@
 """The training loop's policies as in-process unit tests: the stop rule, the schedule, --dropout auto's probe, resume
-(the configuration a resumed run uses; RNG snapshot and restore), the metrics log, the progress display, and the
-trainer's fault hooks doing nothing by default."""
+(the configuration a resumed run uses; RNG snapshot and restore), the metrics log, the progress display (a bar on a
+terminal, plain lines elsewhere), samples while training, and the trainer's fault hooks doing nothing by default."""
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import logging
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from charrnn.errors import UsageError, WriteError
 from charrnn.progress import ProgressDisplay, RateMeter
 from charrnn.resume import LR_CHANGES, merge_configs, restore_rng, rng_snapshot, schedule_change_warning
 from charrnn.runlog import MetricsLog, truncate_metrics
+from charrnn.samplelog import SAMPLES, SampleLog, Sampler, read_entries
 from charrnn.schedule import DEFAULT_EPOCHS, StopRule, learning_rate
 
 from conftest import make_corpus
@@ -184,18 +187,74 @@ def test_rate_meter_updates_once_a_second_of_steps_has_passed():
     assert meter.tick() == pytest.approx(200.0)  # 2 steps x 100 chars in 1 s
 
 
-def test_progress_display_shows_steps_or_seconds(capsys):
-    bar = ProgressDisplay(True, total_steps=10, budget=None, initial_step=2)
+def test_progress_display_shows_steps_or_seconds_on_a_terminal():
+    stream = io.StringIO()
+    bar = ProgressDisplay(True, total_steps=10, budget=None, initial_step=2, stream=stream, terminal=True)
     bar.update(3, 0, 1.0, 2.5, None, 1e-3, 1234.0)
     assert bar.bar.n == 3 and "loss=2.500" in str(bar.bar.postfix) and "chars/s=1,234" in str(bar.bar.postfix)
     bar.close()
-    timed = ProgressDisplay(True, total_steps=None, budget=60, initial_step=0)
+    timed = ProgressDisplay(True, total_steps=None, budget=60, initial_step=0, stream=stream, terminal=True)
     timed.update(5, 0, 12.7, None, 2.0, 1e-3, 0.0)
     assert timed.bar.n == 12 and "loss=-" in str(timed.bar.postfix) and "val=2.000" in str(timed.bar.postfix)
     timed.close()
-    off = ProgressDisplay(False, total_steps=10, budget=None)
+    off = ProgressDisplay(False, total_steps=10, budget=None, stream=stream, terminal=True)
     off.update(1, 0, 0.1, 1.0, None, 1e-3, 0.0)
+    off.message("hidden")
     off.close()
+    assert "hidden" not in stream.getvalue()
+
+
+def test_off_a_terminal_progress_is_one_plain_line_per_log_interval_and_messages_on_their_own_lines():
+    stream = io.StringIO()
+    display = ProgressDisplay(True, total_steps=10, budget=None, log_every=4, stream=stream)  # StringIO: no tty
+    assert not display.showing_bar
+    for step in range(1, 11):
+        if step == 6:
+            display.message("a message")
+        if step == 8:
+            with display.validating(1234):
+                pass
+        display.update(step, 0, step * 0.5, 2.0 - step / 10, 1.5 if step >= 8 else None, 1e-3, 0.0 if step < 4 else 99.0)
+    with display.validating(1234, final=True):
+        pass
+    display.close()
+    text = stream.getvalue()
+    assert "\r" not in text and "\x1b" not in text  # no bar frames, no cursor movement
+    assert text.splitlines() == [
+        "step 4/10  epoch 0  loss 1.600  lr 1.00e-03  99 chars/s  elapsed 2s",
+        "a message",
+        "validation on 1,234 characters ...",
+        "step 8/10  epoch 0  loss 1.200  val 1.500  lr 1.00e-03  99 chars/s  elapsed 4s",
+        "final validation on 1,234 characters ...",
+    ]
+    timed = ProgressDisplay(True, total_steps=None, budget=60, log_every=1, stream=stream)
+    assert timed.line(3, 1, 0.5, None, None, 3e-3, 0.0) == "step 3  epoch 1  loss -  lr 3.00e-03  - chars/s  elapsed 0s of 1m00s"
+
+
+def test_on_a_terminal_log_lines_and_messages_go_above_the_bar_not_onto_a_frame():
+    stream = io.StringIO()
+    logger = logging.getLogger("charrnn")
+    handler = logging.StreamHandler(stream)
+    saved = logger.handlers[:]
+    logger.handlers[:] = [handler]
+    try:
+        display = ProgressDisplay(True, total_steps=10, budget=None, stream=stream, terminal=True)
+        display.update(1, 0, 0.1, 3.0, None, 1e-3, 0.0)
+        # while the bar shows, the logger's console handler is tqdm's (it clears the frame, writes, redraws)
+        assert handler not in logger.handlers
+        with display.validating(500):
+            assert display.bar.desc.startswith("validation on 500 characters")
+        assert display.bar.desc == ""
+        logger.warning("dropout 0.05 (auto: about 10 passes)")
+        display.message("--- step 1 ---\nsample text")
+        display.update(2, 0, 0.2, 2.9, None, 1e-3, 0.0)
+        display.close()
+        assert logger.handlers == [handler]  # put back when the bar closes
+    finally:
+        logger.handlers[:] = saved
+    lines = stream.getvalue().replace("\r", "\n").splitlines()
+    for wanted in ("dropout 0.05 (auto: about 10 passes)", "--- step 1 ---", "sample text"):
+        assert wanted in lines, (wanted, lines)  # alone on a line: never glued onto a frame
 
 
 # -- the loop itself, in process --------------------------------------------------------------------------------
@@ -311,3 +370,103 @@ def test_ranks_other_than_0_filter_the_log_without_changing_the_loggers_level():
     warning = logging.LogRecord("charrnn", logging.WARNING, __file__, 1, "careful", None, None)
     assert not _quiet_rank(info) and _quiet_rank(warning)
     assert _quiet_rank not in logger.filters  # only while a run of a rank other than 0 is in progress
+
+
+# -- samples while training -------------------------------------------------------------------------------------
+
+def _tiny_model(cell: str = "tanh"):
+    from charrnn.data import Vocab
+    from charrnn.model import CharRNN
+
+    vocab = Vocab("\nabc ")
+    torch.manual_seed(3)
+    return CharRNN(ModelConfig(vocab_size=len(vocab), hidden_size=8, num_layers=2, dropout=0.1, cell=cell)), vocab
+
+
+@pytest.mark.parametrize("cell", ["tanh", "lstm"])
+def test_a_training_sample_leaves_the_model_and_torchs_rng_as_they_were(cell):
+    model, vocab = _tiny_model(cell)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sampler = Sampler(model.config, vocab, length=50)
+    rng = torch.get_rng_state()
+    first = sampler(model)
+    assert torch.equal(torch.get_rng_state(), rng)  # neither drawn from nor reseeded
+    assert model.training  # still in train mode
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert len(first) == 50 and set(first) <= set(vocab.chars)
+    assert sampler(model) == first  # a fixed prime and seed: the same weights give the same sample
+    with torch.no_grad():
+        model.head.bias.add_(torch.arange(len(vocab.chars), dtype=torch.float32))
+    assert sampler(model) != first  # and new weights a new one
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_sample_log_appends_entries_and_drops_those_past_a_resume_point(tmp_path):
+    log = SampleLog(str(tmp_path)).open()
+    assert not (tmp_path / SAMPLES).exists()  # created at the first sample
+    log.write(10, 2.5, 10, "ab\nc")
+    log.write(20, 2.25, 10, "--- not a header\r\n")
+    log.write(30, None, None, "x")
+    text = (tmp_path / SAMPLES).read_bytes().decode()
+    assert text.startswith("--- step 10, val loss 2.5000 nats/char ---\nab\nc\n\n")
+    assert "--- step 20, val loss 2.2500 nats/char (at step 10) ---\n" in text and "--- step 30 ---\nx\n" in text
+    assert [step for step, _ in read_entries(text)] == [10, 20, 30]
+    SampleLog(str(tmp_path)).open(keep_upto=20)  # a run resumed from step 20
+    kept = (tmp_path / SAMPLES).read_bytes().decode()
+    assert [step for step, _ in read_entries(kept)] == [10, 20] and kept == text[: text.index("--- step 30")]
+
+
+def test_sample_log_write_failure_is_one_user_error_or_held_for_the_ranks(tmp_path):
+    from charrnn.errors import CannotCreateError
+
+    (tmp_path / SAMPLES).mkdir()  # samples.txt cannot be opened for appending
+    with pytest.raises(CannotCreateError, match="cannot write samples file .*samples.txt"):
+        SampleLog(str(tmp_path)).write(1, None, None, "x")
+    held = SampleLog(str(tmp_path), hold_failures=True)
+    held.write(1, None, None, "x")
+    assert isinstance(held.failure, CannotCreateError)
+    SampleLog(str(tmp_path), enabled=False).write(1, None, None, "x")  # ranks other than 0 write nothing
+
+
+def _steps_sampled(run_dir) -> list:
+    path = run_dir / SAMPLES
+    return [step for step, _ in read_entries(path.read_text())] if path.exists() else []
+
+
+def test_samples_at_each_evaluation_every_n_steps_and_at_the_end_or_never(tmp_path):
+    corpus = make_corpus(tmp_path / "c.txt", 2000)
+
+    def run(name, **extra):
+        cfg = TrainConfig(batch_size=4, seq_len=16, max_steps=7, eval_every=3, val_frac=0.1, **extra)
+        charrnn.train(str(corpus), ModelConfig(hidden_size=16, num_layers=1), cfg, run_dir=str(tmp_path / name),
+                      progress=False)  # --quiet: nothing shown, samples.txt written all the same
+        return _steps_sampled(tmp_path / name)
+
+    assert run("default") == [3, 6, 7]  # at each evaluation, the last one included
+    assert run("every2", sample_every=2) == [2, 4, 6, 7]
+    assert run("off", sample_every=0) == []
+    entries = read_entries((tmp_path / "default" / SAMPLES).read_text())
+    assert entries[0][1].startswith("--- step 3, val loss ") and len(entries[0][1].split("---\n", 1)[1]) >= 200
+    with pytest.raises(UsageError, match="--sample-every must be >= 0"):
+        TrainConfig(sample_every=-1).validate()
+    assert "sample_every" in charrnn.train.__globals__["RESUMABLE_CHANGES"]
+
+
+def test_the_last_checkpoint_says_how_the_run_ended_and_info_says_auto_dropout_was_never_decided(tmp_path):
+    """A time-budget run that stops before --dropout auto's probe decides (it needs ~25 steps) trained without
+    dropout: `info` says so instead of 'not decided yet'."""
+    from charrnn.info import checkpoint_info, format_info
+
+    corpus = make_corpus(tmp_path / "c.txt", 2000)
+    cfg = TrainConfig(batch_size=4, seq_len=16, max_steps=8, time_budget=3600, eval_every=4, val_frac=0.1)
+    result = charrnn.train(str(corpus), ModelConfig(hidden_size=16, num_layers=2), cfg, run_dir=str(tmp_path / "r"),
+                           progress=False)
+    ckpt = charrnn.load_checkpoint(result.latest)
+    assert ckpt["model_config"]["dropout"] is None and ckpt["progress"]["stopped_by"] == "max_steps"
+    info = checkpoint_info(result.latest)
+    assert info["stopped_by"] == "max_steps"
+    assert "dropout auto: the run ended before deciding (trained without dropout)" in format_info(info)
+    mid_run = dict(info, stopped_by=None)  # a checkpoint saved before the end (e.g. at a signal)
+    assert "dropout auto: not decided yet at this checkpoint (trained without dropout so far)" in format_info(mid_run)
+    assert result.wall is not None and result.wall >= result.elapsed and result.elapsed_before == 0.0
