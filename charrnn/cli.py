@@ -32,6 +32,25 @@ app = typer.Typer(
 _debug = False
 
 
+def _flags_show_no_type() -> None:
+    """Typer (0.29) labels every flag, --help included, `<bool>` in --help, as if it took a value: a flag shows no
+    type, like the flag it is."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "charrnn_flags", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) and not getattr(self, "count", False) else shown(self, ctx)
+
+    display_type_rich.charrnn_flags = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_show_no_type()
+
+
 def _m(name):
     return default_of(ModelConfig, name)
 
@@ -77,9 +96,19 @@ def _run(fn):
         raise typer.Exit(EXIT_SIGINT)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        sys.stdout.write(f"charrnn {__version__}\n")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def main_options(
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks instead of one-line errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_print_version)] = False,
 ):
     global _debug
     _debug = debug
@@ -111,6 +140,7 @@ def train(
     val_frac: Annotated[float, typer.Option(help="Fraction of the corpus held out for validation (after train).", rich_help_panel="Data")] = _t("val_frac"),
     test_frac: Annotated[float, typer.Option(help="Fraction held out for testing (the end of the corpus).", rich_help_panel="Data")] = _t("test_frac"),
     glob: Annotated[str, typer.Option(help="Files to read when CORPUS is a directory.", rich_help_panel="Data")] = _t("glob"),
+    follow_links: Annotated[bool, typer.Option("--follow-links", help="Also read the files of symlinked directories inside a CORPUS directory (a file reached twice is read once either way).", rich_help_panel="Data")] = _t("follow_links"),
     sha256: Annotated[Optional[str], typer.Option("--sha256", help="Expected sha256 of the corpus (checked after a URL download, or of a local file); a mismatch is an error.", rich_help_panel="Data")] = None,
     batch_size: Annotated[int, typer.Option(help="B: parallel streams per batch.", rich_help_panel="Data")] = _t("batch_size"),
     seq_len: Annotated[int, typer.Option(help="T: steps of back-propagation through time per batch.", rich_help_panel="Data")] = _t("seq_len"),
@@ -127,16 +157,16 @@ def train(
     # running
     eval_every: Annotated[int, typer.Option(help="Evaluate on the validation split and save every N steps.", rich_help_panel="Run")] = _t("eval_every"),
     log_every: Annotated[int, typer.Option(help="Write a metrics.jsonl row (and, when stderr is not a terminal, a progress line) every N steps.", rich_help_panel="Run")] = _t("log_every"),
-    sample_every: Annotated[Optional[int], typer.Option(help="Show a short sample (200 characters, fixed seed) every N steps and append it to samples.txt in the run directory; 0 turns samples off [default: at each evaluation].", rich_help_panel="Run", show_default=False)] = _t("sample_every"),
-    save_every: Annotated[Optional[str], typer.Option(help="Also save latest.pt every N steps (500) or every so often (90s, 10m, 1h) [default: at each evaluation].", rich_help_panel="Run", show_default=False)] = _t("save_every"),
+    sample_every: Annotated[Optional[int], typer.Option(help="Show a short sample (200 characters, fixed seed) every N steps and append it to samples.txt in the run directory; 0 turns samples off (default: at each evaluation).", rich_help_panel="Run", show_default=False)] = _t("sample_every"),
+    save_every: Annotated[Optional[str], typer.Option(help="Also save latest.pt every N steps (500) or every so often (90s, 10m, 1h); default: at each evaluation.", rich_help_panel="Run", show_default=False)] = _t("save_every"),
     keep_last: Annotated[int, typer.Option(help="Also keep the N newest step-XXXXXXXX.pt checkpoints (0: only latest.pt and best.pt).", rich_help_panel="Run")] = _t("keep_last"),
     on_nonfinite: Annotated[str, typer.Option(help="On a NaN/Inf loss or gradient: stop (exit 1, checkpoints untouched) or skip the step.", rich_help_panel="Optimisation")] = _t("on_nonfinite"),
-    schedule_steps: Annotated[Optional[int], typer.Option(help="Decay the learning rate over this many steps [default: the step limit]; fix it to stop early and continue later with --resume unchanged.", rich_help_panel="Optimisation", show_default=False)] = _t("schedule_steps"),
+    schedule_steps: Annotated[Optional[int], typer.Option(help="Decay the learning rate over this many steps (default: the step limit); fix it to stop early and continue later with --resume unchanged.", rich_help_panel="Optimisation", show_default=False)] = _t("schedule_steps"),
     seed: Annotated[int, typer.Option(help="Random seed (weights, dropout).", rich_help_panel="Run")] = _t("seed"),
     device: Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.", rich_help_panel="Run")] = _t("device"),
     kernel: Annotated[str, typer.Option(help="tanh cell implementation: auto (fused on CPU, torch's RNN on GPU), fused or nn.", rich_help_panel="Run")] = _t("kernel"),
     precision: Annotated[str, typer.Option(help="auto (CPU: bf16 products on CPUs with bf16 instructions for width >= 256; else fp32, on CUDA with cuDNN's TF32), fp32, bf16 or fp16 (CUDA, with loss scaling).", rich_help_panel="Run")] = _t("precision"),
-    run_dir: Annotated[Optional[str], typer.Option(help="Where checkpoints and metrics go [default: checkpoints/NAME-TIME].", rich_help_panel="Run", show_default=False)] = None,
+    run_dir: Annotated[Optional[str], typer.Option(help="Where checkpoints and metrics go (default: checkpoints/NAME-TIME).", rich_help_panel="Run", show_default=False)] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the run in this directory or checkpoint file.", rich_help_panel="Run")] = None,
     allow_lr_change: Annotated[bool, typer.Option("--allow-lr-change", help="With --resume: accept a changed --lr, --min-lr-frac, --warmup-steps, --schedule-steps or --grad-clip.", rich_help_panel="Run")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or messages; errors only.", rich_help_panel="Run")] = False,
@@ -163,6 +193,7 @@ def train(
             log_every=log_every, seed=seed, device=device, kernel=kernel, precision=precision,
             sample_every=sample_every,
             save_every=save_every, keep_last=keep_last, schedule_steps=schedule_steps, on_nonfinite=on_nonfinite,
+            follow_links=follow_links,
         )
         explicit = _explicit(ctx)
         if config is not None:
@@ -186,7 +217,7 @@ def train(
 @app.command()
 def sample(
     checkpoint: Annotated[Optional[str], typer.Argument(
-        help="Checkpoint file or run directory [default: the newest run under checkpoints/].", show_default=False)] = None,
+        help="Checkpoint file or run directory (default: the newest run under checkpoints/).", show_default=False)] = None,
     length: Annotated[int, typer.Option("--length", "-n", help="Characters to generate after the prime.")] = 1000,
     temperature: Annotated[float, typer.Option("--temperature", "-t", help="Softmax temperature (> 0): lower is more conservative.")] = 1.0,
     top_k: Annotated[Optional[int], typer.Option(help="Sample only from the k most likely characters.")] = None,
@@ -194,6 +225,7 @@ def sample(
     prime: Annotated[str, typer.Option(help="Text to start from (printed first).")] = "",
     seed: Annotated[Optional[int], typer.Option(help="Random seed: the same seed gives the same text.")] = None,
     num_samples: Annotated[int, typer.Option(help="Independent samples, generated together, separated by a blank line.")] = 1,
+    no_newline: Annotated[bool, typer.Option("--no-newline", help="Do not end the output with a newline (one is added when the text does not already end with one).")] = False,
 ):
     """Generate text from a trained model; it streams to stdout.
 
@@ -201,10 +233,13 @@ def sample(
     """
     _setup_logging(False)
     out = sys.stdout.buffer
+    last = ["\n"]  # the last character written (nothing written: no line to end)
 
     def write(text: str) -> None:
-        out.write(text.encode("utf-8"))
-        out.flush()
+        if text:
+            out.write(text.encode("utf-8"))
+            out.flush()
+            last[0] = text[-1]
 
     def go():
         from .sample import sample as sample_fn
@@ -214,6 +249,8 @@ def sample(
 
     try:
         _run(go)
+        if not no_newline and last[0] != "\n":  # a shell prompt or the next loop's sample starts on its own line
+            write("\n")
     except BrokenPipeError:
         _quiet_broken_pipe()
 
@@ -230,10 +267,11 @@ def _quiet_broken_pipe() -> None:
 
 @app.command(name="eval")
 def eval_(
+    ctx: typer.Context,
     checkpoint: Annotated[Optional[str], typer.Argument(
-        help="Checkpoint file or run directory [default: the newest run under checkpoints/].", show_default=False)] = None,
+        help="Checkpoint file or run directory (default: the newest run under checkpoints/).", show_default=False)] = None,
     file: Annotated[Optional[str], typer.Argument(
-        help="Text to score, or - for stdin [default: the run's test split, else its validation split].",
+        help="Text to score, or - for stdin (default: the run's test split, else its validation split).",
         show_default=False)] = None,
     streams: Annotated[int, typer.Option(help="Score the text as N parallel pieces (faster; each starts from a zero state). 1 carries the state through the whole text.")] = 1,
     skip_unknown: Annotated[bool, typer.Option("--skip-unknown", help="Drop characters outside the vocabulary (and report how many) instead of failing.")] = False,
@@ -253,6 +291,8 @@ def eval_(
     Example: charrnn eval checkpoints/my-run held_out.txt --neuron 17 --html neuron17.html
     """
     _setup_logging(False)
+    _check_view_options(_explicit(ctx), show or neuron is not None or top_neurons is not None or html is not None,
+                        neuron, layer, top_neurons)
     if show or neuron is not None or top_neurons is not None or html is not None:
         if as_json:
             _fail("--json reports scores; it cannot be combined with --show, --neuron, --top-neurons or --html", 2)
@@ -281,6 +321,19 @@ def eval_(
     sys.stdout.flush()
 
 
+def _check_view_options(explicit: set, view: bool, neuron, layer, top_neurons) -> None:
+    """An option given without the view (or score) it applies to is a usage error, not silently ignored."""
+    if layer is not None and neuron is None and top_neurons is None:
+        _fail("--layer applies to --neuron and --top-neurons: pass one of them, or leave --layer out", 2)
+    if "top" in explicit and top_neurons is None:
+        _fail("--top applies to --top-neurons: pass --top-neurons PATTERN, or leave --top out", 2)
+    if "max_chars" in explicit and not view:
+        _fail("--max-chars applies to the views (--show, --neuron, --top-neurons, --html): pass one, or leave "
+              "--max-chars out", 2)
+    if "streams" in explicit and view:
+        _fail("--streams applies to scores; the views (--show, --neuron, --top-neurons, --html) carry one stream", 2)
+
+
 def _explain(checkpoint, file, show, neuron, layer, top_neurons, top, html, skip_unknown, max_chars) -> None:
     from .visualize import explain, render_digits, render_rich
 
@@ -306,9 +359,8 @@ def _explain(checkpoint, file, show, neuron, layer, top_neurons, top, html, skip
              else f"{result.view.legend().split(':')[0]}: the digit under each character (no colour: NO_COLOR or "
                   f"not a terminal)")
     if console.color_system and not console.no_color:
-        console.print(render_rich(result.view), end="")
-        if not result.view.text.endswith("\n"):
-            console.print()
+        rendered = render_rich(result.view)
+        console.print(rendered, end="" if rendered.plain.endswith("\n") else "\n")
     else:
         sys.stdout.write(render_digits(result.view))
     sys.stdout.flush()

@@ -50,18 +50,55 @@ def _read_file(path: str) -> bytes:
         raise unreadable(exc, path) from None
 
 
-def corpus_files(source: str, pattern: str = "*.txt") -> list[str]:
-    """The files a corpus argument names: the file itself, or a directory's matching files in sorted path order."""
-    if os.path.isdir(source):
-        files = sorted(
-            p for p in globlib.glob(os.path.join(source, "**", pattern), recursive=True) if os.path.isfile(p)
-        )
-        if not files:
-            raise InputMissingError(f"no files matching {pattern!r} in directory {source}")
-        return files
-    if not os.path.exists(source):
-        raise InputMissingError(f"no such file or directory: {source}")
-    return [source]
+@dataclass
+class CorpusScan:
+    """The files a corpus argument names, and what was left out of a directory on the way."""
+
+    files: list[str]
+    duplicates: int = 0  # files reached again by another path (a symlink or hard link): read once
+    links_not_followed: tuple = ()  # symlinked directories left out (follow_links reads them)
+
+
+def scan_corpus(source: str, pattern: str = "*.txt", follow_links: bool = False) -> CorpusScan:
+    """The files a corpus argument names: the file itself, or a directory's files matching `pattern` at any depth
+    (what glob's `DIR/**/PATTERN` matches: hidden directories skipped), in sorted path order. A symlinked
+    directory is entered only with follow_links, and a directory already entered (a link back up) never again;
+    a file reached twice (the same file through a link) is listed once, at its first path."""
+    if not os.path.isdir(source):
+        if not os.path.exists(source):
+            raise InputMissingError(f"no such file or directory: {source}")
+        return CorpusScan([source])
+    found, skipped, entered = [], [], set()
+    for top, dirs, _ in os.walk(source, followlinks=follow_links):
+        real = os.path.realpath(top)
+        if real in entered:  # reached again through a link: its files are already listed
+            dirs[:] = []
+            continue
+        entered.add(real)
+        kept = []
+        for name in sorted(dirs):
+            if name.startswith("."):
+                continue
+            if not follow_links and os.path.islink(os.path.join(top, name)):
+                skipped.append(os.path.join(top, name))
+            else:
+                kept.append(name)
+        dirs[:] = kept
+        found += (p for p in globlib.glob(os.path.join(globlib.escape(top), pattern)) if os.path.isfile(p))
+    files, seen = [], set()
+    for path in sorted(set(found)):
+        st = os.stat(path)
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            files.append(path)
+    if not files:
+        raise InputMissingError(f"no files matching {pattern!r} in directory {source}")
+    return CorpusScan(files, len(set(found)) - len(files), tuple(sorted(skipped)))
+
+
+def corpus_files(source: str, pattern: str = "*.txt", follow_links: bool = False) -> list[str]:
+    """The files a corpus argument names (see `scan_corpus`)."""
+    return scan_corpus(source, pattern, follow_links).files
 
 
 def demo_files() -> list[str]:
@@ -88,10 +125,13 @@ class CorpusText:
     source: str  # what the user named: a path, '-' or the demo marker
     files: list[str]
     sha256: str  # of the raw bytes, files concatenated in order
+    scan: Optional[CorpusScan] = None  # how a file or directory's files were found
 
 
-def read_corpus(source: Optional[str], pattern: str = "*.txt") -> CorpusText:
-    """Read a corpus: a file, a directory of files, '-' for stdin, or None for the built-in demo corpus."""
+def read_corpus(source: Optional[str], pattern: str = "*.txt", follow_links: bool = False,
+                scan: Optional[CorpusScan] = None) -> CorpusText:
+    """Read a corpus: a file, a directory of files, '-' for stdin, or None for the built-in demo corpus.
+    `scan`: the directory's files as `scan_corpus` found them (else they are found here)."""
     digest = hashlib.sha256()
     parts: list[str] = []
     if source is None or source == DEMO_SOURCE:
@@ -108,12 +148,13 @@ def read_corpus(source: Optional[str], pattern: str = "*.txt") -> CorpusText:
         raw = sys.stdin.buffer.read()
         digest.update(raw)
         return CorpusText(decode_utf8(raw, "standard input"), "-", [], digest.hexdigest())
-    files = corpus_files(source, pattern)
-    for path in files:
+    scan = scan or scan_corpus(source, pattern, follow_links)
+    for path in scan.files:
         raw = _read_file(path)
         digest.update(raw)
         parts.append(decode_utf8(raw, path))
-    return CorpusText("".join(parts), os.path.abspath(source), [os.path.abspath(f) for f in files], digest.hexdigest())
+    return CorpusText("".join(parts), os.path.abspath(source), [os.path.abspath(f) for f in scan.files],
+                      digest.hexdigest(), scan)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -196,10 +237,29 @@ class EncodedCorpus:
     source: str
     files: list[str]
     sha256: str  # of the raw bytes, files concatenated in order (the same as CorpusText.sha256)
+    scan: Optional[CorpusScan] = None  # how a file or directory's files were found
 
     @property
     def chars(self) -> int:
         return len(self.ids)
+
+    def summary(self) -> str:
+        """What was read, for the start-of-run log: files, characters, and what a directory left out."""
+        if self.source == "-":
+            where, files = "standard input", ""
+        else:
+            where = "the demo corpus" if self.source == DEMO_SOURCE else self.source
+            files = f"{len(self.files)} file{'s' if len(self.files) != 1 else ''}, "
+        line = f"read {files}{self.chars:,} characters ({len(self.vocab)} distinct) from {where}"
+        scan = self.scan or CorpusScan(self.files)
+        if scan.duplicates:
+            line += f"; {scan.duplicates} file(s) reached twice through a link, read once"
+        if scan.links_not_followed:
+            shown = ", ".join(scan.links_not_followed[:3]) + (", ..." if len(scan.links_not_followed) > 3 else "")
+            line += (f"; {len(scan.links_not_followed)} symlinked director"
+                     f"{'ies' if len(scan.links_not_followed) != 1 else 'y'} not followed ({shown}; "
+                     f"--follow-links reads {'them' if len(scan.links_not_followed) != 1 else 'it'})")
+        return line
 
 
 CACHE_HINT = " (CHARRNN_CACHE_DIR moves it)"
@@ -249,21 +309,25 @@ def _decoded_chunks(path: str, chunk_bytes: int) -> Iterator[tuple[np.ndarray, i
 
 
 def load_ids(source: Optional[str], pattern: str = "*.txt", chunk_bytes: int = CHUNK_BYTES,
-             min_bytes: Optional[int] = None, progress: bool = True) -> EncodedCorpus:
+             min_bytes: Optional[int] = None, progress: bool = True, follow_links: bool = False) -> EncodedCorpus:
     """The corpus as ids with its vocabulary. Files of min_bytes or more in all (default CACHE_MIN_BYTES, or env
     CHARRNN_CACHE_MIN_BYTES) go through the cache: the first run hashes, scans and encodes them in chunks into
     <cache dir>/<sha256>.ids (+ .json with the vocabulary); every run memory-maps that file read-only, so memory
-    does not grow with the corpus. Smaller corpora, stdin and the demo are read into memory."""
+    does not grow with the corpus. Smaller corpora, stdin and the demo are read into memory. A directory's files
+    are found by `scan_corpus` (symlinked directories entered only with follow_links)."""
     if min_bytes is None:
         min_bytes = int(os.environ.get("CHARRNN_CACHE_MIN_BYTES", CACHE_MIN_BYTES))
+    scan = None
     if source is not None and source not in (DEMO_SOURCE, "-"):
-        files = corpus_files(source, pattern)
-        size = sum(os.path.getsize(f) for f in files)
+        scan = scan_corpus(source, pattern, follow_links)
+        size = sum(os.path.getsize(f) for f in scan.files)
         if size >= min_bytes:
-            return _cached_ids(source, files, size, chunk_bytes, progress)
-    text = read_corpus(source, pattern)
+            encoded = _cached_ids(source, scan.files, size, chunk_bytes, progress)
+            encoded.scan = scan
+            return encoded
+    text = read_corpus(source, pattern, scan=scan)
     vocab = Vocab.from_text(text.text)
-    return EncodedCorpus(vocab.encode(text.text), vocab, text.source, text.files, text.sha256)
+    return EncodedCorpus(vocab.encode(text.text), vocab, text.source, text.files, text.sha256, scan)
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -409,6 +473,8 @@ __all__ = [
     "split_ids",
     "decode_utf8",
     "corpus_files",
+    "scan_corpus",
+    "CorpusScan",
     "demo_files",
     "DEMO_SOURCE",
     "UsageError",

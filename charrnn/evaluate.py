@@ -11,6 +11,7 @@ character is scored exactly once. Validation during training uses the training b
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -149,14 +150,18 @@ def text_ids(ckpt: dict, vocab, file: Optional[str], skip_unknown: bool = False)
             known = set(vocab.chars)
             kept = "".join(c for c in text if c in known)
             skipped = len(text) - len(kept)
+            if not kept:
+                raise DataError(f"{name} has no characters the model knows (all {skipped} are unseen)")
             text = kept
         ids = vocab.encode(text)
         what = name
     else:
         corpus = ckpt["corpus"]
-        if corpus["source"] == "-":
-            raise UsageError("this run was trained on standard input, so its test split cannot be re-read: pass FILE")
-        text = load_ids(corpus["source"], train_config.glob, progress=False)
+        not_rereadable = _not_rereadable(corpus["source"])
+        if not_rereadable:
+            raise UsageError(f"this run was trained on {not_rereadable}, so its test split cannot be re-read: pass "
+                             f"the text file to score as FILE")
+        text = load_ids(corpus["source"], train_config.glob, progress=False, follow_links=train_config.follow_links)
         if text.sha256 != corpus["sha256"]:
             raise DataError(
                 f"the corpus {corpus['source']} has changed since training (sha256 differs): pass FILE to eval"
@@ -171,3 +176,19 @@ def text_ids(ckpt: dict, vocab, file: Optional[str], skip_unknown: bool = False)
         else:
             raise DataError("the run has no test or validation split to score: pass FILE")
     return ids, what, skipped
+
+
+def _not_rereadable(source: str) -> Optional[str]:
+    """What a corpus source is when reading it again would block or read other text (standard input, a FIFO, a
+    terminal or other device: anything but a regular file or a directory); None when it can be re-read."""
+    import stat
+
+    if source == "-":
+        return "standard input"
+    try:
+        mode = os.stat(source).st_mode
+    except OSError:
+        return None  # gone: reading it says so
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return f"{source} ({'a FIFO' if stat.S_ISFIFO(mode) else 'not a regular file'})"

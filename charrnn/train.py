@@ -86,6 +86,8 @@ def train(
         if failure is not None:
             together = True
             raise failure
+        if dist.is_main:  # every refusal is behind: say what was read
+            log.info(text.summary())
         try:
             result = trainer_mod.Trainer(run, hooks or trainer_mod.hooks).run()
             together = True
@@ -116,7 +118,7 @@ def _corpus_source(corpus: Optional[str], resumed: Optional[dict]) -> Optional[s
 def _load_corpus(corpus: Optional[str], cfg: TrainConfig, progress: bool):
     from .data import load_ids
 
-    text = load_ids(corpus, cfg.glob, progress=progress)  # memory-mapped when big
+    text = load_ids(corpus, cfg.glob, progress=progress, follow_links=cfg.follow_links)  # memory-mapped when big
     if not text.chars:
         raise DataError(
             f"the corpus {text.source} is empty: one batch needs {cfg.batch_size * cfg.seq_len + 1} characters "

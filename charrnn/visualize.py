@@ -219,31 +219,58 @@ def neuron_view(text: str, tr: Trace, unit: int, layer: Optional[int], title: st
     return View(text, tr.hidden[layer - 1, :, unit].astype(float), "neuron", title)
 
 
+def visible(char: str) -> str:
+    """How a character is shown on a terminal: a control character other than newline and tab (a carriage return,
+    which would send the cursor back over the line, an escape, which would start a terminal command) as its
+    Unicode control picture (U+240D for \\r), anything else as itself."""
+    code = ord(char)
+    if code < 0x20 and char not in "\n\t":
+        return chr(0x2400 + code)
+    if code == 0x7F:
+        return "\u2421"
+    return char
+
+
+def display_lines(view: View) -> list:
+    """The view's text as terminal lines, each a list of (shown glyph, value): a line ends at a newline, and at a
+    carriage return not followed by one (old Mac line ends), which is shown as its control picture."""
+    lines, line = [], []
+    text = view.text
+    for i, (char, value) in enumerate(zip(text, view.values)):
+        if char == "\n":
+            lines.append(line)
+            line = []
+            continue
+        line.append((visible(char), float(value)))
+        if char == "\r" and text[i + 1 : i + 2] != "\n":
+            lines.append(line)
+            line = []
+    lines.append(line)
+    return lines
+
+
 def render_rich(view: View):
-    """A rich Text with each character's background coloured by its value."""
+    """A rich Text with each character's background coloured by its value (control characters shown visibly)."""
     from rich.text import Text
 
     out = Text()
-    for char, value in zip(view.text, view.values):
-        rgb = view.colour(float(value))
-        if rgb is None or char == "\n":
-            out.append(char)
-        else:
-            out.append(char, style=f"black on rgb({rgb[0]},{rgb[1]},{rgb[2]})")
+    for number, line in enumerate(display_lines(view)):
+        if number:
+            out.append("\n")
+        for glyph, value in line:
+            rgb = view.colour(value)
+            out.append(glyph, style=None if rgb is None else f"black on rgb({rgb[0]},{rgb[1]},{rgb[2]})")
     return out
 
 
 def render_digits(view: View) -> str:
-    """Without colour: each line of text, then a line of one digit per character (see View.digit)."""
-    lines = []
-    position = 0
-    for line in view.text.split("\n"):
-        values = view.values[position : position + len(line)]
-        digits = "".join(view.digit(float(v)) for v in values).rstrip()
-        lines.append(line)
-        lines.append(digits)
-        position += len(line) + 1
-    return "\n".join(lines) + "\n"
+    """Without colour: each line of text, then a line of one digit per character (see View.digit); control
+    characters are shown visibly, so digits stay under their characters."""
+    out = []
+    for line in display_lines(view):
+        out.append("".join(glyph for glyph, _ in line))
+        out.append("".join(view.digit(value) for _, value in line).rstrip())
+    return "\n".join(out) + "\n"
 
 
 def render_html(view: View) -> str:

@@ -24,7 +24,7 @@ def test_train_sample_eval_end_to_end(tmp_path):
     assert b"done: 30 steps" in proc.stderr
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert [r["step"] for r in rows if "val_loss" in r] == [10, 20, 30]
-    sample = run_cli("sample", tmp_path / "run", "--length", "50", "--seed", "1", check=0)
+    sample = run_cli("sample", tmp_path / "run", "--length", "50", "--seed", "1", "--no-newline", check=0)
     assert len(sample.stdout.decode("utf-8")) == 50
     result = run_cli("eval", tmp_path / "run", "--json", check=0)
     assert json.loads(result.stdout)["chars"] > 0
@@ -35,7 +35,7 @@ def test_sample_and_eval_find_the_newest_run(tmp_path):
     run_cli("train", corpus, *TINY, "--max-steps", "3", "-q", cwd=tmp_path, check=0)
     runs = list((tmp_path / "checkpoints").iterdir())
     assert len(runs) == 1 and runs[0].name.startswith("corpus-")
-    assert len(run_cli("sample", "-n", "20", cwd=tmp_path, check=0).stdout.decode()) == 20
+    assert len(run_cli("sample", "-n", "20", "--no-newline", cwd=tmp_path, check=0).stdout.decode()) == 20
 
 
 def test_train_from_stdin(tmp_path):

@@ -67,7 +67,8 @@ def test_info_text_and_the_newest_run_under_charrnn_home(home_with_run, tmp_path
 
 
 def test_sample_finds_the_newest_run_under_charrnn_home(home_with_run, tmp_path):
-    proc = run_cli("sample", "--length", "20", "--seed", "1", cwd=tmp_path, env=cli_env(CHARRNN_HOME=home_with_run))
+    proc = run_cli("sample", "--length", "20", "--seed", "1", "--no-newline", cwd=tmp_path,
+                   env=cli_env(CHARRNN_HOME=home_with_run))
     assert proc.returncode == 0, proc.stderr.decode()
     assert len(proc.stdout.decode()) == 20
 
