@@ -166,6 +166,8 @@ def load_checkpoint(path: str) -> dict:
     corrupt = DataError(f"checkpoint is incomplete or corrupt: {path}")
     if not raw:
         raise corrupt
+    if _looks_like_text(raw):  # e.g. `--resume corpus.txt`: not a damaged checkpoint, another kind of file
+        raise DataError(f"{path} is not a charrnn checkpoint (a text file?)")
     try:
         state = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
@@ -193,6 +195,23 @@ def load_checkpoint(path: str) -> dict:
         raise corrupt
     state["path"] = os.path.abspath(path)
     return state
+
+
+_BINARY_BYTES = bytes([*range(0x00, 0x08), *range(0x0E, 0x1B), *range(0x1C, 0x20)])  # not in text files
+
+
+def _looks_like_text(raw: bytes) -> bool:
+    """Whether a file's start reads as text: UTF-8 (a character cut at the end of the sample aside) without the
+    control bytes of binary files. A checkpoint (a zip archive, or a pickle) never does."""
+    head = raw[:8192]
+    zip_start = b"PK\x03\x04"[: len(head)] == head[:4]  # a zip archive, or the first bytes of one
+    if zip_start or head.startswith(b"\x80") or len(head.translate(None, _BINARY_BYTES)) != len(head):
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return len(raw) > len(head) and exc.start >= len(head) - 3  # a multi-byte character cut by the sample
+    return True
 
 
 def _check_torch_is_safe() -> None:
@@ -253,6 +272,10 @@ class RunLock:
     def __init__(self, directory: str):
         self.path = os.path.join(directory, "lock")
         self.fd: Optional[int] = None
+        # set by charrnn.train: the topmost directory the run made for itself (None: it existed), and the names
+        # that were in it before, so a run that fails before its first checkpoint removes only what it created
+        self.made: Optional[str] = None
+        self.had: set = set()
 
     def acquire(self) -> "RunLock":
         try:

@@ -59,9 +59,16 @@ def _t(name):
     return default_of(TrainConfig, name)
 
 
+def _speaks() -> bool:
+    """Whether this process prints errors: under torchrun every rank meets the same mistake, and rank 0 alone says
+    it (RANK unset: not under torchrun)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _fail(message: str, code: int):
-    sys.stderr.write(f"charrnn: error: {message}\n")
-    sys.stderr.flush()
+    if _speaks():
+        sys.stderr.write(f"charrnn: error: {message}\n")
+        sys.stderr.flush()
     raise typer.Exit(code)
 
 
@@ -92,7 +99,8 @@ def _run(fn):
     except KeyboardInterrupt:
         if _debug:
             raise
-        sys.stderr.write("charrnn: interrupted\n")
+        if _speaks():
+            sys.stderr.write("charrnn: interrupted\n")
         raise typer.Exit(EXIT_SIGINT)
 
 
@@ -169,6 +177,7 @@ def train(
     run_dir: Annotated[Optional[str], typer.Option(help="Where checkpoints and metrics go (default: checkpoints/NAME-TIME).", rich_help_panel="Run", show_default=False)] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the run in this directory or checkpoint file.", rich_help_panel="Run")] = None,
     allow_lr_change: Annotated[bool, typer.Option("--allow-lr-change", help="With --resume: accept a changed --lr, --min-lr-frac, --warmup-steps, --schedule-steps or --grad-clip.", rich_help_panel="Run")] = False,
+    no_memory_check: Annotated[bool, typer.Option("--no-memory-check", help="Train even when the model, its optimizer state and one batch look too big for the memory available (refused by default, with the estimate).", rich_help_panel="Run")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or messages; errors only.", rich_help_panel="Run")] = False,
     config: Annotated[Optional[str], typer.Option("--config", help="Read options from this TOML file (keys are the option names with underscores, e.g. hidden_size = 256); options on the command line win.", rich_help_panel="Config file")] = None,
     save_config: Annotated[Optional[str], typer.Option("--save-config", help="Write the effective configuration (defaults < --config file < options) to this TOML file and exit without training.", rich_help_panel="Config file")] = None,
@@ -180,7 +189,7 @@ def train(
     _setup_logging(quiet)
 
     def go():
-        from .configfile import apply_config, read_config, save_config as write_config
+        from .configfile import save_config as write_config, settle_configs
         from .corpora import resolve_corpus
         from .train import train as train_fn
 
@@ -195,17 +204,13 @@ def train(
             save_every=save_every, keep_last=keep_last, schedule_steps=schedule_steps, on_nonfinite=on_nonfinite,
             follow_links=follow_links,
         )
-        explicit = _explicit(ctx)
-        if config is not None:
-            file_values = read_config(config)
-            apply_config(model_config, train_config, file_values, explicit)
-            explicit |= set(file_values)  # chosen on purpose, like an option (matters when resuming)
+        # defaults < --config file < options, every number checked before anything is created or downloaded
+        explicit = settle_configs(model_config, train_config, config, _explicit(ctx))
         if save_config is not None:
-            model_config.validate()
-            train_config.validate()
             return write_config(save_config, model_config, train_config)
         return train_fn(resolve_corpus(corpus, sha256=sha256), model_config, train_config, run_dir=run_dir,
-                        resume=resume, explicit=explicit, progress=not quiet, allow_lr_change=allow_lr_change)
+                        resume=resume, explicit=explicit, progress=not quiet, allow_lr_change=allow_lr_change,
+                        memory_check=not no_memory_check)
 
     result = _run(go)
     if save_config is not None:

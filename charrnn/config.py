@@ -40,10 +40,8 @@ class ModelConfig:
     def validate(self) -> None:
         if self.cell not in CELLS:
             raise UsageError(f"--cell must be one of {', '.join(CELLS)}, not {self.cell!r}")
-        if self.hidden_size < 1:
-            raise UsageError(f"--hidden-size must be at least 1, not {self.hidden_size}")
-        if self.num_layers < 1:
-            raise UsageError(f"--num-layers must be at least 1, not {self.num_layers}")
+        check_field("hidden_size", self.hidden_size)  # its upper limit is the memory (charrnn.train checks that)
+        check_field("num_layers", self.num_layers)
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise UsageError(f"--dropout must be auto or in [0, 1), not {self.dropout}")
         parse_recurrent_init(self.recurrent_init)
@@ -129,36 +127,17 @@ class TrainConfig:
     # runs in which dtype
 
     def validate(self) -> None:
-        for name in ("val_frac", "test_frac"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise UsageError(f"--{_flag(name)} must be in [0, 1), not {value}")
+        # every number first: finite and in its range (FIELD_RANGES), one line naming the option
+        for f in dataclasses.fields(self):
+            if f.name in FIELD_RANGES and getattr(self, f.name) is not None:
+                check_field(f.name, getattr(self, f.name))
         if self.val_frac + self.test_frac >= 1.0:
             raise UsageError("--val-frac plus --test-frac must leave something to train on")
-        for name in ("batch_size", "seq_len", "eval_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{_flag(name)} must be at least 1, not {getattr(self, name)}")
-        if self.lr <= 0:
-            raise UsageError(f"--lr must be positive, not {self.lr}")
-        if self.grad_clip < 0:
-            raise UsageError(f"--grad-clip must be >= 0 (0 disables), not {self.grad_clip}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise UsageError(f"--max-steps must be at least 1, not {self.max_steps}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise UsageError(f"--epochs must be positive, not {self.epochs}")
-        if self.time_budget is not None and self.time_budget <= 0:
-            raise UsageError(f"--time-budget must be positive, not {self.time_budget}")
-        if self.warmup_steps < 0:
-            raise UsageError(f"--warmup-steps must be >= 0, not {self.warmup_steps}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise UsageError(f"--precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
         if self.kernel not in ("auto", "fused", "nn"):
             raise UsageError(f"--kernel must be auto, fused or nn, not {self.kernel!r}")
         self.save_interval()  # raises on a value it cannot read
-        if self.keep_last < 0:
-            raise UsageError(f"--keep-last must be >= 0, not {self.keep_last}")
-        if self.schedule_steps is not None and self.schedule_steps < 1:
-            raise UsageError(f"--schedule-steps must be at least 1, not {self.schedule_steps}")
         if self.on_nonfinite not in NONFINITE_POLICIES:
             raise UsageError(f"--on-nonfinite must be {' or '.join(NONFINITE_POLICIES)}, not {self.on_nonfinite!r}")
         if self.sample_every is not None and (isinstance(self.sample_every, bool) or self.sample_every < 0):
@@ -182,13 +161,84 @@ class TrainConfig:
             seconds = parse_duration(text)
         except UsageError:
             raise unreadable from None
-        if not seconds or seconds <= 0:
+        if not seconds or seconds <= 0 or not math.isfinite(seconds):
             raise UsageError(f"--save-every must be a positive time, not {value!r}")
         return None, seconds
 
 
 def _flag(name: str) -> str:
     return name.replace("_", "-")
+
+
+# The numeric fields' ranges: name -> (low, high, low_open, high_open, note); None leaves that side unbounded. Every
+# float must also be finite (nan and inf are refused whatever the range). `TrainConfig.validate`,
+# `ModelConfig.validate` and config files (configfile.py) check through `check_field`, before anything is created.
+MAX_LR = 10.0  # AdamW's step is about lr per weight: beyond this nothing trains
+MAX_EPOCHS = 1_000_000
+INT64 = (-(2**63), 2**63 - 1)
+FIELD_RANGES: dict[str, tuple] = {
+    "hidden_size": (1, None, False, False, ""),
+    "num_layers": (1, None, False, False, ""),
+    "val_frac": (0.0, 1.0, False, True, ""),
+    "test_frac": (0.0, 1.0, False, True, ""),
+    "batch_size": (1, None, False, False, ""),
+    "seq_len": (1, None, False, False, ""),
+    "lr": (0.0, MAX_LR, True, False, ""),
+    "min_lr_frac": (0.0, 1.0, False, False, ""),
+    "warmup_steps": (0, None, False, False, ""),
+    "weight_decay": (0.0, None, False, False, ""),
+    "beta1": (0.0, 1.0, False, True, ""),
+    "beta2": (0.0, 1.0, False, True, ""),
+    "grad_clip": (0.0, None, False, False, " (0 disables)"),
+    "max_steps": (1, None, False, False, ""),
+    "epochs": (0.0, float(MAX_EPOCHS), True, False, ""),
+    "time_budget": (0.0, None, True, False, " (seconds)"),
+    "eval_every": (1, None, False, False, ""),
+    "log_every": (1, None, False, False, ""),
+    "keep_last": (0, None, False, False, ""),
+    "schedule_steps": (1, None, False, False, ""),
+    "seed": (INT64[0], INT64[1], False, False, " (a 64-bit integer)"),
+}
+NO_OPTION = {"beta1", "beta2"}  # config-file keys without a command-line option
+
+
+def option_name(name: str) -> str:
+    """How a message names a field: its option (--lr), or the config key where there is no option (beta1)."""
+    return name if name in NO_OPTION else f"--{_flag(name)}"
+
+
+def check_field(name: str, value: Any, label: Optional[str] = None) -> None:
+    """UsageError unless `value` is a finite number in the range FIELD_RANGES gives `name`; `label` names it in the
+    message (default: its option)."""
+    low, high, low_open, high_open, note = FIELD_RANGES[name]
+    check_number(label or option_name(name), value, low, high, low_open, high_open, note)
+
+
+def check_number(label: str, value: Any, low=None, high=None, low_open: bool = False, high_open: bool = False,
+                 note: str = "") -> None:
+    """UsageError "LABEL must be in [low, high), not VALUE" unless value is a finite number in that range."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+        isinstance(value, int) or math.isfinite(value))  # an int may be past float's range: finite anyway
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise UsageError(f"{label} must be {_range_text(low, high, low_open, high_open)}{note}, not {value}")
+
+
+def _range_text(low, high, low_open: bool, high_open: bool) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{_num(low)}, {_num(high)}{')' if high_open else ']'}"
+    if low is None:
+        return f"a number {'<' if high_open else '<='} {_num(high)}"
+    if isinstance(low, int) and not low_open and low >= 1:
+        return f"at least {low}"
+    return f"{'' if isinstance(low, int) else 'a finite number '}{'>' if low_open else '>='} {_num(low)}"
+
+
+def _num(x) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def to_dict(config: Any) -> dict:
@@ -227,4 +277,4 @@ def parse_duration(text: str | float | int | None) -> Optional[float]:
 
 
 __all__ = ["ModelConfig", "TrainConfig", "CELLS", "parse_duration", "to_dict", "from_dict", "default_of", "field",
-           "auto_dropout", "parse_dropout", "parse_recurrent_init"]
+           "auto_dropout", "parse_dropout", "parse_recurrent_init", "check_field", "check_number", "FIELD_RANGES"]

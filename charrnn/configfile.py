@@ -1,8 +1,8 @@
 """Config files for `charrnn train`: `--config run.toml` reads one, `--save-config run.toml` writes one.
 
 A config file is flat TOML whose keys are ModelConfig and TrainConfig field names (`hidden_size = 256`,
-`time_budget = "5m"`, `beta2 = 0.95`). An unknown key or a value of the wrong type is a usage error (exit 2)
-naming the key. Precedence: dataclass defaults < the config file < options given on the command line.
+`time_budget = "5m"`, `beta2 = 0.95`). An unknown key, a value of the wrong type, or a number out of its range
+(nan, inf, `beta1 = 2.0`: config.FIELD_RANGES) is a usage error (exit 2) naming the key. Precedence: dataclass defaults < the config file < options given on the command line.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import typing
 from typing import Any
 
-from .config import ModelConfig, TrainConfig, parse_dropout, parse_duration
+from .config import FIELD_RANGES, ModelConfig, TrainConfig, check_field, parse_dropout, parse_duration
 from .errors import UsageError, unreadable
 
 NOT_IN_FILE = {"vocab_size"}  # comes from the corpus
@@ -56,7 +56,10 @@ def _coerce(key: str, value: Any, hint, path: str) -> Any:
     if key == "dropout" and isinstance(value, str):
         return parse_dropout(value)  # "auto"
     if base is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise UsageError(f"config file {path}: {key} is out of range: {value}") from None
     if base is bool and isinstance(value, bool):
         return value
     if base in (int, str) and isinstance(value, base) and not isinstance(value, bool):
@@ -80,6 +83,8 @@ def read_config(path: str) -> dict:
                 hint = " (sections are not supported: write the keys at the top level)"
             raise UsageError(f"config file {path}: unknown key {key!r}{hint}")
         values[key] = _coerce(key, value, keys[key][1], path)
+        if key in FIELD_RANGES and values[key] is not None:  # a number: finite and in range, naming the key
+            check_field(key, values[key], label=f"config file {path}: {key}")
     return values
 
 
@@ -93,6 +98,20 @@ def apply_config(model_config: ModelConfig, train_config: TrainConfig, values: d
         target = model_config if keys[key][0] is ModelConfig else train_config
         setattr(target, key, value)
     return model_config, train_config
+
+
+def settle_configs(model_config: ModelConfig, train_config: TrainConfig, path: Any, explicit: set) -> set:
+    """`charrnn train`'s configuration: the file at `path` (if any) over the defaults, the command line's options
+    (`explicit`) over the file, then every value checked (UsageError), before anything is created or downloaded.
+    Returns the names chosen on purpose (the options and the file's keys: they matter when resuming)."""
+    explicit = set(explicit)
+    if path is not None:
+        values = read_config(path)
+        apply_config(model_config, train_config, values, explicit)
+        explicit |= set(values)
+    model_config.validate()
+    train_config.validate()
+    return explicit
 
 
 def _toml_value(value: Any) -> str:
@@ -132,4 +151,4 @@ def save_config(path: str, model_config: ModelConfig, train_config: TrainConfig)
     return write_text(path, config_toml(model_config, train_config), "config file")
 
 
-__all__ = ["read_config", "apply_config", "config_toml", "save_config", "config_keys"]
+__all__ = ["read_config", "apply_config", "settle_configs", "config_toml", "save_config", "config_keys"]

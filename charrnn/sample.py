@@ -11,18 +11,28 @@ from typing import Callable, Iterator, Optional
 from .errors import DataError, UsageError
 
 
+# the temperatures that sample something: far below MIN the draw is the most likely character and the logits
+# overflow (inf - inf = nan); far above MAX every character is about equally likely (noise)
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.001, 10.0
+
+
 def check_sampling_options(length: int, temperature: float, top_k: Optional[int], top_p: Optional[float],
-                           num_samples: int) -> None:
+                           num_samples: int, seed: Optional[int] = None) -> None:
+    """Every number finite and in range (nan and inf refused), one UsageError line naming the option."""
+    from .config import INT64, check_number
+
     if length < 0:
         raise UsageError(f"--length must be >= 0, not {length}")
-    if not temperature > 0:
-        raise UsageError(f"--temperature must be > 0, not {temperature}")
+    check_number("--temperature", temperature, MIN_TEMPERATURE, MAX_TEMPERATURE,
+                 note=" (1 samples as trained; lower is more conservative)")
     if top_k is not None and top_k <= 0:
         raise UsageError(f"--top-k must be >= 1, not {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise UsageError(f"--top-p must be in (0, 1], not {top_p}")
+    if top_p is not None:
+        check_number("--top-p", top_p, 0.0, 1.0, low_open=True)
     if num_samples < 1:
         raise UsageError(f"--num-samples must be >= 1, not {num_samples}")
+    if seed is not None:
+        check_number("--seed", seed, *INT64, note=" (a 64-bit integer)")
 
 
 def check_prime(vocab, prime: str) -> None:
@@ -190,7 +200,7 @@ def sample(checkpoint: Optional[str] = None, length: int = 1000, temperature: fl
     """
     from .runtime import load_model
 
-    check_sampling_options(length, temperature, top_k, top_p, num_samples)
+    check_sampling_options(length, temperature, top_k, top_p, num_samples, seed)
     _, model, vocab = load_model(checkpoint)
     check_prime(vocab, prime)
     samples = [[prime] for _ in range(num_samples)]

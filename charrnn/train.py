@@ -40,6 +40,7 @@ def train(
     on_step: Optional[Callable[[dict], None]] = None,
     allow_lr_change: bool = False,
     hooks: Optional[TrainHooks] = None,
+    memory_check: bool = True,
 ) -> TrainResult:
     """Train a CharRNN on `corpus` (a file, a directory, '-' for stdin, None for the demo corpus).
 
@@ -47,7 +48,8 @@ def train(
     with the checkpoint except for the ones in RESUMABLE_CHANGES (and LR_CHANGES with `allow_lr_change`).
     `on_step`, if given, is called after every optimizer step with a dict (step, epoch, loss, lr). The configs
     passed in are not changed: what the run decides (vocabulary size, --dropout auto) is recorded in its
-    checkpoints.
+    checkpoints. `memory_check`: refuse a model and batch that will not fit in the memory available (UsageError).
+    A run that fails before its first checkpoint removes what it created (the run directory, if it made it).
     """
     from . import distributed
     from . import trainer as trainer_mod
@@ -71,7 +73,7 @@ def train(
     try:
         if text is None:  # under torchrun: one process per node reads (and downloads, encodes) the corpus first
             text = dist.first_on_each_node(lambda: _load_corpus(corpus, cfg, progress and dist.local_rank == 0))
-        run = _make_run(text, resumed, model_config, cfg, dist, device)
+        run = _make_run(text, resumed, model_config, cfg, dist, device, memory_check)
         run.progress, run.on_step = progress and dist.is_main, on_step
         if not dist.is_main:
             log.addFilter(_quiet_rank)  # one voice: rank 0 reports (removed again below)
@@ -79,7 +81,7 @@ def train(
         lock, failure = None, None
         if dist.is_main:
             try:
-                lock = _prepare_run_dir(run.run_dir, resumed)
+                lock = _prepare_run_dir(run.run_dir, resumed)  # remembers what it created, for _discard_unsaved
             except CharrnnError as exc:
                 failure = exc
         failure = dist.agree_on_failure(failure)  # rank 0's verdict, on every rank (also the barrier)
@@ -89,11 +91,14 @@ def train(
         if dist.is_main:  # every refusal is behind: say what was read
             log.info(text.summary())
         try:
-            result = trainer_mod.Trainer(run, hooks or trainer_mod.hooks).run()
+            result = _out_of_memory_as_error(lambda: trainer_mod.Trainer(run, hooks or trainer_mod.hooks).run())
             together = True
             return result
-        except (Interrupted, NonFiniteLossError, WriteError):
-            together = True  # decided on all-reduced values: every rank raises it at the same step
+        except BaseException as exc:
+            # decided on all-reduced values: every rank raises these at the same step
+            together = isinstance(exc, (Interrupted, NonFiniteLossError, WriteError))
+            if lock is not None:
+                _discard_unsaved(run.run_dir, lock, exc)
             raise
         finally:
             if lock is not None:
@@ -127,8 +132,10 @@ def _load_corpus(corpus: Optional[str], cfg: TrainConfig, progress: bool):
     return text
 
 
-def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: TrainConfig, dist, device):
-    """Splits, batcher, precision plan, stop rule and this rank's share of the streams; refuses what cannot run."""
+def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: TrainConfig, dist, device,
+              memory_check: bool = True):
+    """Splits, batcher, precision plan, stop rule and this rank's share of the streams; refuses what cannot run
+    (with `memory_check`, a model and batch that will not fit in memory)."""
     from .data import StreamBatcher, split_ids
     from .precision import plan_for
     from .resume import check_corpus
@@ -138,6 +145,15 @@ def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: Tra
     if resumed is not None:
         check_corpus(resumed, text, text.vocab)
     model_config.vocab_size = len(text.vocab)
+    if memory_check:  # rank 0's verdict on every rank, so no rank is left waiting for one that refused
+        failure = None
+        try:
+            check_memory(model_config, cfg, device, dist.world)
+        except UsageError as exc:
+            failure = exc
+        failure = dist.agree_on_failure(failure)
+        if failure is not None:
+            raise failure
     splits = split_ids(text.ids, cfg.val_frac, cfg.test_frac)
     batcher = StreamBatcher(splits.train, cfg.batch_size, cfg.seq_len)
     if cfg.val_frac > 0 and len(splits.val) < cfg.seq_len + 1:
@@ -158,6 +174,165 @@ def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: Tra
                resumed=resumed)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# memory: refuse up front what cannot fit (a huge --hidden-size used to take all memory and be OOM-killed)
+
+GB = 10**9
+
+
+def memory_needed(model_config: ModelConfig, cfg: TrainConfig, streams: int) -> tuple[int, int]:
+    """(bytes, parameters) one training step needs, roughly: fp32 weights, gradients and AdamW's two moments
+    (16 bytes a parameter), the activations kept for backward (L x T x B x H x 4 bytes, times 4 per gate set: the
+    cell's outputs, pre-activations, dropout and gradients), and the logits with their softmax and gradient.
+    Python integers, so no size overflows."""
+    V, H, L = max(1, model_config.vocab_size), model_config.hidden_size, model_config.num_layers
+    T = cfg.seq_len
+    gates = {"gru": 3, "lstm": 4}.get(model_config.cell, 1)
+    if model_config.cell == "tanh":
+        core = (2 * L - 1) * H * H + L * H  # W_hh per layer, W_xh for layers 2..L, biases
+    else:
+        core = L * gates * (2 * H * H + 2 * H)  # torch's GRU/LSTM: input and hidden weights and biases per gate
+    parameters = V * H + core + H * V + V  # embedding (layer 1's input weights), core, head
+    activations = L * T * streams * H * 4 * 4 * gates + T * streams * H * 4
+    logits = T * streams * V * 4 * 3
+    return parameters * 4 * (1 + 1 + 2) + activations + logits, parameters
+
+
+def memory_available(device) -> Optional[int]:
+    """Bytes free for this run: a CUDA device's free memory, or on CPU MemAvailable (within a cgroup's limit);
+    None where unknown (MPS)."""
+    if device.type == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    for limit_path, usage_path in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit_path) as f, open(usage_path) as g:
+                limit, usage = f.read().strip(), int(g.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 2**60:  # "max" or a huge number: no limit
+            available = min(available, max(0, int(limit) - usage))
+    return available
+
+
+def check_memory(model_config: ModelConfig, cfg: TrainConfig, device, world: int = 1) -> None:
+    """UsageError (exit 2) when the model, its optimizer state and one batch need more memory than is available.
+    Under torchrun each process holds its own copy: on CPU the node's processes share its memory."""
+    available = memory_available(device)
+    if available is None:
+        return
+    streams = max(1, cfg.batch_size // max(1, world))
+    needed, parameters = memory_needed(model_config, cfg, streams)
+    sharing = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" and world > 1 else 1
+    if needed * sharing <= available:
+        return
+    where = "this machine has" if device.type == "cpu" else f"{device} has"
+    each = f" ({sharing} processes, each)" if sharing > 1 else ""
+    raise UsageError(
+        f"--hidden-size {model_config.hidden_size} with --num-layers {model_config.num_layers}, --batch-size "
+        f"{cfg.batch_size} and --seq-len {cfg.seq_len} needs about {_size(needed)}{each} to train "
+        f"({_count(parameters)} parameters); {where} {_size(available)} available (--no-memory-check to try anyway)"
+    )
+
+
+def _size(n: int) -> str:
+    if n < GB // 10:
+        return f"{n / 10**6:.0f} MB"
+    if n < 10**6 * GB:
+        return f"{n / GB:,.1f} GB"
+    from decimal import Decimal
+
+    return f"{Decimal(n) / GB:.2e} GB"
+
+
+def _count(n: int) -> str:
+    if n < 10**15:
+        return f"{n:,}"
+    from decimal import Decimal
+
+    return f"{Decimal(n):.2e}"
+
+
+def _out_of_memory_as_error(fn):
+    """fn(), with running out of memory (a size past --no-memory-check, or memory taken meanwhile) as one line."""
+    try:
+        return fn()
+    except (MemoryError, RuntimeError) as exc:
+        import torch
+
+        oom_types = (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
+        oom = isinstance(exc, oom_types) or "can't allocate memory" in str(exc)
+        if not oom:
+            raise
+        first = (str(exc).strip().splitlines() or ["MemoryError"])[0][:200]
+        raise CharrnnError(f"out of memory: {first} (lower --hidden-size, --num-layers or --batch-size)") from exc
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# a run that fails before its first checkpoint leaves nothing behind
+
+
+def _discard_unsaved(run_dir: str, lock: "ckpt_io.RunLock", exc: BaseException) -> None:
+    """After a failure: if the run saved no checkpoint, remove what it created (the run directory if it made it;
+    else only its own files: lock, metrics.jsonl, samples.txt) and say so in the error's message (or a log line
+    for an exception without one, e.g. Ctrl-C)."""
+    if os.path.exists(os.path.join(run_dir, ckpt_io.LATEST)):
+        return  # a resumed run, or one that saved: everything stays
+    removed = []
+    try:
+        if lock.made is not None:
+            import shutil
+
+            shutil.rmtree(run_dir)
+            parent = os.path.dirname(os.path.abspath(run_dir))
+            while len(parent) >= len(lock.made):  # the parents made for it too (e.g. checkpoints/), if left empty
+                try:
+                    os.rmdir(parent)
+                except OSError:
+                    break
+                parent = os.path.dirname(parent)
+            what = f"removed the run directory {run_dir}"
+        else:
+            from .metrics import METRICS
+
+            for name in ("lock", METRICS, "samples.txt"):
+                path = os.path.join(run_dir, name)
+                if name not in lock.had and os.path.isfile(path):
+                    os.unlink(path)
+                    removed.append(name)
+            ckpt_io.remove_stale_temps(run_dir)
+            if not removed:
+                return
+            what = f"removed this run's {', '.join(removed)} from {run_dir}"
+    except OSError as err:
+        log.warning(f"could not clean up {run_dir} after the failure: {err.strerror or err}")
+        return
+    if isinstance(exc, CharrnnError) and exc.message:
+        said = "no checkpoint was saved" in exc.message  # the non-finite loss message says so already
+        exc.message = f"{exc.message}; {what}" if said else f"{exc.message}; nothing was saved, so {what}"
+        exc.args = (exc.message,)
+    else:
+        log.warning(f"nothing was saved: {what}")
+
+
 def _quiet_rank(record: logging.LogRecord) -> bool:
     """A filter for ranks other than 0: warnings and errors only (the logger's own level stays the user's)."""
     return record.levelno >= logging.WARNING
@@ -173,15 +348,30 @@ def default_run_dir(source: str, base: Optional[str] = None) -> str:
     return os.path.join(base, f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
+def _first_missing(path: str) -> Optional[str]:
+    """The topmost directory on the way to `path` that does not exist yet (absolute), or None if path exists."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        return None
+    while not os.path.exists(os.path.dirname(path)) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
 def _prepare_run_dir(run_dir: str, resumed: Optional[dict]) -> "ckpt_io.RunLock":
-    """Create the run directory, check it is writable, lock it, and clean up after a killed run."""
+    """Create the run directory, check it is writable, lock it, and clean up after a killed run. The lock records
+    the directories this run made (`made`: the topmost, or None) and what was in it before (`had`), for
+    _discard_unsaved."""
+    made = _first_missing(run_dir)
     try:
         os.makedirs(run_dir, exist_ok=True)
     except OSError as exc:
         raise CannotCreateError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise CannotCreateError(f"run directory {run_dir} is not writable")
+    had = set() if made else set(os.listdir(run_dir))
     lock = ckpt_io.RunLock(run_dir).acquire()
+    lock.made, lock.had = made, had
     same_run = resumed is not None and os.path.realpath(run_dir) == os.path.realpath(os.path.dirname(resumed["path"]))
     if not same_run and os.path.exists(os.path.join(run_dir, ckpt_io.LATEST)):
         lock.release()

@@ -386,8 +386,9 @@ def test_skip_policy_still_stops_a_diverged_run(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in err, err
     assert err.count("skipped the step") == 0  # --quiet: errors only
     assert err.splitlines()[-1] == (
-        "charrnn: error: non-finite loss at step 11 (11 steps in a row); no checkpoint was saved")
-    assert not (tmp_path / "run" / "latest.pt").exists()
+        "charrnn: error: non-finite loss at step 11 (11 steps in a row); no checkpoint was saved; removed the run "
+        f"directory {tmp_path / 'run'}")
+    assert not (tmp_path / "run").exists()  # nothing was saved: the run leaves nothing behind
 
 
 # ----------------------------------------------------------------------------------------------------------------
