@@ -115,9 +115,20 @@ def _corpus_source(corpus: Optional[str], resumed: Optional[dict]) -> Optional[s
         corpus = resumed["corpus"]["source"]
         if corpus == "-":
             raise UsageError("this run was trained on standard input: pass the corpus again (`-`) to resume it")
+        if _is_fifo(corpus):  # reading it again would wait for a writer that is long gone
+            raise UsageError(f"this run was trained on {corpus} (a FIFO): pass the corpus again to resume it")
     if corpus is None or corpus == DEMO_SOURCE:
         log.info("no corpus given: training on the built-in demo corpus (Python standard library source)")
     return corpus
+
+
+def _is_fifo(path: str) -> bool:
+    import stat
+
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _load_corpus(corpus: Optional[str], cfg: TrainConfig, progress: bool):

@@ -183,6 +183,9 @@ def test_eval_without_file_on_a_run_trained_from_stdin_or_a_fifo_refuses_at_once
             assert_one_line_error(proc, 2, f"trained on {what}", "pass the text file to score as FILE")
     # with FILE it scores as usual
     assert json.loads(run_cli("eval", tmp_path / "fifo-run", tmp_path / "corpus.txt", "--json", check=0).stdout)
+    # resuming without the corpus would wait on the FIFO as well: refused, one line
+    proc = run_cli("train", "--resume", tmp_path / "fifo-run", "--max-steps", "2", timeout=60)
+    assert_one_line_error(proc, 2, f"trained on {fifo} (a FIFO)", "pass the corpus again")
 
 
 # ----------------------------------------------------------------------------------------------------------------
