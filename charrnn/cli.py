@@ -224,7 +224,7 @@ def sample(
     checkpoint: Annotated[Optional[str], typer.Argument(
         help="Checkpoint file or run directory (default: the newest run under checkpoints/).", show_default=False)] = None,
     length: Annotated[int, typer.Option("--length", "-n", help="Characters to generate after the prime.")] = 1000,
-    temperature: Annotated[float, typer.Option("--temperature", "-t", help="Softmax temperature (> 0): lower is more conservative.")] = 1.0,
+    temperature: Annotated[float, typer.Option("--temperature", "-t", help="Softmax temperature, 0.001 to 10: lower is more conservative.")] = 1.0,
     top_k: Annotated[Optional[int], typer.Option(help="Sample only from the k most likely characters.")] = None,
     top_p: Annotated[Optional[float], typer.Option(help="Sample only from the smallest set of characters whose probability reaches p.")] = None,
     prime: Annotated[str, typer.Option(help="Text to start from (printed first).")] = "",
