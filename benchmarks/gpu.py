@@ -145,14 +145,12 @@ def sampling_speed(tmp: str, corpus: str) -> dict:
                    cwd=ROOT, check=True)
     out = {}
     for n in (1, 16):
-        t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-c",
                                "import sys,time; from charrnn.sample import sample; t=time.perf_counter();"
                                f"sample({run!r}, length=4000, num_samples={n}, seed=1);"
                                "print(time.perf_counter()-t)"], cwd=ROOT, capture_output=True, text=True)
         seconds = float(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else float("nan")
         out[f"streams_{n}"] = round(4000 * n / seconds) if seconds == seconds else proc.stderr[-300:]
-        del t0
     return out
 
 

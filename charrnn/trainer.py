@@ -204,13 +204,14 @@ class Trainer:
         import torch
 
         from .model import CharRNN
+        from .precision import torch_dtype
 
         torch.manual_seed(self.cfg.seed)
         self.model = CharRNN(self.run_.model_config, kernel=self.run_.plan.kernel).to(self.device)
         self.dist.broadcast_parameters(self.model)  # rank 0's weights everywhere (equal seeds need not suffice)
         self.model.use_precision(self.run_.plan)
         log.info(f"precision: {self.run_.plan.describe()}")
-        self.autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.run_.plan.autocast)
+        self.autocast = torch_dtype(self.run_.plan.autocast)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.run_.plan.grad_scaler else None
         self.optimizer = make_optimizer(self.model, self.cfg.lr, (self.cfg.beta1, self.cfg.beta2),
                                         self.cfg.weight_decay)
