@@ -12,18 +12,23 @@ Importing charrnn does not import torch; the functions below load it when first 
 
 from __future__ import annotations
 
+import importlib
+import sys
+import types
+
 from .config import ModelConfig, TrainConfig
 from .errors import CharrnnError
 
-# These modules import torch only inside their functions. Importing the functions here (rather than lazily) keeps
-# `charrnn.train` the function even after `charrnn.train` the module has been imported.
-from .evaluate import evaluate
-from .sample import generate, sample
-from .train import TrainResult, train
-
 __version__ = "0.1.0"
 
+# name -> (module, attribute), imported on first use so that `import charrnn` (and `charrnn --help`) loads neither
+# torch, numpy nor the training code
 _LAZY = {
+    "train": ("train", "train"),
+    "TrainResult": ("trainer", "TrainResult"),
+    "sample": ("sample", "sample"),
+    "generate": ("sample", "generate"),
+    "evaluate": ("evaluate", "evaluate"),
     "CharRNN": ("model", "CharRNN"),
     "Vocab": ("data", "Vocab"),
     "load_checkpoint": ("checkpoint", "load_checkpoint"),
@@ -35,14 +40,23 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+class _Api:
+    """`charrnn.NAME` is the API object even where a submodule has the same name (train, sample, evaluate): the
+    import system records each imported submodule as an attribute of this package, and this descriptor takes
+    that assignment without letting it replace the function."""
 
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(f".{module}", __name__), attr)
-    raise AttributeError(f"module 'charrnn' has no attribute {name!r}")
+    def __init__(self, module: str, attr: str):
+        self.module, self.attr = module, attr
+
+    def __get__(self, package, owner=None):
+        return getattr(importlib.import_module(f".{self.module}", __name__), self.attr)
+
+    def __set__(self, package, value):
+        if not isinstance(value, types.ModuleType):
+            raise AttributeError(f"charrnn.{self.attr} is read-only")
 
 
-__all__ = ["ModelConfig", "TrainConfig", "CharrnnError", "__version__", "train", "TrainResult", "sample",
-           "generate", "evaluate", *_LAZY]
+sys.modules[__name__].__class__ = type("_Package", (types.ModuleType,),
+                                      {name: _Api(*where) for name, where in _LAZY.items()})
+
+__all__ = ["ModelConfig", "TrainConfig", "CharrnnError", "__version__", *_LAZY]

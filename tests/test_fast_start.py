@@ -1,4 +1,4 @@
-"""`charrnn --help` and `charrnn sample --help` never import torch (it costs seconds)."""
+"""`charrnn --help` and the commands' --help never import torch (it costs seconds), numpy or the training code."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ try:
     charrnn.cli.app(args=sys.argv[1:], prog_name="charrnn")
 except SystemExit as exc:
     assert exc.code in (0, None), exc.code
-assert "torch" not in sys.modules, "torch was imported"
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "numpy")
+               or m in ("charrnn.train", "charrnn.trainer", "charrnn.data", "charrnn.model"))
+assert not heavy, f"imported: {heavy[:5]}"
 print("ok")
 """
 
@@ -27,3 +29,17 @@ def test_help_does_not_import_torch(args):
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("ok") and "Usage" in proc.stdout
+
+
+def test_package_names_stay_the_api_after_their_modules_are_imported():
+    """`import charrnn` is light, and charrnn.train / .sample / .evaluate are the functions even once the
+    submodules of the same names have been imported (the import system records them on the package)."""
+    code = ("import sys, charrnn; assert 'charrnn.train' not in sys.modules and 'numpy' not in sys.modules\n"
+            "import charrnn.train, charrnn.sample, charrnn.evaluate, charrnn.trainer\n"
+            "assert callable(charrnn.train) and charrnn.train.__module__ == 'charrnn.train'\n"
+            "assert charrnn.sample.__name__ == 'sample' and charrnn.evaluate.__name__ == 'evaluate'\n"
+            "assert charrnn.TrainResult is charrnn.trainer.TrainResult\n"
+            "from charrnn import train, generate; assert train is charrnn.train\n"
+            "print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
