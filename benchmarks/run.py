@@ -2,6 +2,12 @@
 
     python benchmarks/run.py            # full run (about 10 minutes on 2 cores, plus the 1 GB corpus)
     python benchmarks/run.py --quick    # fewer rounds, a 64 MB corpus
+    python benchmarks/run.py --precision fp32   # the fp32 route on any CPU (what a CPU without bf16 runs)
+
+Each training and sampling row carries the machine's sgemm peak (the best 2048^3 fp32 GEMM rate measured at
+several points of the same run: a shared VM's peak moves from minute to minute), the fraction of it reached, and
+the route that ran. Contenders the hardware cannot run natively (bf16 autocast on a CPU without bf16
+instructions, where torch emulates it hundreds of times slower) are skipped and marked so.
 
 Training speeds are medians of charrnn and stock nn.RNN runs interleaved in one process (A B A B ...), so that
 load from other processes hits both alike; the load average is recorded with the results.
@@ -31,33 +37,89 @@ from bench_train import StockRNN, compare, make_charrnn, sgemm_peak, useful_flop
 V = 65  # tiny-shakespeare's vocabulary
 
 
-def bench_training(quick: bool, peak: float) -> list[dict]:
+class Peak:
+    """The machine's sgemm peak: the best of measurements spread through the run."""
+
+    def __init__(self):
+        self.samples: list[float] = []
+
+    def measure(self) -> float:
+        self.samples.append(sgemm_peak() / 1e9)
+        return self.samples[-1]
+
+    @property
+    def best(self) -> float:
+        return max(self.samples)
+
+
+def pipeline_workers(model) -> int:
+    """The layer pipeline's threads for this model on CPU (1: serial, on torch's intra-op threads)."""
+    from charrnn.fused import choose_workers
+
+    return choose_workers("cpu", model.config.num_layers, model.config.hidden_size)
+
+
+def route(model) -> str:
+    """Which code path trains this model: the kernel, the products' dtype and the CPU threads of the pipeline."""
+    plan = model.plan
+    if plan.kernel != "fused":
+        return f"torch kernel, {plan.core}"
+    workers = pipeline_workers(model)
+    how = f"{workers}-thread layer pipeline" if workers > 1 else "serial"
+    return f"fused {plan.fused_dtype or 'fp32'}, {how}"
+
+
+def per_step_product_gflops(B: int, H: int, workers: int = 1, rounds: int = 2000) -> float:
+    """The recurrence's per-step product (B x H by H x H) alone, in a bare loop: the work no BPTT can batch over
+    time. workers > 1 (the layer pipeline: each layer on its own core): the one-thread rate times workers."""
+    a, w, out = torch.randn(B, H), torch.randn(H, H), torch.empty(B, H)
+    threads = torch.get_num_threads()
+    if workers > 1:
+        torch.set_num_threads(1)
+    try:
+        for _ in range(50):
+            torch.mm(a, w, out=out)
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            torch.mm(a, w, out=out)
+        return workers * 2.0 * B * H * H * rounds / (time.perf_counter() - t0) / 1e9
+    finally:
+        torch.set_num_threads(threads)
+
+
+def bench_training(quick: bool, peak: Peak, precision: str) -> list[dict]:
+    from charrnn.precision import cpu_supports_bf16
+
+    native_bf16 = cpu_supports_bf16()
     rows = []
     for L, H in ((2, 128), (2, 512), (3, 1024)):
         torch.manual_seed(0)
-        # "charrnn" is what `charrnn train` runs by default on this machine (--precision auto: bf16 products on a
+        # "charrnn" is what `charrnn train --precision PRECISION` runs on this machine (auto: bf16 products on a
         # CPU with bf16 instructions at H >= 256); the fp32 kernel and stock nn.RNN under bf16 autocast are shown
-        # beside it, so that the gain from the kernel and the gain from bf16 can be told apart
-        contenders = {"charrnn": make_charrnn(V, H, L)}
+        # beside it where they differ and run natively, so the gain from the kernel and from bf16 can be told apart
+        contenders = {"charrnn": make_charrnn(V, H, L, precision=precision)}
         if contenders["charrnn"].compute_dtype is not None:
             contenders["charrnn fp32"] = make_charrnn(V, H, L, precision="fp32")
         contenders["nn.RNN"] = StockRNN(V, H, L)
-        contenders["nn.RNN bf16"] = StockRNN(V, H, L, autocast=True)
+        if native_bf16:
+            contenders["nn.RNN bf16"] = StockRNN(V, H, L, autocast=True)
         med, raw, steps = compare(H, L, V=V, rounds=3 if quick else 7, round_seconds=1.0 if quick else 2.5,
                                   contenders=contenders)
+        peak.measure()
         flops = med["charrnn"] * useful_flops_per_char(H, L, V)
+        product = per_step_product_gflops(64, H, pipeline_workers(contenders["charrnn"]))
         rows.append({
-            "model": f"{L}x{H}", "B": 64, "T": 128, "steps_per_round": steps,
+            "model": f"{L}x{H}", "B": 64, "T": 128, "steps_per_round": steps, "route": route(contenders["charrnn"]),
             "charrnn_precision": "bf16" if contenders["charrnn"].compute_dtype is not None else "fp32",
             "charrnn_chars_per_s": med["charrnn"],
             "charrnn_fp32_chars_per_s": med.get("charrnn fp32", med["charrnn"]),
-            "nn_rnn_chars_per_s": med["nn.RNN"], "nn_rnn_bf16_autocast_chars_per_s": med["nn.RNN bf16"],
-            "ratio": med["charrnn"] / med["nn.RNN"], "ratio_vs_nn_rnn_bf16": med["charrnn"] / med["nn.RNN bf16"],
-            "charrnn_gflops": flops / 1e9, "fraction_of_sgemm_peak": flops / peak, "rounds": raw,
-            "loadavg": os.getloadavg(),
+            "nn_rnn_chars_per_s": med["nn.RNN"], "nn_rnn_bf16_autocast_chars_per_s": med.get("nn.RNN bf16"),
+            "ratio": med["charrnn"] / med["nn.RNN"], "charrnn_gflops": flops / 1e9,
+            "per_step_product_gflops": product, "rounds": raw, "loadavg": os.getloadavg(),
         })
-        print(f"  train {L}x{H}: " + "  ".join(f"{k} {v:,.0f}" for k, v in med.items()) + " chars/s  "
-              f"({rows[-1]['ratio']:.2f}x stock, {rows[-1]['fraction_of_sgemm_peak']:.2f} of sgemm peak)", flush=True)
+        print(f"  train {L}x{H} ({rows[-1]['route']}): " + "  ".join(f"{k} {v:,.0f}" for k, v in med.items())
+              + f" chars/s ({rows[-1]['ratio']:.2f}x stock, {flops / 1e9:.0f} GFLOP/s; the 64x{H}x{H} product "
+              f"alone {product:.0f} GFLOP/s; sgemm now {peak.samples[-1]:.0f})", flush=True)
     return rows
 
 
@@ -69,12 +131,15 @@ def _model(H, L):
     return CharRNN(ModelConfig(vocab_size=V, hidden_size=H, num_layers=L)).eval()
 
 
-def bench_sampling(quick: bool) -> dict:
+def bench_sampling(quick: bool, peak: Peak) -> dict:
     from charrnn.data import Vocab
     from charrnn.sample import generate
 
-    model = _model(512, 2)
+    H, L = 512, 2
+    model = _model(H, L)
     vocab = Vocab("".join(chr(32 + i) for i in range(V - 1)) + "\n")
+    flops_per_char = 2.0 * ((2 * L - 1) * H * H + H * V)  # forward products only
+    weight_bytes = 4.0 * ((2 * L - 1) * H * H + H * V)  # fp32 weights read once per step
     out = {}
     for streams in (1, 16):
         length = 2000 if quick else 5000
@@ -84,8 +149,16 @@ def bench_sampling(quick: bool) -> dict:
             for _chars in generate(model, vocab, length, seed=1, num_samples=streams):
                 pass
             rates.append(length * streams / (time.perf_counter() - t0))
-        out[f"{streams}_streams_chars_per_s"] = statistics.median(rates)
-        print(f"  sample 2x512, {streams} stream(s): {out[f'{streams}_streams_chars_per_s']:,.0f} chars/s", flush=True)
+        rate = statistics.median(rates)
+        peak.measure()
+        out[f"{streams}_streams"] = {
+            "chars_per_s": rate, "gflops": rate * flops_per_char / 1e9,
+            "weights_gb_per_s": rate / streams * weight_bytes / 1e9,
+            "product_alone_gflops": per_step_product_gflops(streams, H),
+            "route": "numpy (single-threaded BLAS gemv)" if streams == 1 else "torch, one product per layer for all streams",
+        }
+        print(f"  sample 2x512, {streams} stream(s): {rate:,.0f} chars/s, {out[f'{streams}_streams']['gflops']:.1f} "
+              f"GFLOP/s, weights read at {out[f'{streams}_streams']['weights_gb_per_s']:.1f} GB/s", flush=True)
     return out
 
 
@@ -160,18 +233,42 @@ def bench_corpus(size_mb: int) -> dict:
     return out
 
 
+MINIMAL_TYPER = """
+import typer
+app = typer.Typer(rich_markup_mode="rich", help="A minimal Typer app with rich help, for comparison.")
+@app.command()
+def train(corpus: str, steps: int = typer.Option(100, help="Steps.")):
+    \"\"\"Train.\"\"\"
+@app.command()
+def sample(length: int = typer.Option(500, help="Characters.")):
+    \"\"\"Sample.\"\"\"
+app()
+"""
+
+
 def bench_help() -> dict:
-    out = {}
-    for args in (["--help"], ["sample", "--help"]):
-        times = []
-        for _ in range(5):
+    """Wall time of `charrnn --help` and the commands' --help, against a minimal Typer app with rich help (the
+    floor for any Typer CLI), interleaved, medians of 7."""
+    commands = {"minimal Typer app --help": [sys.executable, "-c", MINIMAL_TYPER, "--help"],
+                "minimal Typer app sample --help": [sys.executable, "-c", MINIMAL_TYPER, "sample", "--help"]}
+    for args in (["--help"], ["sample", "--help"], ["eval", "--help"], ["train", "--help"]):
+        commands["charrnn " + " ".join(args)] = [sys.executable, "-m", "charrnn", *args]
+    times = {name: [] for name in commands}
+    env = dict(os.environ, PYTHONPATH=ROOT, COLUMNS="100")
+    for _ in range(7):
+        for name, cmd in commands.items():
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "charrnn", *args], capture_output=True, check=True,
-                           env=dict(os.environ, PYTHONPATH=ROOT))
-            times.append(time.perf_counter() - t0)
-        out[" ".join(args)] = statistics.median(times)
-        print(f"  charrnn {' '.join(args)}: {out[' '.join(args)]:.3f} s", flush=True)
+            subprocess.run(cmd, capture_output=True, check=True, env=env)
+            times[name].append(time.perf_counter() - t0)
+    out = {name: statistics.median(t) for name, t in times.items()}
+    for name, t in out.items():
+        print(f"  {name}: {t:.3f} s ({t / out[help_baseline(name)]:.2f}x the minimal app's)", flush=True)
     return out
+
+
+def help_baseline(name: str) -> str:
+    """The minimal app's help at the same level: top-level help (`charrnn --help`) or a command's."""
+    return "minimal Typer app " + ("--help" if name.split()[-2] in ("charrnn", "app") else "sample --help")
 
 
 def machine() -> dict:
@@ -186,29 +283,33 @@ def machine() -> dict:
 
 
 def main() -> None:
+    from charrnn.precision import cpu_supports_bf16
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer rounds and a 64 MB corpus")
     ap.add_argument("--corpus-mb", type=int, default=None, help="size of the generated corpus (default 1024)")
     ap.add_argument("--only", default="train,sample,eval,corpus,help", help="comma-separated parts to run")
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32"),
+                    help="charrnn's --precision for the training rows (fp32: the route of a CPU without bf16)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="directory for the JSON")
     args = ap.parse_args()
     parts = set(args.only.split(","))
-    result = {"machine": machine(), "loadavg_start": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    print(f"machine: {result['machine']}  load average {result['loadavg_start']}", flush=True)
+    result = {"machine": machine(), "loadavg_start": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "precision": args.precision, "native_bf16": cpu_supports_bf16()}
+    print(f"machine: {result['machine']}  native bf16: {result['native_bf16']}  load average "
+          f"{result['loadavg_start']}", flush=True)
+    peak = Peak()
+    if parts & {"train", "sample"}:
+        print(f"  sgemm 2048^3: {peak.measure():.1f} GFLOP/s", flush=True)
+        if result["native_bf16"]:
+            result["bf16_gemm_peak_gflops"] = sgemm_peak(dtype=torch.bfloat16) / 1e9
     if "train" in parts:
-        result["sgemm_peak_gflops"] = sgemm_peak() / 1e9
-        result["bf16_gemm_peak_gflops"] = sgemm_peak(dtype=torch.bfloat16) / 1e9
-        print(f"  sgemm 2048^3: {result['sgemm_peak_gflops']:.1f} GFLOP/s; bf16 GEMM 2048^3: "
-              f"{result['bf16_gemm_peak_gflops']:.1f} GFLOP/s", flush=True)
-        result["train"] = bench_training(args.quick, result["sgemm_peak_gflops"] * 1e9)
-        result["sgemm_peak_gflops_after"] = sgemm_peak() / 1e9
-        # the peak is the best the machine showed: on a shared VM one measurement can land in a slow moment
-        peak = max(result["sgemm_peak_gflops"], result["sgemm_peak_gflops_after"])
-        for row in result["train"]:
-            row["fraction_of_sgemm_peak"] = row["charrnn_gflops"] / peak
-            row["fraction_of_bf16_gemm_peak"] = row["charrnn_gflops"] / result["bf16_gemm_peak_gflops"]
+        result["train"] = bench_training(args.quick, peak, args.precision)
     if "sample" in parts:
-        result["sample"] = bench_sampling(args.quick)
+        result["sample"] = bench_sampling(args.quick, peak)
+    if peak.samples:
+        print(f"  sgemm 2048^3: {peak.measure():.1f} GFLOP/s", flush=True)
+        result["sgemm_gflops_samples"], result["sgemm_peak_gflops"] = peak.samples, peak.best
     if "eval" in parts:
         result["eval"] = bench_eval(args.quick)
     if "corpus" in parts:
@@ -226,33 +327,41 @@ def main() -> None:
 
 
 def table(r: dict) -> str:
-    lines = ["| what | charrnn | stock nn.RNN | ratio | charrnn useful GFLOP/s (of the higher sgemm peak) "
-             "| charrnn fp32 kernel | stock nn.RNN, bf16 autocast |", "|---|---|---|---|---|---|---|"]
+    peak = r.get("sgemm_peak_gflops")
+    lines = ["| what | route | charrnn | stock nn.RNN | ratio | sgemm peak (GFLOP/s) | useful GFLOP/s (fraction of "
+             "peak) | bound: the per-step product alone (fraction of peak) | stock nn.RNN, bf16 autocast |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in r.get("train", []):
-        lines.append(f"| train {row['model']} B64 T128 (chars/s) | {row['charrnn_chars_per_s']:,.0f} "
-                     f"({row['charrnn_precision']}) | {row['nn_rnn_chars_per_s']:,.0f} | {row['ratio']:.2f}x | "
-                     f"{row['charrnn_gflops']:.1f} ({row['fraction_of_sgemm_peak']:.2f}; of bf16 peak "
-                     f"{row['fraction_of_bf16_gemm_peak']:.2f}) | "
-                     f"{row['charrnn_fp32_chars_per_s']:,.0f} | {row['nn_rnn_bf16_autocast_chars_per_s']:,.0f} |")
-    if "sample" in r:
-        for k, v in r["sample"].items():
-            lines.append(f"| sample 2x512, {k.split('_')[0]} stream(s) (chars/s) | {v:,.0f} | | | |")
-    if "eval" in r:
-        for k, v in r["eval"].items():
-            lines.append(f"| eval 2x512, {k.split('_')[1]} stream(s) (chars/s) | {v:,.0f} | | | |")
+        stock_bf16 = row.get("nn_rnn_bf16_autocast_chars_per_s")
+        lines.append(f"| train {row['model']} B64 T128 (chars/s) | {row['route']} | {row['charrnn_chars_per_s']:,.0f} "
+                     f"| {row['nn_rnn_chars_per_s']:,.0f} | {row['ratio']:.2f}x | {peak:.0f} | "
+                     f"{row['charrnn_gflops']:.1f} ({row['charrnn_gflops'] / peak:.2f}) | "
+                     f"{row['per_step_product_gflops']:.0f} ({row['per_step_product_gflops'] / peak:.2f}) | "
+                     + (f"{stock_bf16:,.0f} |" if stock_bf16 else "skipped: no native bf16 (emulated) |"))
+    for streams, row in r.get("sample", {}).items():
+        n = streams.split("_")[0]
+        lines.append(f"| sample 2x512, {n} stream(s) (chars/s, all streams) | {row['route']} | "
+                     f"{row['chars_per_s']:,.0f} | | | {peak:.0f} | {row['gflops']:.1f} ({row['gflops'] / peak:.2f}); "
+                     f"weights read at {row['weights_gb_per_s']:.1f} GB/s | {row['product_alone_gflops']:.0f} "
+                     f"({row['product_alone_gflops'] / peak:.2f}) | |")
+    for k, v in r.get("eval", {}).items():
+        lines.append(f"| eval 2x512, {k.split('_')[1]} stream(s) (chars/s) | | {v:,.0f} | | | | | | |")
     if "corpus" in r:
         c = r["corpus"]
-        lines.append(f"| encode {c['corpus_mb']:.0f} MB corpus | {c['encode_mb_per_s']:.0f} MB/s, peak RSS "
-                     f"{c['encode_peak_rss_mb']:.0f} MB | | | |")
-        lines.append(f"| same corpus, cache hit (hash only) | {c['cache_hit_mb_per_s']:.0f} MB/s, peak RSS "
-                     f"{c['cache_hit_peak_rss_mb']:.0f} MB | | | |")
-        lines.append(f"| train 20 steps 2x128 from it | peak RSS {c['train_peak_rss_mb']:.0f} MB | | | |")
-    for k, v in r.get("help_seconds", {}).items():
-        lines.append(f"| `charrnn {k}` wall time | {v:.2f} s | | | |")
-    if "sgemm_peak_gflops" in r:
-        lines.append(f"\nsgemm 2048^3 peak: {r['sgemm_peak_gflops']:.1f} GFLOP/s before, "
-                     f"{r['sgemm_peak_gflops_after']:.1f} after the training runs; bf16 GEMM 2048^3: "
-                     f"{r.get('bf16_gemm_peak_gflops', float('nan')):.1f} GFLOP/s")
+        lines.append(f"| encode {c['corpus_mb']:.0f} MB corpus | | {c['encode_mb_per_s']:.0f} MB/s, peak RSS "
+                     f"{c['encode_peak_rss_mb']:.0f} MB | | | | | | |")
+        lines.append(f"| same corpus, cache hit (hash only) | | {c['cache_hit_mb_per_s']:.0f} MB/s, peak RSS "
+                     f"{c['cache_hit_peak_rss_mb']:.0f} MB | | | | | | |")
+        lines.append(f"| train 20 steps 2x128 from it | | peak RSS {c['train_peak_rss_mb']:.0f} MB | | | | | | |")
+    help_times = r.get("help_seconds", {})
+    for k, v in help_times.items():
+        lines.append(f"| `{k}` wall time | | {v:.2f} s ({v / help_times[help_baseline(k)]:.2f}x "
+                     f"`{help_baseline(k)}`) | | | | | | |")
+    if peak:
+        lines.append(f"\nsgemm 2048^3 measured {len(r['sgemm_gflops_samples'])} times through the run: "
+                     + ", ".join(f"{x:.0f}" for x in r["sgemm_gflops_samples"]) + " GFLOP/s (peak: the best)"
+                     + (f"; bf16 GEMM 2048^3: {r['bf16_gemm_peak_gflops']:.0f} GFLOP/s"
+                        if "bf16_gemm_peak_gflops" in r else "; no native bf16"))
     lines.append(f"load average (1, 5, 15 min): start {tuple(round(x, 2) for x in r['loadavg_start'])}, "
                  f"end {tuple(round(x, 2) for x in r['loadavg_end'])}")
     return "\n".join(lines)
