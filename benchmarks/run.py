@@ -33,6 +33,7 @@ sys.path.insert(0, HERE)
 import torch  # noqa: E402
 
 from bench_train import StockRNN, compare, make_charrnn, sgemm_peak, useful_flops_per_char  # noqa: E402
+from floor import big_products, recurrent_products  # noqa: E402
 
 V = 65  # tiny-shakespeare's vocabulary
 
@@ -69,22 +70,29 @@ def route(model) -> str:
     return f"fused {plan.fused_dtype or 'fp32'}, {how}"
 
 
-def per_step_product_gflops(B: int, H: int, workers: int = 1, rounds: int = 2000) -> float:
-    """The recurrence's per-step product (B x H by H x H) alone, in a bare loop: the work no BPTT can batch over
-    time. workers > 1 (the layer pipeline: each layer on its own core): the one-thread rate times workers."""
+def per_step_product_gflops(B: int, H: int, rounds: int = 2000) -> float:
+    """One B x H by H x H product (sampling's per-step product for B streams) alone, in a bare loop."""
     a, w, out = torch.randn(B, H), torch.randn(H, H), torch.empty(B, H)
+    for _ in range(50):
+        torch.mm(a, w, out=out)
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        torch.mm(a, w, out=out)
+    return 2.0 * B * H * H * rounds / (time.perf_counter() - t0) / 1e9
+
+
+def products_floor_gflops(L: int, H: int, workers: int, B: int = 64, T: int = 128) -> float:
+    """The useful FLOP/s a training step would reach if it were nothing but its matrix products, each at the rate
+    torch runs it alone (benchmarks/floor.py): the L*T per-step recurrent products forward and backward (on one
+    thread each, `workers` at a time, where the layer pipeline runs) plus the big products over all T*B rows."""
     threads = torch.get_num_threads()
     if workers > 1:
         torch.set_num_threads(1)
     try:
-        for _ in range(50):
-            torch.mm(a, w, out=out)
-        t0 = time.perf_counter()
-        for _ in range(rounds):
-            torch.mm(a, w, out=out)
-        return workers * 2.0 * B * H * H * rounds / (time.perf_counter() - t0) / 1e9
+        recurrent = recurrent_products(L, T, B, H, torch.float32) / workers
     finally:
         torch.set_num_threads(threads)
+    return useful_flops_per_char(H, L, V) * B * T / (recurrent + big_products(L, T, B, H, V)) / 1e9
 
 
 def bench_training(quick: bool, peak: Peak, precision: str) -> list[dict]:
@@ -107,7 +115,7 @@ def bench_training(quick: bool, peak: Peak, precision: str) -> list[dict]:
                                   contenders=contenders)
         peak.measure()
         flops = med["charrnn"] * useful_flops_per_char(H, L, V)
-        product = per_step_product_gflops(64, H, pipeline_workers(contenders["charrnn"]))
+        floor = products_floor_gflops(L, H, pipeline_workers(contenders["charrnn"]))
         rows.append({
             "model": f"{L}x{H}", "B": 64, "T": 128, "steps_per_round": steps, "route": route(contenders["charrnn"]),
             "charrnn_precision": "bf16" if contenders["charrnn"].compute_dtype is not None else "fp32",
@@ -115,11 +123,11 @@ def bench_training(quick: bool, peak: Peak, precision: str) -> list[dict]:
             "charrnn_fp32_chars_per_s": med.get("charrnn fp32", med["charrnn"]),
             "nn_rnn_chars_per_s": med["nn.RNN"], "nn_rnn_bf16_autocast_chars_per_s": med.get("nn.RNN bf16"),
             "ratio": med["charrnn"] / med["nn.RNN"], "charrnn_gflops": flops / 1e9,
-            "per_step_product_gflops": product, "rounds": raw, "loadavg": os.getloadavg(),
+            "products_floor_gflops": floor, "rounds": raw, "loadavg": os.getloadavg(),
         })
         print(f"  train {L}x{H} ({rows[-1]['route']}): " + "  ".join(f"{k} {v:,.0f}" for k, v in med.items())
-              + f" chars/s ({rows[-1]['ratio']:.2f}x stock, {flops / 1e9:.0f} GFLOP/s; the 64x{H}x{H} product "
-              f"alone {product:.0f} GFLOP/s; sgemm now {peak.samples[-1]:.0f})", flush=True)
+              + f" chars/s ({rows[-1]['ratio']:.2f}x stock, {flops / 1e9:.0f} GFLOP/s; its products alone "
+              f"{floor:.0f} GFLOP/s; sgemm now {peak.samples[-1]:.0f})", flush=True)
     return rows
 
 
@@ -329,14 +337,14 @@ def main() -> None:
 def table(r: dict) -> str:
     peak = r.get("sgemm_peak_gflops")
     lines = ["| what | route | charrnn | stock nn.RNN | ratio | sgemm peak (GFLOP/s) | useful GFLOP/s (fraction of "
-             "peak) | bound: the per-step product alone (fraction of peak) | stock nn.RNN, bf16 autocast |",
+             "peak) | bound: the products alone (fraction of peak) | stock nn.RNN, bf16 autocast |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in r.get("train", []):
         stock_bf16 = row.get("nn_rnn_bf16_autocast_chars_per_s")
         lines.append(f"| train {row['model']} B64 T128 (chars/s) | {row['route']} | {row['charrnn_chars_per_s']:,.0f} "
                      f"| {row['nn_rnn_chars_per_s']:,.0f} | {row['ratio']:.2f}x | {peak:.0f} | "
                      f"{row['charrnn_gflops']:.1f} ({row['charrnn_gflops'] / peak:.2f}) | "
-                     f"{row['per_step_product_gflops']:.0f} ({row['per_step_product_gflops'] / peak:.2f}) | "
+                     f"{row['products_floor_gflops']:.0f} ({row['products_floor_gflops'] / peak:.2f}) | "
                      + (f"{stock_bf16:,.0f} |" if stock_bf16 else "skipped: no native bf16 (emulated) |"))
     for streams, row in r.get("sample", {}).items():
         n = streams.split("_")[0]
