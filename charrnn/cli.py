@@ -17,7 +17,7 @@ import typer
 
 from . import report  # light: rich is imported only when the summary is printed
 from .config import (TOP_NEURONS, VIEW_MAX_CHARS, ModelConfig, TrainConfig, default_of, parse_dropout,
-                     parse_duration)
+                     parse_duration, parse_val_chars)
 from .errors import EXIT_SIGINT, CharrnnError, Interrupted
 
 app = typer.Typer(
@@ -164,6 +164,7 @@ def train(
     time_budget: Annotated[Optional[str], typer.Option(help="Stop after this much training time: seconds, or 90s, 5m, 1h. The schedule decays over it.", rich_help_panel="When to stop")] = None,
     # running
     eval_every: Annotated[int, typer.Option(help="Evaluate on the validation split and save every N steps.", rich_help_panel="Run")] = _t("eval_every"),
+    val_chars: Annotated[str, typer.Option(help="Characters of the validation split each evaluation scores, in evenly spaced windows (the same each time): a number, all (the whole split), or auto (a quarter of the characters trained between evaluations, 250,000 to 2,000,000).", rich_help_panel="Run")] = "auto",
     log_every: Annotated[int, typer.Option(help="Write a metrics.jsonl row (and, when stderr is not a terminal, a progress line) every N steps.", rich_help_panel="Run")] = _t("log_every"),
     sample_every: Annotated[Optional[int], typer.Option(help="Show a short sample (200 characters, fixed seed) every N steps and append it to samples.txt in the run directory; 0 turns samples off (default: at each evaluation).", rich_help_panel="Run", show_default=False)] = _t("sample_every"),
     save_every: Annotated[Optional[str], typer.Option(help="Also save latest.pt every N steps (500) or every so often (90s, 10m, 1h); default: at each evaluation.", rich_help_panel="Run", show_default=False)] = _t("save_every"),
@@ -200,7 +201,7 @@ def train(
             min_lr_frac=min_lr_frac, warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,
             max_steps=max_steps, epochs=epochs, time_budget=parse_duration(time_budget), eval_every=eval_every,
             log_every=log_every, seed=seed, device=device, kernel=kernel, precision=precision,
-            sample_every=sample_every,
+            sample_every=sample_every, val_chars=parse_val_chars(val_chars),
             save_every=save_every, keep_last=keep_last, schedule_steps=schedule_steps, on_nonfinite=on_nonfinite,
             follow_links=follow_links,
         )
@@ -307,7 +308,7 @@ def eval_(
     def go():
         from .evaluate import evaluate
 
-        return evaluate(checkpoint, file, streams=streams, skip_unknown=skip_unknown)
+        return evaluate(checkpoint, file, streams=streams, skip_unknown=skip_unknown, progress=True)
 
     result = _run(go)
     if as_json:

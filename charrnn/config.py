@@ -88,6 +88,35 @@ def auto_dropout(passes: float) -> float:
     return round(min(AUTO_DROPOUT_MAX, AUTO_DROPOUT_PER_PASS * max(0.0, passes)), 3)
 
 
+# --val-chars auto: a quarter of the characters trained between evaluations (an evaluation scores a character about
+# 3x faster than a training step trains on one, so validating costs about a twelfth of the training time between
+# evaluations), at least VAL_CHARS_FLOOR (tiny-shakespeare's 111,540-character validation split is scored whole) and
+# at most VAL_CHARS_CAP (a 1 GB corpus's 50 M-character split is not scored at every evaluation)
+VAL_CHARS_FLOOR = 250_000
+VAL_CHARS_CAP = 2_000_000
+VAL_CHARS_SHARE = 4
+
+
+def auto_val_chars(eval_every: int, batch_size: int, seq_len: int) -> int:
+    """The characters `--val-chars auto` scores at each evaluation: eval_every x batch_size x seq_len / 4, within
+    [VAL_CHARS_FLOOR, VAL_CHARS_CAP]."""
+    return min(VAL_CHARS_CAP, max(VAL_CHARS_FLOOR, eval_every * batch_size * seq_len // VAL_CHARS_SHARE))
+
+
+def parse_val_chars(text) -> Optional[int]:
+    """The --val-chars option: 'auto' -> None, 'all' -> 0 (the whole split), else a number of characters (its range is
+    checked with the other numbers)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    word = str(text).strip().lower()
+    if word in ("auto", "all"):
+        return None if word == "auto" else 0
+    try:
+        return int(word.replace(",", ""))
+    except ValueError:
+        raise UsageError(f"--val-chars must be auto, all or a number of characters, not {text!r}") from None
+
+
 @dataclass
 class TrainConfig:
     """How to train. Stored in every checkpoint so that a resumed run continues with the same settings."""
@@ -114,6 +143,9 @@ class TrainConfig:
     time_budget: Optional[float] = None  # seconds
     # evaluation, logging, checkpoints
     eval_every: int = 200
+    # characters of the validation split each evaluation scores (evenly spaced windows, the same every time); None:
+    # auto (auto_val_chars, decided when the run starts and recorded in its checkpoints); 0: the whole split
+    val_chars: Optional[int] = None
     log_every: int = 10
     sample_every: Optional[int] = None  # a short sample every N steps; None: at each evaluation; 0: never
     save_every: Optional[str] = None  # "500": every 500 steps; "10m": every 10 minutes; None: at each evaluation
@@ -194,6 +226,7 @@ FIELD_RANGES: dict[str, tuple] = {
     "epochs": (0.0, float(MAX_EPOCHS), True, False, ""),
     "time_budget": (0.0, None, True, False, " (seconds)"),
     "eval_every": (1, None, False, False, ""),
+    "val_chars": (0, None, False, False, " (0 or all: the whole split; auto: sized to the run)"),
     "log_every": (1, None, False, False, ""),
     "keep_last": (0, None, False, False, ""),
     "schedule_steps": (1, None, False, False, ""),
@@ -277,4 +310,5 @@ def parse_duration(text: str | float | int | None) -> Optional[float]:
 
 
 __all__ = ["ModelConfig", "TrainConfig", "CELLS", "parse_duration", "to_dict", "from_dict", "default_of", "field",
-           "auto_dropout", "parse_dropout", "parse_recurrent_init", "check_field", "check_number", "FIELD_RANGES"]
+           "auto_dropout", "parse_dropout", "parse_recurrent_init", "check_field", "check_number", "FIELD_RANGES",
+           "auto_val_chars", "parse_val_chars"]

@@ -1,7 +1,7 @@
 """Config files for `charrnn train`: `--config run.toml` reads one, `--save-config run.toml` writes one.
 
 A config file is flat TOML whose keys are ModelConfig and TrainConfig field names (`hidden_size = 256`,
-`time_budget = "5m"`, `beta2 = 0.95`). An unknown key, a value of the wrong type, or a number out of its range
+`time_budget = "5m"`, `val_chars = "all"`, `beta2 = 0.95`). An unknown key, a value of the wrong type, or a number out of its range
 (nan, inf, `beta1 = 2.0`: config.FIELD_RANGES) is a usage error (exit 2) naming the key. Precedence: dataclass defaults < the config file < options given on the command line.
 """
 
@@ -14,7 +14,7 @@ import sys
 import typing
 from typing import Any
 
-from .config import FIELD_RANGES, ModelConfig, TrainConfig, check_field, parse_dropout, parse_duration
+from .config import FIELD_RANGES, ModelConfig, TrainConfig, check_field, parse_dropout, parse_duration, parse_val_chars
 from .errors import UsageError, unreadable
 
 NOT_IN_FILE = {"vocab_size"}  # comes from the corpus
@@ -55,6 +55,11 @@ def _coerce(key: str, value: Any, hint, path: str) -> Any:
         return parse_duration(value)
     if key == "dropout" and isinstance(value, str):
         return parse_dropout(value)  # "auto"
+    if key == "val_chars" and isinstance(value, str):
+        try:
+            return parse_val_chars(value)  # "auto" or "all"
+        except UsageError:
+            raise UsageError(f"config file {path}: val_chars must be auto, all or a number, not {value!r}") from None
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         try:
             return float(value)
@@ -137,6 +142,8 @@ def config_toml(model_config: ModelConfig, train_config: TrainConfig) -> str:
     lines += ["", "# training"]
     for name in _fields(TrainConfig):
         value = getattr(train_config, name)
+        if name == "val_chars" and value is None:
+            value = "auto"
         if value is None:
             lines.append(f"# {name} = (not set)")
         else:

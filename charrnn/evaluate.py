@@ -41,52 +41,75 @@ class Score:
         }
 
 
+def windows(n: int, streams: int, limit: Optional[int] = None) -> list[tuple[int, int, int, int]]:
+    """How `score_ids` lays out n predictions: [(first start, stride, count, length)], each entry `count` windows of
+    `length` predictions starting `stride` apart. The whole text: `streams` contiguous pieces, and what is left over
+    as one more. With `limit` (0 < limit < n): `streams` windows of limit // streams predictions, evenly spaced from
+    the text's start to its end, the same every time."""
+    if n < 1:
+        return []
+    if limit is not None and 0 < limit < n:
+        streams = max(1, min(streams, limit))
+        length = limit // streams
+        stride = (n - length) // (streams - 1) if streams > 1 else length  # >= length: windows never overlap
+        return [(0, stride, streams, length)]
+    streams = max(1, min(streams, n))
+    per_stream = n // streams
+    pieces = [(0, per_stream, streams, per_stream)]
+    rest = n - streams * per_stream
+    if rest:
+        pieces.append((streams * per_stream, rest, 1, rest))
+    return pieces
+
+
+def scored_chars(n_ids: int, streams: int, limit: Optional[int] = None) -> int:
+    """How many characters `score_ids` scores in a text of n_ids characters (all but the first, or about `limit`)."""
+    return sum(count * length for _, _, count, length in windows(n_ids - 1, streams, limit))
+
+
 def score_ids(model, ids: np.ndarray, streams: int = 1, chunk: int = 256, device=None, rank: int = 0,
-              world: int = 1) -> Score:
+              world: int = 1, limit: Optional[int] = None, on_progress=None) -> Score:
     """Total cross-entropy of ids[1:] given ids[:-1] under `model`, carrying state within each stream.
 
-    With world > 1, this rank scores only its share (streams j with j % world == rank; the leftover piece on
-    rank 0); summing the Scores of all ranks gives the single-process result, each character counted once.
+    `limit` (None or 0: no limit) scores only about that many characters, in `streams` evenly spaced windows
+    (`windows`). With world > 1, this rank scores only its share (streams j with j % world == rank; the leftover
+    piece on rank 0); summing the Scores of all ranks gives the single-process result, each character counted once.
+    `on_progress(chars)`, if given, is called with the characters scored so far (this rank's).
     """
     import torch
     import torch.nn.functional as F
+    from numpy.lib.stride_tricks import sliding_window_view
 
     device = device or model.head.weight.device
-    n = len(ids) - 1  # predictions
-    if n < 1:
-        return Score(0.0, 0)
-    streams = max(1, min(streams, n))
-    per_stream = n // streams
-    pieces = [(0, streams, per_stream)]  # (start, number of streams, predictions per stream)
-    rest = n - streams * per_stream
-    if rest:
-        pieces.append((streams * per_stream, 1, rest))
     counted = 0
     was_training = model.training
     model.eval()
     total = 0.0
     try:
         with torch.no_grad():
-            for start, count, length in pieces:
-                span = np.asarray(ids[start : start + count * length + 1])
-                inputs = span[:-1].reshape(count, length)  # stream j: span[j*length : (j+1)*length]
-                targets = span[1:].reshape(count, length)  # and the characters one further on
-                # this rank's streams (basic slicing: views of a memory-mapped split, never copies); a single
-                # leftover piece belongs to rank 0
+            for start, stride, count, length in windows(len(ids) - 1, streams, limit):
+                # window j: ids[start + j*stride : start + j*stride + length + 1] (a view of a memory-mapped split,
+                # never a copy); its inputs are all but the last character, its targets all but the first
+                span = np.asarray(ids[start : start + (count - 1) * stride + length + 1])
+                rows = sliding_window_view(span, length + 1)[::stride] if count > 1 else span[None, : length + 1]
+                # this rank's streams; a single leftover piece belongs to rank 0
                 mine = slice(rank, count, world) if count > 1 else slice(0, 1 if rank == 0 else 0)
-                inputs, targets = inputs[mine], targets[mine]
-                count = inputs.shape[0]
+                rows = rows[mine]
+                count = rows.shape[0]
                 if count == 0:
                     continue
-                counted += count * length
                 state = model.init_state(count, device)
                 for col in range(0, length, chunk):
-                    x = torch.from_numpy(np.ascontiguousarray(inputs[:, col : col + chunk]).astype(np.int64))
-                    y = torch.from_numpy(np.ascontiguousarray(targets[:, col : col + chunk]).astype(np.int64))
+                    block = np.ascontiguousarray(rows[:, col : min(col + chunk, length) + 1]).astype(np.int64)
+                    x = torch.from_numpy(np.ascontiguousarray(block[:, :-1]))
+                    y = torch.from_numpy(np.ascontiguousarray(block[:, 1:]))
                     logits, _, state = model(x.to(device), state)
                     total += F.cross_entropy(
                         logits.reshape(-1, logits.shape[-1]).float(), y.to(device).reshape(-1), reduction="sum"
                     ).item()
+                    counted += x.numel()
+                    if on_progress is not None:
+                        on_progress(counted)
     finally:
         model.train(was_training)
     return Score(total, counted)
@@ -98,8 +121,10 @@ def evaluate(
     streams: int = 1,
     skip_unknown: bool = False,
     device: str = "cpu",
+    progress: bool = False,
 ) -> dict:
-    """Score FILE (default: the run's test split, else its val split) with a checkpoint; see the module doc."""
+    """Score FILE (default: the run's test split, else its val split) with a checkpoint; see the module doc. The whole
+    text is scored; `progress`: show how far it got on stderr, for a long text (progress.ScoreProgress)."""
     from .config import TrainConfig, from_dict
     from .runtime import load_model, resolve_device
 
@@ -112,7 +137,11 @@ def evaluate(
     ids, what, skipped = text_ids(ckpt, vocab, file, skip_unknown)
     if len(ids) < 2:
         raise DataError(f"{what} has {len(ids)} character(s); at least 2 are needed to score one")
-    score = score_ids(model, ids, streams=streams, chunk=max(64, train_config.seq_len), device=dev)
+    from .progress import ScoreProgress
+
+    with ScoreProgress(len(ids) - 1, what, enabled=progress) as shown:
+        score = score_ids(model, ids, streams=streams, chunk=max(64, train_config.seq_len), device=dev,
+                          on_progress=shown.update)
     result = score.as_dict()
     result["text"] = what
     result["skipped_unknown"] = skipped

@@ -4,7 +4,8 @@ On a terminal: a tqdm bar (steps of the step limit with its ETA, or seconds of t
 step, epoch, loss, val, lr and chars/s; messages (the charrnn logger's lines, samples) are written above the bar
 through tqdm, so they never land on a bar frame. Off a terminal (a file, a pipe): no bar frames at all, but one
 plain line every --log-every steps (step, epoch, loss, val, lr, chars/s, elapsed) and each message on its own line.
-Validations say what they are scoring while they run.
+Validations say what they are scoring while they run. `charrnn eval` shows how far it got through a long text
+(ScoreProgress): a bar on a terminal, a line every tenth elsewhere, once it has run for a couple of seconds.
 """
 
 from __future__ import annotations
@@ -121,9 +122,11 @@ class ProgressDisplay:
             self.stream.flush()
 
     @contextlib.contextmanager
-    def validating(self, chars: int, final: bool = False):
-        """Around a validation: the bar's description says so (on a terminal), or a line does (elsewhere)."""
-        what = f"{'final ' if final else ''}validation on {chars:,} characters"
+    def validating(self, chars: int, final: bool = False, of: Optional[int] = None):
+        """Around a validation of `chars` characters (of the split's `of`, when it scores a slice): the bar's
+        description says so (on a terminal), or a line does (elsewhere)."""
+        whole = of is None or of <= chars
+        what = f"{'final ' if final else ''}validation on {chars:,}{'' if whole else f' of {of:,}'} characters"
         if self.showing_bar:
             self.bar.set_description_str(what, refresh=True)
         else:
@@ -141,6 +144,46 @@ class ProgressDisplay:
             if above in logger.handlers:
                 logger.handlers[logger.handlers.index(above)] = handler
         self._swapped.clear()
+
+
+class ScoreProgress:
+    """How far scoring a text has got, on stderr: on a terminal a tqdm bar of characters, elsewhere a plain line at
+    each tenth ("charrnn: scoring FILE: 30% (300,000 of 1,000,000 characters)"). Nothing for a text scored within
+    `delay` seconds (a short file), nothing on stdout. A context manager; `update(chars)` takes the count so far."""
+
+    def __init__(self, total: int, what: str, enabled: bool = True, delay: float = 2.0,
+                 stream: Optional[TextIO] = None, terminal: Optional[bool] = None, clock=time.perf_counter):
+        self.total, self.what, self.enabled, self.delay, self.clock = max(1, total), what, enabled, delay, clock
+        self.stream = stream if stream is not None else sys.stderr
+        if terminal is None:
+            terminal = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.terminal, self.bar, self.shown_tenths = terminal, None, 0
+        self.started = clock()
+
+    def __enter__(self) -> "ScoreProgress":
+        if self.enabled and self.terminal:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, desc=f"scoring {self.what}", unit="char", unit_scale=True,
+                            file=self.stream, delay=self.delay, dynamic_ncols=True, leave=False)
+        return self
+
+    def update(self, chars: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(chars - self.bar.n)
+            return
+        tenths = min(10, chars * 10 // self.total)
+        if tenths > self.shown_tenths and self.clock() - self.started >= self.delay:
+            self.shown_tenths = tenths
+            self.stream.write(f"charrnn: scoring {self.what}: {tenths * 10}% ({chars:,} of {self.total:,} "
+                              f"characters)\n")
+            self.stream.flush()
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class _AboveTheBar(logging.Handler):

@@ -10,7 +10,7 @@ from .config import ModelConfig, TrainConfig, from_dict, to_dict
 from .errors import DataError, UsageError
 
 # options that may differ when resuming; any other difference is refused
-RESUMABLE_CHANGES = {"max_steps", "epochs", "time_budget", "eval_every", "log_every", "device", "kernel",
+RESUMABLE_CHANGES = {"max_steps", "epochs", "time_budget", "eval_every", "val_chars", "log_every", "device", "kernel",
                      "precision", "save_every", "keep_last", "on_nonfinite", "sample_every"}
 # the learning-rate schedule and clipping may change on resume only when asked for (allow_lr_change), because the
 # run then no longer equals an uninterrupted one

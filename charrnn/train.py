@@ -16,7 +16,7 @@ import time
 from typing import Callable, Optional
 
 from . import checkpoint as ckpt_io
-from .config import ModelConfig, TrainConfig
+from .config import ModelConfig, TrainConfig, auto_val_chars
 from .errors import CannotCreateError, CharrnnError, DataError, Interrupted, NonFiniteLossError, UsageError, \
     WriteError
 from .resume import LR_CHANGES, RESUMABLE_CHANGES, merge_configs
@@ -166,6 +166,8 @@ def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: Tra
         if failure is not None:
             raise failure
     splits = split_ids(text.ids, cfg.val_frac, cfg.test_frac)
+    if cfg.val_chars is None:  # --val-chars auto, decided once: the run's checkpoints record it and a resume keeps it
+        cfg.val_chars = auto_val_chars(cfg.eval_every, cfg.batch_size, cfg.seq_len)
     batcher = StreamBatcher(splits.train, cfg.batch_size, cfg.seq_len)
     if cfg.val_frac > 0 and len(splits.val) < cfg.seq_len + 1:
         raise DataError(

@@ -194,11 +194,21 @@ class Trainer:
         self.display = ProgressDisplay(run.progress, self.stop.total_steps, self.stop.budget, self.step,
                                        log_every=self.cfg.log_every)
         self.save_steps, self.save_seconds = self.cfg.save_interval()
+        self.say_what_validation_scores()
         self.last_save_elapsed = self.elapsed_before  # training time, which all ranks agree on
         # per-step host reads only where a step's outcome must be known at once: skipping a non-finite step, the
         # ranks' agreement, or a caller's on_step. Otherwise a non-finite step is noted on the device and the run
         # stops at the next read (a log, evaluation or save point), before anything is saved.
         self.check_every_step = self.cfg.on_nonfinite == "skip" or run.on_step is not None
+
+    def say_what_validation_scores(self) -> None:
+        from .evaluate import scored_chars
+
+        split = len(self.run_.splits.val) - 1  # every character but the first is predicted
+        chars = scored_chars(split + 1, self.cfg.batch_size, self.cfg.val_chars)
+        if 0 < chars < split:
+            log.info(f"validation: {chars:,} of the split's {split:,} characters at each evaluation, in evenly spaced "
+                     f"windows (--val-chars)")
 
     def _build_model(self) -> None:
         import torch
@@ -429,17 +439,19 @@ class Trainer:
         return False
 
     def validation_loss(self) -> Optional[float]:
-        """Mean nats/char over the validation split, in fp32, summed across ranks (each scores its share)."""
-        from .evaluate import score_ids
+        """Mean nats/char over the validation split (or the --val-chars windows of it, the same every time), in fp32,
+        summed across ranks (each scores its share)."""
+        from .evaluate import score_ids, scored_chars
 
-        splits = self.run_.splits
-        if len(splits.val) < 2:
+        val, streams, limit = self.run_.splits.val, self.cfg.batch_size, self.cfg.val_chars
+        if len(val) < 2:
             return None
         compute_dtype, self.model.compute_dtype = self.model.compute_dtype, None
         try:
-            with self.display.validating(len(splits.val), final=self.finishing is not None):
-                score = score_ids(self.model, splits.val, streams=self.cfg.batch_size, chunk=self.cfg.seq_len,
-                                  device=self.device, rank=self.dist.rank, world=self.dist.world)
+            with self.display.validating(scored_chars(len(val), streams, limit), final=self.finishing is not None,
+                                         of=len(val) - 1):
+                score = score_ids(self.model, val, streams=streams, chunk=self.cfg.seq_len, device=self.device,
+                                  rank=self.dist.rank, world=self.dist.world, limit=limit)
         finally:
             self.model.compute_dtype = compute_dtype
         nats, chars = self.dist.sum_values([score.nats, float(score.chars)])
