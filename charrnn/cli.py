@@ -131,6 +131,14 @@ def _explicit(ctx: typer.Context) -> set:
     return names
 
 
+def _command_started() -> float:
+    """When this process started, on time.perf_counter's clock (a --time-budget counts Python's and the imports'
+    start-up too); now, where /proc cannot say."""
+    import time
+
+    return time.perf_counter() - (report.process_age() or 0.0)
+
+
 @app.command()
 def train(
     ctx: typer.Context,
@@ -161,7 +169,7 @@ def train(
     # stopping
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.", rich_help_panel="When to stop")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Stop after this many passes over the training split (default 10 if no limit is given).", rich_help_panel="When to stop")] = None,
-    time_budget: Annotated[Optional[str], typer.Option(help="Stop after this much training time: seconds, or 90s, 5m, 1h. The schedule decays over it.", rich_help_panel="When to stop")] = None,
+    time_budget: Annotated[Optional[str], typer.Option(help="Wall time for the whole command (start-up and the final validation and save included): seconds, or 90s, 5m, 1h. The schedule decays over it; on resume it counts the earlier training time.", rich_help_panel="When to stop")] = None,
     # running
     eval_every: Annotated[int, typer.Option(help="Evaluate on the validation split and save every N steps.", rich_help_panel="Run")] = _t("eval_every"),
     val_chars: Annotated[str, typer.Option(help="Characters of the validation split each evaluation scores, in evenly spaced windows (the same each time): a number, all (the whole split), or auto (a quarter of the characters trained between evaluations, 250,000 to 2,000,000).", rich_help_panel="Run")] = "auto",
@@ -211,7 +219,7 @@ def train(
             return write_config(save_config, model_config, train_config)
         return train_fn(resolve_corpus(corpus, sha256=sha256), model_config, train_config, run_dir=run_dir,
                         resume=resume, explicit=explicit, progress=not quiet, allow_lr_change=allow_lr_change,
-                        memory_check=not no_memory_check)
+                        memory_check=not no_memory_check, started=_command_started())
 
     result = _run(go)
     if save_config is not None:
@@ -463,7 +471,7 @@ def runs(
 ):
     """List training runs, newest first: corpus, model, steps, training time, best val loss, state, size on disk.
 
-    State: running (a live process holds the run's lock); finished (latest.pt's step reached the run's step limit, from its max steps or epochs, or its training time reached its time budget); interrupted (it stopped short of that: a signal, a crash, a kill or a non-finite loss); unreadable (latest.pt cannot be read).
+    State: running (a live process holds the run's lock); finished (latest.pt says the run ended at its step limit, from its max steps or epochs, or at its time budget); interrupted (it stopped short of that: a signal, a crash, a kill or a non-finite loss); unreadable (latest.pt cannot be read).
 
     Example: charrnn runs checkpoints --json
     """

@@ -46,7 +46,7 @@ def process_age() -> Optional[float]:
 
 
 def time_row(result, wall: Optional[float] = None) -> str:
-    """Training time (the clock --time-budget counts: the steps and the periodic evaluations; across resumes) and,
+    """Training time (the steps and the periodic evaluations; across resumes) and,
     where known, this command's wall time (with start-up, the final validation and saving)."""
     before = getattr(result, "elapsed_before", 0.0) or 0.0
     text = f"{_duration(result.elapsed)} training"

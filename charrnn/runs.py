@@ -8,8 +8,8 @@ content digest is not checked: `charrnn info` does that). A checkpoint that cann
 
 The state of a run:
   running      a live process holds the run directory's lock (RunLock's flock);
-  finished     latest.pt's step reached the run's step limit (--max-steps / --epochs as the checkpoint records
-               them) or its training time reached --time-budget: the stop rule (schedule.StopRule) says stop;
+  finished     latest.pt says the run ended at its step limit or time budget (or, in a checkpoint that does not
+               record how it ended, its step reached --max-steps / --epochs or its training time --time-budget);
   interrupted  it stopped short of that (a signal, a crash, a kill, a non-finite loss);
   unreadable   latest.pt cannot be read.
 """
@@ -161,10 +161,14 @@ def batches_per_epoch(meta: dict) -> Optional[int]:
 
 
 def run_state(meta: dict) -> str:
-    """finished or interrupted, by the stop rule applied to latest.pt's step and training time."""
+    """finished or interrupted: as latest.pt says the run ended (a time-budgeted run stops short of its budget in
+    training time: start-up and the final validation and save count too), else by the stop rule applied to its step
+    and training time (a checkpoint that does not record how the run ended)."""
     from .schedule import StopRule
 
     train, progress = meta.get("train_config") or {}, meta.get("progress") or {}
+    if progress.get("stopped_by"):
+        return FINISHED
     total = planned_steps(meta)
     rule = StopRule(total, train.get("time_budget"), train.get("max_steps"), total)
     reason = rule.reason(progress.get("step") or 0, progress.get("elapsed") or 0.0)

@@ -1,6 +1,14 @@
-"""When a run stops and how its learning rate moves: the stop rule (steps, epochs, time budget: one place) and the
-schedule (linear warm-up, then cosine decay by progress, which is steps over the horizon or time over the budget,
-whichever is further along, so a 5-minute run still ends at its low learning rate)."""
+"""When a run stops and how its learning rate moves: the stop rule (steps, epochs, time budget: one place), what the
+end of a time-budgeted run costs (EndCost), and the schedule (linear warm-up, then cosine decay by progress, which is
+steps over the horizon or time over the budget, whichever is further along, so a 5-minute run still ends at its low
+learning rate).
+
+A time budget is wall time: the command (start-up, training, validations, saves, the final validation and save)
+ends within it, give or take a step. The trainer counts its training time (`elapsed`: steps and the periodic
+evaluations, across resumes: what checkpoints record) and hands the stop rule the `overhead` the budget must cover
+besides: this command's start-up before its first step, and what the end still needs after the step just taken
+(EndCost.seconds). A resumed run's budget counts the earlier sessions' training time and this command's wall time.
+"""
 
 from __future__ import annotations
 
@@ -39,19 +47,68 @@ class StopRule:
             total = by_epochs if total is None else min(total, by_epochs)
         return cls(total, cfg.time_budget, cfg.max_steps, cfg.schedule_steps or total)
 
-    def reason(self, step: int, elapsed: float) -> Optional[str]:
-        """Why the run stops after `step` steps and `elapsed` seconds of training, or None to go on."""
+    def reason(self, step: int, elapsed: float, overhead: float = 0.0) -> Optional[str]:
+        """Why the run stops after `step` steps and `elapsed` seconds of training, with `overhead` more seconds the
+        budget must also cover (start-up, what the end needs), or None to go on."""
         if self.total_steps is not None and step >= self.total_steps:
             return "max_steps" if self.max_steps and step >= self.max_steps else "epochs"
-        if self.budget is not None and elapsed >= self.budget:
+        if self.budget is not None and elapsed + overhead >= self.budget:
             return "time_budget"
         return None
 
-    def progress(self, step: int, elapsed: float) -> float:
-        """How far along the schedule is, 0 -> 1: the further of step/horizon and elapsed/budget."""
+    def progress(self, step: int, elapsed: float, overhead: float = 0.0) -> float:
+        """How far along the schedule is, 0 -> 1: the further of step/horizon and elapsed over the training time the
+        budget leaves once `overhead` is paid."""
         p = 0.0
         if self.horizon:
             p = max(p, step / self.horizon)
         if self.budget:
-            p = max(p, elapsed / self.budget)
+            training = self.budget - overhead
+            p = max(p, elapsed / training if training > 0 else 1.0)
         return p
+
+
+# an evaluation scores a character about this much faster than a training step trains on one (a forward pass
+# against forward, backward and update; measured on a 2-core CPU with bf16: 2.2x at 1x32, where fixed costs weigh
+# most, 3.8x at 2x512): the guess until the run has timed an evaluation
+EVAL_SPEEDUP = 3.0
+
+
+class EndCost:
+    """The seconds a time-budgeted run must still have after a step before it takes another: that step, then the
+    final validation and save. Learned from the run's training clock (agreed across ranks, so every rank decides
+    alike): the time between steps, and how much longer an iteration that evaluated (validation, save, sample) took.
+    Until an evaluation has been timed, it is guessed: the validation's characters at EVAL_SPEEDUP times the
+    training speed, plus `save_guess` seconds."""
+
+    def __init__(self, val_chars: int, chars_per_step: int, save_guess: float, elapsed: float = 0.0):
+        self.val_chars, self.chars_per_step, self.save_guess = val_chars, max(1, chars_per_step), save_guess
+        self.step_seconds: Optional[float] = None  # a training step (a moving average, from the second step on)
+        self.end_seconds: Optional[float] = None  # what an evaluating iteration adds (the latest timed)
+        self._last, self._busy, self._first = elapsed, None, True
+
+    def busy(self, kind: str) -> None:
+        """This iteration did more than a step: "eval" (a validation and a save) or "other" (a save or sample)."""
+        if self._busy != "eval":
+            self._busy = kind
+
+    def observe(self, elapsed: float) -> None:
+        """After each step, the training clock: the time since the last step is a step's, plus what the iteration
+        before it did besides."""
+        took, busy, first = elapsed - self._last, self._busy, self._first
+        self._last, self._busy, self._first = elapsed, None, False
+        if first:
+            return  # a run's first step pays one-time costs (allocations, threads starting): not a step's time
+        if busy is None:
+            self.step_seconds = took if self.step_seconds is None else 0.7 * self.step_seconds + 0.3 * took
+        elif busy == "eval" and self.step_seconds is not None:
+            self.end_seconds = max(0.0, took - self.step_seconds)
+
+    def seconds(self, twice: bool = False) -> float:
+        """What to keep in hand: a step and the end; `twice`: an evaluation is due now, and after it, one more step
+        must still leave room for the final one."""
+        step = self.step_seconds or 0.0
+        end = self.end_seconds
+        if end is None:
+            end = self.val_chars * step / self.chars_per_step / EVAL_SPEEDUP + self.save_guess
+        return step + end * (2 if twice else 1)

@@ -41,6 +41,7 @@ def train(
     allow_lr_change: bool = False,
     hooks: Optional[TrainHooks] = None,
     memory_check: bool = True,
+    started: Optional[float] = None,
 ) -> TrainResult:
     """Train a CharRNN on `corpus` (a file, a directory, '-' for stdin, None for the demo corpus).
 
@@ -49,11 +50,13 @@ def train(
     `on_step`, if given, is called after every optimizer step with a dict (step, epoch, loss, lr). The configs
     passed in are not changed: what the run decides (vocabulary size, --dropout auto) is recorded in its
     checkpoints. `memory_check`: refuse a model and batch that will not fit in the memory available (UsageError).
+    `started`: when the command started, on the hooks' clock (default: now); a --time-budget counts from it.
     A run that fails before its first checkpoint removes what it created (the run directory, if it made it).
     """
-    from . import distributed
-    from . import trainer as trainer_mod
+    from . import distributed, trainer as trainer_mod
 
+    hooks = hooks or trainer_mod.hooks
+    started = hooks.clock() if started is None else started  # start-up, the end's validation and save: in the budget
     # the run's own copies: decisions made at run time never write back into the caller's configs
     model_config = dataclasses.replace(model_config or ModelConfig())
     cfg = dataclasses.replace(train_config or TrainConfig())
@@ -74,7 +77,7 @@ def train(
         if text is None:  # under torchrun: one process per node reads (and downloads, encodes) the corpus first
             text = dist.first_on_each_node(lambda: _load_corpus(corpus, cfg, progress and dist.local_rank == 0))
         run = _make_run(text, resumed, model_config, cfg, dist, device, memory_check)
-        run.progress, run.on_step = progress and dist.is_main, on_step
+        run.progress, run.on_step, run.started = progress and dist.is_main, on_step, started
         if not dist.is_main:
             log.addFilter(_quiet_rank)  # one voice: rank 0 reports (removed again below)
         run.run_dir = dist.broadcast_str(run_dir or default_run_dir(text.source))
@@ -91,7 +94,7 @@ def train(
         if dist.is_main:  # every refusal is behind: say what was read
             log.info(text.summary())
         try:
-            result = _out_of_memory_as_error(lambda: trainer_mod.Trainer(run, hooks or trainer_mod.hooks).run())
+            result = _out_of_memory_as_error(lambda: trainer_mod.Trainer(run, hooks).run())
             together = True
             return result
         except BaseException as exc:

@@ -71,6 +71,13 @@ class TrainHooks:
     def after_step(self, trainer: "Trainer") -> None:
         """Called after each optimizer step (trainer.step is the step just taken)."""
 
+    def validating(self, trainer: "Trainer") -> None:
+        """Called as each validation starts."""
+
+    def clock(self) -> float:
+        """The seconds the trainer times itself with (the time budget, training time, wall time)."""
+        return time.perf_counter()
+
 
 hooks = TrainHooks()
 
@@ -111,6 +118,7 @@ class Run:
     resumed: Optional[dict] = None
     progress: bool = True
     on_step: Optional[Callable[[dict], None]] = None
+    started: Optional[float] = None  # when the command started, on the hooks' clock (a time budget counts from it)
 
 
 @dataclass
@@ -157,9 +165,11 @@ class Trainer:
         from .runlog import MetricsLog
         from .samplelog import SampleLog
 
-        self.started = time.perf_counter()
         self.run_, self.cfg, self.dist, self.device = run, run.cfg, run.dist, run.device
-        self.hooks, self.stop = hooks, run.stop
+        self.hooks, self.stop, self.clock = hooks, run.stop, hooks.clock
+        self.started = self.clock()
+        self.command_started = self.started if run.started is None else run.started
+        self.startup = 0.0  # this command's seconds before its first step (agreed across ranks when training starts)
         self.step = self.epoch = self.batch_index = self.skipped_in_a_row = 0
         self.elapsed_before = self.elapsed = 0.0
         self.best_val: Optional[float] = None
@@ -191,6 +201,7 @@ class Trainer:
             self.probe = DropoutProbe(self.step, self.stop.budget, self.stop.total_steps, len(run.batcher),
                                       self.cfg.batch_size * self.cfg.seq_len)
         self.rate = RateMeter(self.cfg.batch_size * self.cfg.seq_len)
+        self.end_cost = self._end_cost()
         self.display = ProgressDisplay(run.progress, self.stop.total_steps, self.stop.budget, self.step,
                                        log_every=self.cfg.log_every)
         self.save_steps, self.save_seconds = self.cfg.save_interval()
@@ -200,6 +211,18 @@ class Trainer:
         # ranks' agreement, or a caller's on_step. Otherwise a non-finite step is noted on the device and the run
         # stops at the next read (a log, evaluation or save point), before anything is saved.
         self.check_every_step = self.cfg.on_nonfinite == "skip" or run.on_step is not None
+
+    def _end_cost(self):
+        """What the end of the run costs (schedule.EndCost), with a first guess at a save: the checkpoint's bytes
+        (weights and AdamW's two moments) at 100 MB/s, plus a tenth of a second."""
+        from .evaluate import scored_chars
+        from .schedule import EndCost
+
+        val = len(self.run_.splits.val)
+        chars = scored_chars(val, self.cfg.batch_size, self.cfg.val_chars) if val >= 2 else 0
+        checkpoint_bytes = 12 * sum(p.numel() for p in self.model.parameters())
+        return EndCost(chars, self.cfg.batch_size * self.cfg.seq_len, 0.1 + checkpoint_bytes / 100e6,
+                       self.elapsed_before)
 
     def say_what_validation_scores(self) -> None:
         from .evaluate import scored_chars
@@ -251,11 +274,12 @@ class Trainer:
 
     def run(self) -> TrainResult:
         self.model.train()
-        start = time.perf_counter()
+        start = self.clock()
+        self.startup = self.dist.sum_values([start - self.command_started])[0] / self.dist.world
         try:
             with SignalFlag() as signals:
                 self.signals = signals
-                while (stopped_by := self.stop.reason(self.step, self.elapsed)) is None:
+                while (stopped_by := self.finishing or self.stop.reason(self.step, self.elapsed)) is None:
                     if self.batch_index == 0:
                         self.state = self.model.init_state(self.local_batch, self.device)  # each epoch starts cold
                     x, y = self.next_batch()
@@ -264,7 +288,7 @@ class Trainer:
                     # but cut the graph, so backward stops at this window's start
                     self.state = state_in = self.state.detach()
                     loss, bad = self.forward_backward(x, y)  # forward, loss, backward, average, clip
-                    now = self.elapsed_before + (time.perf_counter() - start)
+                    now = self.elapsed_before + (self.clock() - start)
                     agreed = self.agree(loss, bad, signals, now)
                     if agreed.finite:
                         self.optimizer_step()
@@ -273,11 +297,12 @@ class Trainer:
                     self.advance()
                     self.hooks.after_step(self)
                     self.elapsed = agreed.elapsed if agreed.elapsed is not None else (
-                        self.elapsed_before + (time.perf_counter() - start))
-                    self.decide_dropout()
+                        self.elapsed_before + (self.clock() - start))
+                    self.observe_step()
                     rate = self.rate.tick()
-                    self.finishing = self.stop.reason(self.step, self.elapsed)
-                    evaluating = self.step % self.cfg.eval_every == 0 or self.finishing is not None
+                    due = self.step % self.cfg.eval_every == 0
+                    self.finishing = self.stop.reason(self.step, self.elapsed, self.overhead(twice=due))
+                    evaluating = due or self.finishing is not None
                     loss_value = self.read_loss(agreed, loss, evaluating or signals.code != 0)
                     if self.step % self.cfg.log_every == 0 and agreed.finite:
                         self.metrics.row({"step": self.step, "epoch": self.epoch, "loss": loss_value, "lr": lr,
@@ -285,7 +310,8 @@ class Trainer:
                                           "chars_per_sec": round(rate, 1)})
                     saved = self.evaluate_and_save(evaluating)
                     self.sample_if_due()
-                    self.display.update(self.step, self.epoch, self.elapsed, self.last_loss, self.last_val, lr, rate)
+                    self.display.update(self.step, self.epoch, self.elapsed + self.startup, self.last_loss, self.last_val,
+                                        lr, rate)
                     if self.run_.on_step is not None:
                         self.run_.on_step({"step": self.step, "epoch": self.epoch, "loss": loss_value, "lr": lr})
                     # a single process acts on a signal at once; ranks act on the one they agreed on
@@ -312,7 +338,7 @@ class Trainer:
     def set_learning_rate(self) -> float:
         from .schedule import learning_rate
 
-        lr = learning_rate(self.cfg, self.step, self.stop.progress(self.step, self.elapsed))
+        lr = learning_rate(self.cfg, self.step, self.stop.progress(self.step, self.elapsed, self.overhead()))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -392,10 +418,18 @@ class Trainer:
         if self.batch_index == len(self.run_.batcher):
             self.batch_index, self.epoch = 0, self.epoch + 1
 
-    def decide_dropout(self) -> None:
+    def overhead(self, twice: bool = False) -> float:
+        """The seconds a time budget must cover besides training time: this command's start-up and what the end of
+        the run needs (twice the end when an evaluation is due now: schedule.EndCost)."""
+        return self.startup + self.end_cost.seconds(twice)
+
+    def observe_step(self) -> None:
+        """What the step just taken tells: how long steps and evaluations take (EndCost), and --dropout auto's
+        decision with a time budget (the probe projects the steps the budget leaves after start-up)."""
+        self.end_cost.observe(self.elapsed)
         if self.probe is None:
             return
-        decided = self.probe.observe(self.step, self.elapsed)
+        decided = self.probe.observe(self.step, self.elapsed + self.startup)
         if decided is not None:
             self.model.set_dropout(decided[0])  # the model's own config copy, which checkpoints save
             log.info(f"dropout {decided[0]:g} ({decided[1]})")
@@ -422,6 +456,7 @@ class Trainer:
         from .evaluate import LN2
 
         if evaluating:
+            self.end_cost.busy("eval")
             val = self.validation_loss()
             improved = True  # without a validation split, best is the latest
             if val is not None:
@@ -434,6 +469,7 @@ class Trainer:
             return True
         if (self.save_steps is not None and self.step % self.save_steps == 0) or (
                 self.save_seconds is not None and self.elapsed - self.last_save_elapsed >= self.save_seconds):
+            self.end_cost.busy("other")
             self.save(best=False)
             return True
         return False
@@ -446,6 +482,7 @@ class Trainer:
         val, streams, limit = self.run_.splits.val, self.cfg.batch_size, self.cfg.val_chars
         if len(val) < 2:
             return None
+        self.hooks.validating(self)
         compute_dtype, self.model.compute_dtype = self.model.compute_dtype, None
         try:
             with self.display.validating(scored_chars(len(val), streams, limit), final=self.finishing is not None,
@@ -463,9 +500,10 @@ class Trainer:
         from .samplelog import Sampler, header
 
         every = getattr(self.cfg, "sample_every", None)
-        if every == 0 or not self.dist.is_main:
+        if every == 0 or (self.step % (every or self.cfg.eval_every) != 0 and self.finishing is None):
             return
-        if self.step % (every or self.cfg.eval_every) != 0 and self.finishing is None:
+        self.end_cost.busy("other")  # on every rank alike, though rank 0 alone samples: their clocks are agreed
+        if not self.dist.is_main:
             return
         if self.sampler is None:
             self.sampler = Sampler(self.model.config, self.run_.vocab)
@@ -557,6 +595,6 @@ class Trainer:
             elapsed=self.elapsed,
             stopped_by=stopped_by,
             val_history=self.val_history,
-            wall=time.perf_counter() - self.started,
+            wall=self.clock() - self.command_started,
             elapsed_before=self.elapsed_before,
         )

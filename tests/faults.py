@@ -26,6 +26,8 @@ import os
 import sys
 import time
 
+from charrnn.trainer import TrainHooks
+
 CHECKPOINT_SUFFIX = ".pt"
 
 
@@ -74,7 +76,7 @@ def disk_full_after(n_bytes: int, suffix: str = CHECKPOINT_SUFFIX):
     return _only(suffix, lambda f: _FaultyFile(f, room=int(n_bytes)))
 
 
-class TrainFaults:
+class TrainFaults(TrainHooks):
     """A charrnn.trainer.TrainHooks with the training faults of the module docstring."""
 
     def __init__(self):

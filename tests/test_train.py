@@ -70,7 +70,9 @@ def test_time_budget_stops_training(tmp_path):
     result = charrnn.train(str(corpus), charrnn.ModelConfig(hidden_size=16, num_layers=1),
                            tiny(time_budget=1.5, eval_every=10_000), run_dir=str(tmp_path / "run"), progress=False)
     assert result.stopped_by == "time_budget"
-    assert 1.5 <= result.elapsed < 10
+    # the budget is wall time: start-up and the final validation and save fit in it, so training takes less (no
+    # timing assertion beyond that: tests/test_validation_budget.py checks the rule with a fake clock)
+    assert 0 < result.elapsed < 10 and result.wall >= result.elapsed
     assert result.last_val_loss is not None  # evaluated at the end
 
 

@@ -23,6 +23,8 @@ from charrnn.evaluate import score_ids, scored_chars, windows
 from charrnn.progress import ScoreProgress
 from charrnn.resume import merge_configs
 from charrnn.runtime import build_model
+from charrnn.schedule import EVAL_SPEEDUP, EndCost, StopRule
+from charrnn.trainer import TrainHooks
 
 from conftest import TINY, assert_one_line_error, cli_env, make_corpus, run_cli
 
@@ -200,3 +202,119 @@ def test_eval_scores_the_whole_file_and_keeps_stdout_for_results(tiny_run, tmp_p
     proc = run_cli("eval", tiny_run, text, "--json", check=0)
     result = __import__("json").loads(proc.stdout)
     assert result["chars"] == len(text.read_text()) - 1 and math.isfinite(result["nats_per_char"])
+
+
+# -- a time budget is wall time -------------------------------------------------------------------------------------
+
+def test_stop_rule_counts_the_overhead_and_the_schedule_spans_the_training_it_leaves():
+    rule = StopRule.for_run(TrainConfig(time_budget=100), 10)
+    assert rule.reason(5, 80.0) is None and rule.reason(5, 80.0, overhead=20.0) == "time_budget"
+    assert rule.reason(5, 79.9, overhead=20.0) is None
+    assert rule.progress(5, 40.0, overhead=20.0) == pytest.approx(0.5)  # 40 s of the 80 s left for training
+    assert rule.progress(5, 1.0, overhead=150.0) == 1.0  # nothing left: at the floor
+    assert StopRule.for_run(TrainConfig(max_steps=10), 10).reason(3, 1e9, overhead=1e9) is None  # no budget
+
+
+def test_end_cost_learns_a_step_and_an_evaluation_from_the_training_clock():
+    cost = EndCost(val_chars=6400, chars_per_step=64, save_guess=0.5)
+    assert cost.seconds() == 0.5  # nothing timed yet: the save guess alone
+    cost.observe(30.0)  # the first step pays one-time costs: not counted
+    assert cost.step_seconds is None
+    cost.observe(31.0)
+    assert cost.step_seconds == 1.0
+    # not yet timed, the final validation is guessed from the step time: 100 steps' worth of characters, scored
+    # EVAL_SPEEDUP times faster, and the save
+    assert cost.seconds() == pytest.approx(1.0 + 100 / EVAL_SPEEDUP + 0.5)
+    cost.busy("eval")  # this iteration evaluates: the next step's time includes it
+    cost.busy("other")  # (a sample besides changes nothing)
+    cost.observe(31.0 + 1.0 + 7.0)
+    assert cost.end_seconds == pytest.approx(7.0) and cost.step_seconds == 1.0
+    assert cost.seconds() == pytest.approx(8.0) and cost.seconds(twice=True) == pytest.approx(15.0)
+    cost.busy("other")  # a save or sample alone: neither a step's time nor an evaluation's
+    cost.observe(39.0 + 1.0 + 0.4)
+    assert cost.end_seconds == pytest.approx(7.0) and cost.step_seconds == 1.0
+    cost.observe(40.4 + 2.0)
+    assert cost.step_seconds == pytest.approx(0.7 * 1.0 + 0.3 * 2.0)
+
+
+class FakeTime(TrainHooks):
+    """The trainer's clock, advanced by hand: each step takes `step` seconds, each validation `validation(chars)`."""
+
+    def __init__(self, step=1.0, validation=lambda chars: 10.0):
+        self.now, self.step_seconds, self.validation_seconds = 1000.0, step, validation
+        self.validations = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def after_step(self, trainer) -> None:
+        self.now += self.step_seconds
+
+    def validating(self, trainer) -> None:
+        from charrnn.evaluate import scored_chars
+
+        chars = scored_chars(len(trainer.run_.splits.val), trainer.cfg.batch_size, trainer.cfg.val_chars)
+        self.validations.append((trainer.step, self.now))
+        self.now += self.validation_seconds(chars)
+
+
+def _budget_run(tmp_path, name, budget, startup=5.0, resume=None, **extra):
+    corpus = tmp_path / "c.txt"
+    if not corpus.exists():
+        make_corpus(corpus, 6000)
+    clock = extra.pop("clock", None) or FakeTime()
+    values = dict(batch_size=4, seq_len=16, eval_every=10, val_frac=0.2, test_frac=0.0, warmup_steps=2,
+                  time_budget=budget, max_steps=100_000, sample_every=0)
+    values.update(extra)
+    result = charrnn.train(str(corpus), ModelConfig(hidden_size=8, num_layers=1), TrainConfig(**values),
+                           run_dir=str(tmp_path / name), progress=False, hooks=clock, started=clock.now - startup,
+                           resume=resume, explicit=set(values) if resume else None)
+    return result, clock
+
+
+@pytest.mark.parametrize("eval_every, validation", [(10, 5.0), (7, 5.0), (3, 2.0), (1000, 5.0)])
+def test_a_budget_run_ends_within_its_budget_with_the_final_validation_and_the_start_up(tmp_path, eval_every,
+                                                                                        validation):
+    """Steps of 1 s, validations of `validation` s, 5 s of start-up, a 50 s budget: the whole command (its wall
+    time on the fake clock) fits in the budget, and stops no earlier than a step and two validations before it (an
+    evaluation due near the end becomes the final one rather than leaving two to pay for)."""
+    result, clock = _budget_run(tmp_path, "run", 50.0, eval_every=eval_every,
+                                clock=FakeTime(validation=lambda chars: validation))
+    assert result.stopped_by == "time_budget"
+    assert result.wall == clock.now - (1000.0 - 5.0)  # the command's time, start-up included
+    assert result.wall <= 50.0
+    if eval_every < 1000:  # with no earlier evaluation the final one is guessed (next test)
+        assert result.wall >= 50.0 - 1.0 - 2 * validation
+    assert result.elapsed == pytest.approx(result.wall - 5.0 - validation)  # training time leaves out the end
+    assert clock.validations[-1][0] == result.step  # the final validation, after the last step
+    saved = load_checkpoint(result.latest)["progress"]
+    assert saved["elapsed"] == result.elapsed and saved["stopped_by"] == "time_budget"
+    from charrnn.runs import read_meta, run_state
+
+    assert run_state(read_meta(result.latest)) == "finished"  # though its training time is short of the budget
+
+
+def test_before_any_evaluation_is_timed_the_final_one_is_guessed_from_the_training_speed(tmp_path):
+    """No evaluation before the end: the final validation is guessed at EVAL_SPEEDUP times the training speed per
+    character. A validation that is really 3x faster than that fits; the budget is not given away wholesale."""
+    def validation(chars):  # 3x faster per character than a training step (1 s for 64 characters)
+        return chars / 64 / 3
+
+    result, clock = _budget_run(tmp_path, "run", 50.0, eval_every=100_000, clock=FakeTime(validation=validation))
+    chars = scored_chars(1200, 4, load_checkpoint(result.latest)["train_config"]["val_chars"])
+    assert chars == 1199 and len(clock.validations) == 1
+    assert 50.0 - 1.0 - chars / 64 / EVAL_SPEEDUP - 1.0 <= result.wall <= 50.0
+
+
+def test_a_run_whose_start_up_took_the_whole_budget_still_takes_a_step_and_saves(tmp_path):
+    result, clock = _budget_run(tmp_path, "run", 10.0, startup=30.0)
+    assert result.step == 1 and result.stopped_by == "time_budget" and result.last_val_loss is not None
+
+
+def test_a_resumed_budget_counts_the_earlier_training_time_and_this_commands_wall_time(tmp_path):
+    first, _ = _budget_run(tmp_path, "run", None, max_steps=20)  # 20 steps, one evaluation of 10 s on the way
+    assert first.stopped_by == "max_steps" and first.elapsed == pytest.approx(30.0)
+    result, clock = _budget_run(tmp_path, "run", 70.0, resume=str(tmp_path / "run"))
+    assert result.elapsed_before == pytest.approx(30.0) and result.stopped_by == "time_budget"
+    assert result.step > 20
+    assert 70.0 - 1.0 - 2 * 10.0 <= result.elapsed_before + result.wall <= 70.0
