@@ -48,6 +48,7 @@ def checkpoint_info(checkpoint: Optional[str] = None) -> dict:
             "dropout": model.get("dropout"),
             "vocab_size": model.get("vocab_size", len(vocab)),
         },
+        "model_size": ckpt.get("model_size") or "as given",
         "parameters": int(sum(t.numel() for t in ckpt.get("model", {}).values())),
         "vocab": vocab,
         "vocab_printable": printable(vocab),
@@ -100,6 +101,7 @@ def format_info(info: dict) -> str:
         ("checkpoint", info["checkpoint"]),
         ("architecture", f"{arch['cell']} RNN, {arch['num_layers']} layer(s) x {arch['hidden_size']} hidden units, "
                          f"dropout {_dropout(info)}"),
+        ("model size", info["model_size"]),
         ("parameters", f"{info['parameters']:,}"),
         ("vocabulary", f"{arch['vocab_size']} characters: {info['vocab_printable']}"),
         ("steps", f"{info['step']:,} (epoch {info['epoch']})" if info["step"] is not None else "?"),

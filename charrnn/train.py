@@ -76,7 +76,7 @@ def train(
     try:
         if text is None:  # under torchrun: one process per node reads (and downloads, encodes) the corpus first
             text = dist.first_on_each_node(lambda: _load_corpus(corpus, cfg, progress and dist.local_rank == 0))
-        run = _make_run(text, resumed, model_config, cfg, dist, device, memory_check)
+        run = _make_run(text, resumed, model_config, cfg, dist, device, memory_check, explicit)
         run.progress, run.on_step, run.started = progress and dist.is_main, on_step, started
         if not dist.is_main:
             log.addFilter(_quiet_rank)  # one voice: rank 0 reports (removed again below)
@@ -146,10 +146,18 @@ def _load_corpus(corpus: Optional[str], cfg: TrainConfig, progress: bool):
     return text
 
 
+def _chooses_size(model_config: ModelConfig, cfg: TrainConfig, resumed: Optional[dict], explicit) -> bool:
+    """Whether this run picks its model size for its time budget (charrnn.autosize): a new tanh run with a
+    budget whose caller named the options it set (`explicit`: the CLI does) and set neither size option."""
+    return (resumed is None and cfg.time_budget is not None and explicit is not None and model_config.cell == "tanh"
+            and not {"hidden_size", "num_layers"} & set(explicit))
+
+
 def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: TrainConfig, dist, device,
-              memory_check: bool = True):
+              memory_check: bool = True, explicit: Optional[set] = None):
     """Splits, batcher, precision plan, stop rule and this rank's share of the streams; refuses what cannot run
-    (with `memory_check`, a model and batch that will not fit in memory)."""
+    (with `memory_check`, a model and batch that will not fit in memory). Where `_chooses_size`, the model's size
+    is chosen for the time budget on this machine (charrnn.autosize), and recorded."""
     from .data import StreamBatcher, split_ids
     from .precision import plan_for
     from .resume import check_corpus
@@ -159,6 +167,13 @@ def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: Tra
     if resumed is not None:
         check_corpus(resumed, text, text.vocab)
     model_config.vocab_size = len(text.vocab)
+    size_choice = resumed.get("model_size") if resumed is not None else None  # a resumed run keeps its record
+    if _chooses_size(model_config, cfg, resumed, explicit):
+        from .autosize import choose_model_size
+
+        model_config.num_layers, model_config.hidden_size, size_choice = choose_model_size(
+            model_config, cfg, device, dist, plan_for)
+        log.info(f"model size {model_config.num_layers}x{model_config.hidden_size}: {size_choice}")
     if memory_check:  # rank 0's verdict on every rank, so no rank is left waiting for one that refused
         failure = None
         try:
@@ -187,7 +202,7 @@ def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: Tra
         )
     return Run(model_config=model_config, cfg=cfg, text=text, vocab=text.vocab, splits=splits, batcher=batcher,
                stop=StopRule.for_run(cfg, len(batcher)), run_dir="", dist=dist, shard=shard, device=device, plan=plan,
-               resumed=resumed)
+               resumed=resumed, size_choice=size_choice)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -119,6 +119,7 @@ class Run:
     progress: bool = True
     on_step: Optional[Callable[[dict], None]] = None
     started: Optional[float] = None  # when the command started, on the hooks' clock (a time budget counts from it)
+    size_choice: Optional[str] = None  # why the model has its size, when the run chose it (charrnn.autosize)
 
 
 @dataclass
@@ -577,6 +578,7 @@ class Trainer:
             "rng": rng,
             "corpus": {"source": run.text.source, "sha256": run.text.sha256, "chars": run.text.chars},
             "precision": run.plan.as_dict(),
+            "model_size": run.size_choice,
             "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "torch_version": str(torch.__version__),
             "saved_at": time.time(),

@@ -1,0 +1,108 @@
+"""The model size chosen for a time budget (charrnn.autosize): the prediction from the sweep, the choice from the
+machine's measured speed, and the start-up timing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from charrnn import autosize
+from charrnn.config import ModelConfig, TrainConfig
+
+SWEEP = {(2, 128): [(100, 2.3), (1000, 1.8), (10000, 1.6)], (2, 512): [(100, 2.0), (1000, 1.6), (10000, 1.45)]}
+
+
+@pytest.fixture
+def sweep(monkeypatch):
+    monkeypatch.setattr(autosize, "SWEEP", SWEEP)
+    monkeypatch.setattr(autosize, "CANDIDATES", tuple(sorted(SWEEP)))
+
+
+def test_the_shipped_sweep_is_sorted_and_improves_with_steps():
+    assert len(autosize.SWEEP) >= 3 and autosize.CANDIDATES == tuple(sorted(autosize.SWEEP))
+    for size, points in autosize.SWEEP.items():
+        steps = [n for n, _ in points]
+        assert steps == sorted(steps) and len(steps) >= 3, size
+        assert points[-1][1] < points[0][1], size  # more steps, lower loss
+
+
+def test_prediction_interpolates_in_log_steps_and_holds_past_the_last_point(sweep):
+    assert autosize.predicted_loss((2, 128), 1000) == pytest.approx(1.8)
+    assert autosize.predicted_loss((2, 128), math.sqrt(100 * 1000)) == pytest.approx(2.05)  # halfway in log
+    assert autosize.predicted_loss((2, 128), 10) == pytest.approx(2.8)  # the first slope continues
+    assert autosize.predicted_loss((2, 128), 10**6) == pytest.approx(1.6)  # no gain assumed past the sweep
+
+
+def test_a_slow_machine_or_short_budget_gets_the_small_model_a_fast_one_the_big(sweep):
+    # the big model is 8x slower per step: in 60 s this machine makes 1,140 small steps or 142 big ones
+    slow = {(2, 128): 0.05, (2, 512): 0.4}
+    (size, why) = autosize.choose(60, slow)
+    assert size == (2, 128) and "60 s budget" in why and "2x512" in why and "steps" in why
+    assert autosize.choose(3000, slow)[0] == (2, 512)  # a long budget affords the big model enough steps
+    fast = {(2, 128): 0.01, (2, 512): 0.04}
+    assert autosize.choose(60, fast)[0] == (2, 512)
+
+
+def test_time_steps_warms_up_then_times_at_least_one_step():
+    calls = []
+    per = autosize.time_steps(lambda: calls.append(1), budget=0.0)
+    assert len(calls) == 2 and per >= 0  # one warm-up call, one timed
+    calls.clear()
+    autosize.time_steps(lambda: calls.append(1), budget=60.0)
+    assert len(calls) == 21  # at most 20 timed calls, however long the budget
+
+
+class OneRank:
+    world = 1
+
+    @staticmethod
+    def sum_values(values):
+        return [float(v) for v in values]
+
+
+def test_choosing_times_every_candidate_and_leaves_the_global_rng_alone(sweep):
+    from charrnn.precision import plan_for
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    model_config = ModelConfig(vocab_size=20, hidden_size=512, num_layers=2)
+    cfg = TrainConfig(batch_size=2, seq_len=8, time_budget=1.0, precision="fp32")
+    L, H, why = autosize.choose_model_size(model_config, cfg, torch.device("cpu"), OneRank, plan_for)
+    assert (L, H) in SWEEP and why.startswith("auto for a 1 s budget")
+    assert torch.equal(torch.rand(3), expected)
+    assert (model_config.num_layers, model_config.hidden_size) == (2, 512)  # the caller's config untouched
+
+
+def test_a_budget_run_without_size_options_chooses_records_and_keeps_its_size(tmp_path):
+    """The CLI path: the choice is logged, stored in the checkpoint, shown by `charrnn info` and kept on resume;
+    a size option given on purpose wins (no timing, "as given")."""
+    from conftest import make_corpus, run_cli
+
+    from charrnn.checkpoint import load_checkpoint
+
+    corpus = make_corpus(tmp_path / "c.txt", 4000)
+    small = ["--batch-size", "4", "--seq-len", "16", "--warmup-steps", "2", "--eval-every", "1000"]
+    run = tmp_path / "run"
+    proc = run_cli("train", corpus, "--time-budget", "3", "--run-dir", run, *small, check=0)
+    err = proc.stderr.decode()
+    assert "model size 2x" in err and "auto for a 3 s budget on this machine" in err, err
+    ckpt = load_checkpoint(str(run / "latest.pt"))
+    size = (ckpt["model_config"]["num_layers"], ckpt["model_config"]["hidden_size"])
+    assert size in autosize.SWEEP and ckpt["model_size"].startswith("auto for a 3 s budget")
+    info = run_cli("info", run, check=0).stdout.decode()
+    assert "model size:" in info and "auto for a 3 s budget" in info, info
+
+    run_cli("train", "--resume", run, "--time-budget", "4", *small, check=0)
+    again = load_checkpoint(str(run / "latest.pt"))
+    assert (again["model_config"]["num_layers"], again["model_config"]["hidden_size"]) == size
+    assert again["model_size"] == ckpt["model_size"]
+
+    given = tmp_path / "given"
+    proc = run_cli("train", corpus, "--time-budget", "2", "--hidden-size", "24", "--run-dir", given, *small, check=0)
+    assert "model size" not in proc.stderr.decode()
+    assert load_checkpoint(str(given / "latest.pt"))["model_config"]["hidden_size"] == 24
+    info = run_cli("info", given, check=0).stdout.decode()
+    assert any(line.startswith("model size:") and line.endswith(" as given") for line in info.splitlines()), info
