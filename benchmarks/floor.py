@@ -56,6 +56,63 @@ def recurrent_products(L: int, T: int, B: int, H: int, dtype) -> float:
     return timed(run)
 
 
+def kernel_recurrence(L: int, T: int, B: int, H: int) -> float:
+    """charrnn's fused stack (charrnn/fused.py) alone, forward and backward, serial, fp32: the per-step products
+    plus everything else the recurrence does per step (the elementwise ops, their dispatch, Python)."""
+    from charrnn.fused import tanh_stack_parts
+
+    g = torch.Generator().manual_seed(0)
+    x1 = torch.randn(T, B, H, generator=g).requires_grad_()
+    h0 = torch.zeros(L, B, H)
+    w_hh = [(torch.randn(H, H, generator=g) * H**-0.5).requires_grad_() for _ in range(L)]
+    w_xh = [(torch.randn(H, H, generator=g) * H**-0.5).requires_grad_() for _ in range(L - 1)]
+    b = [torch.zeros(H, requires_grad=True) for _ in range(L - 1)]
+    grad = torch.randn(T, B, H, generator=g)
+
+    def run():
+        top, _, _ = tanh_stack_parts(x1, h0, w_hh, w_xh, b, workers=1)
+        top.backward(grad)
+
+    return timed(run, rounds=5)
+
+
+def stack_products(L: int, T: int, B: int, H: int, absorbable_only: bool = False) -> float:
+    """The fused stack's products over all T*B rows: the inputs of the layers above the first (forward) and their
+    gradients, and the weight gradients. absorbable_only: the first two alone, the part a wavefront would move
+    into its per-diagonal product."""
+    h, dz, w = torch.randn(T * B, H), torch.randn(T * B, H), torch.randn(H, H)
+
+    def run():
+        for _ in range(L - 1):
+            torch.mm(h, w.t())
+            torch.mm(dz, w)
+            if not absorbable_only:
+                torch.mm(dz.t(), h)
+        for _ in range(0 if absorbable_only else L):
+            torch.mm(dz.t(), h)
+
+    return timed(run)
+
+
+def wavefront_products(L: int, T: int, B: int, H: int) -> float:
+    """The pure-torch wavefront route: one (B, L*H) x (L*H, L*H) product per diagonal (T + L - 1 of them) forward
+    and one backward, the input and recurrent weights of every layer in one block-bidiagonal matrix, so the
+    stack steps with L times fewer calls (and (L*L)/(2L-1) times the recurrent and input FLOPs)."""
+    W = torch.randn(L * H, L * H) * 0.01
+    buf = torch.zeros(T + L, B, L * H)
+    views = buf.unbind(0)
+
+    def run():
+        prev = views[0]
+        for step in views[1:]:
+            prev = step.addmm_(prev, W)
+        later = views[-1]
+        for step in reversed(views[:-1]):
+            later = step.addmm_(later, W.t())
+
+    return timed(run)
+
+
 def big_products(L: int, T: int, B: int, H: int, V: int) -> float:
     rows = T * B
     h = torch.randn(rows, H)
@@ -86,6 +143,10 @@ def main() -> None:
         rec32 = recurrent_products(L, T, B, H, torch.float32)
         rec16 = recurrent_products(L, T, B, H, torch.bfloat16) if H >= 256 else None
         big = big_products(L, T, B, H, V)
+        kernel = kernel_recurrence(L, T, B, H)
+        inputs = stack_products(L, T, B, H, absorbable_only=True)
+        in_stack = stack_products(L, T, B, H)
+        wave = wavefront_products(L, T, B, H) if L > 1 else None
         rates, _, _ = compare(H, L, V=V, B=B, T=T, round_seconds=1.0)  # charrnn and stock nn.RNN, interleaved
         step_ours, step_stock = chars / rates["charrnn"], chars / rates["nn.RNN"]
         per_product = rec32 / (2 * L * (T - 1))
@@ -93,6 +154,13 @@ def main() -> None:
         print(f"{spec} B{B} T{T}: per-step products {rec32 * 1e3:.1f} ms fp32 ({per_product * 1e6:.1f} us each, "
               f"{flops / 1e9:.0f} GFLOP/s)" + (f", {rec16 * 1e3:.1f} ms bf16" if rec16 else "")
               + f"; big products {big * 1e3:.1f} ms fp32; floor (sum, fp32) {(rec32 + big) * 1e3:.1f} ms")
+        rest = kernel - rec32 - in_stack
+        print(f"  the fused stack alone (serial, forward + backward): {kernel * 1e3:.1f} ms: per-step products "
+              f"{rec32 * 1e3:.1f} ms, whole-batch products {in_stack * 1e3:.1f} ms, the rest (elementwise work, "
+              f"dispatch, Python) {rest * 1e3:.1f} ms ({100 * rest / kernel:.0f} %)")
+        if wave is not None:
+            print(f"  wavefront route: its products alone {wave * 1e3:.1f} ms, against {(rec32 + inputs) * 1e3:.1f} ms for "
+                  f"the per-step products plus the input products it would absorb ({inputs * 1e3:.1f} ms)")
         print(f"  whole step: charrnn {step_ours * 1e3:.1f} ms ({chars / step_ours:,.0f} chars/s), stock nn.RNN "
               f"{step_stock * 1e3:.1f} ms ({chars / step_stock:,.0f} chars/s), ratio {step_stock / step_ours:.2f}x; "
               f"2.0x would need {step_stock / 2 * 1e3:.1f} ms")

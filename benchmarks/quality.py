@@ -80,7 +80,8 @@ def main() -> None:
     results = []
     print(f"corpus {args.corpus}, budget {args.budget}, {args.runs} run(s) per configuration, "
           f"load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
-    print(f"{'configuration':<48} {'val nats':>9} {'val bits':>9} {'steps':>6} {'chars/s':>9} {'dropout':>7}")
+    print(f"{'configuration':<48} {'val nats':>9} {'val bits':>9} {'steps':>6} {'chars/s':>9} {'dropout':>7} "
+          f"{'model':>7} {'wall s':>6}")
     for point in grid:
         options = list(extra)
         for name, value in point:
@@ -90,8 +91,10 @@ def main() -> None:
         for i in range(args.runs):  # each run is printed as soon as it ends
             r = run_once(args.corpus, args.budget, options, seed=args.first_seed + i)
             runs.append(r)
+            size = f"{r['model_config']['num_layers']}x{r['model_config']['hidden_size']}"
             print(f"{label:<48} {r['val_nats']:9.4f} {r['val_bits']:9.4f} {r['steps']:6d} "
-                  f"{(r['chars_per_sec'] or 0):9.0f} {r['model_config']['dropout']!s:>7}", flush=True)
+                  f"{(r['chars_per_sec'] or 0):9.0f} {r['model_config']['dropout']!s:>7} {size:>7} {r['wall_s']:6.1f}",
+                  flush=True)
         median = statistics.median(r["val_nats"] for r in runs)
         if args.runs > 1:
             print(f"{label + '  [median]':<48} {median:9.4f} {median / math.log(2):9.4f}", flush=True)
