@@ -163,7 +163,7 @@ def bench_sampling(quick: bool, peak: Peak) -> dict:
             "chars_per_s": rate, "gflops": rate * flops_per_char / 1e9,
             "weights_gb_per_s": rate / streams * weight_bytes / 1e9,
             "product_alone_gflops": per_step_product_gflops(streams, H),
-            "route": "numpy (single-threaded BLAS gemv)" if streams == 1 else "torch, one product per layer for all streams",
+            "route": "numpy (single-threaded BLAS gemv)" if streams == 1 else "torch, all streams in each product",
         }
         print(f"  sample 2x512, {streams} stream(s): {rate:,.0f} chars/s, {out[f'{streams}_streams']['gflops']:.1f} "
               f"GFLOP/s, weights read at {out[f'{streams}_streams']['weights_gb_per_s']:.1f} GB/s", flush=True)
