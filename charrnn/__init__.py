@@ -43,20 +43,31 @@ _LAZY = {
 class _Api:
     """`charrnn.NAME` is the API object even where a submodule has the same name (train, sample, evaluate): the
     import system records each imported submodule as an attribute of this package, and this descriptor takes
-    that assignment without letting it replace the function."""
+    that assignment without letting it replace the function. Anything else assigned (a test's patch) is kept
+    until deleted."""
 
-    def __init__(self, module: str, attr: str):
-        self.module, self.attr = module, attr
+    def __init__(self, name: str, module: str, attr: str):
+        self.name, self.module, self.attr = name, module, attr
 
     def __get__(self, package, owner=None):
+        patched = package.__dict__.get("_patched", {})
+        if self.name in patched:
+            return patched[self.name]
         return getattr(importlib.import_module(f".{self.module}", __name__), self.attr)
 
     def __set__(self, package, value):
         if not isinstance(value, types.ModuleType):
-            raise AttributeError(f"charrnn.{self.attr} is read-only")
+            package.__dict__.setdefault("_patched", {})[self.name] = value
+
+    def __delete__(self, package):
+        package.__dict__.get("_patched", {}).pop(self.name, None)
+
+
+def _dir(package) -> list:
+    return sorted(set(package.__dict__) | set(_LAZY))
 
 
 sys.modules[__name__].__class__ = type("_Package", (types.ModuleType,),
-                                      {name: _Api(*where) for name, where in _LAZY.items()})
+                                      {"__dir__": _dir, **{name: _Api(name, *where) for name, where in _LAZY.items()}})
 
 __all__ = ["ModelConfig", "TrainConfig", "CharrnnError", "__version__", *_LAZY]

@@ -13,40 +13,62 @@ import math
 import time
 from typing import Callable, Optional
 
-# (layers, hidden) -> [(steps, best validation nats/char)], tiny-shakespeare (first 90 % / last 10 %), tanh,
-# B32 T128, the defaults otherwise, --precision fp32, seed 1 (benchmarks/size_sweep.py; benchmarks/README.md)
-SWEEP: dict = {
-    (2, 128): [(125, 2.2947), (250, 2.0381), (500, 1.8726), (1000, 1.7618), (2000, 1.6891), (4000, 1.6573)],
-    (2, 256): [(125, 2.0995), (250, 1.8855), (500, 1.7269), (1000, 1.6202), (2000, 1.5583), (4000, 1.5346)],
-    (2, 512): [(125, 1.9591), (250, 1.7662), (500, 1.6161), (1000, 1.5407), (2000, 1.5089), (4000, 1.4922)],
+# training-split characters -> (layers, hidden) -> [(steps, best validation nats/char)]: tiny-shakespeare (its
+# first 100,000 characters, and all of it), first 90 % / last 10 %, tanh, B32 T128, the defaults otherwise,
+# --precision fp32, seed 1 (benchmarks/size_sweep.py; benchmarks/README.md)
+SWEEPS: dict = {
+    90_000: {
+        (2, 128): [(125, 2.1471), (250, 1.8551), (500, 1.7050), (1000, 1.6496), (2000, 1.6340)],
+        (2, 256): [(125, 1.9059), (250, 1.6857), (500, 1.5911), (1000, 1.6030)],
+        (2, 512): [(125, 1.7298), (250, 1.5725), (500, 1.6049)],
+    },
+    1_003_854: {
+        (2, 128): [(125, 2.2947), (250, 2.0381), (500, 1.8726), (1000, 1.7618), (2000, 1.6891), (4000, 1.6573)],
+        (2, 256): [(125, 2.0995), (250, 1.8855), (500, 1.7269), (1000, 1.6202), (2000, 1.5583), (4000, 1.5346)],
+        (2, 512): [(125, 1.9591), (250, 1.7662), (500, 1.6161), (1000, 1.5407), (2000, 1.5089), (4000, 1.4922)],
+    },
 }
 
-CANDIDATES = tuple(sorted(SWEEP))  # tried at start-up, smallest first
+CANDIDATES = tuple(sorted(next(iter(SWEEPS.values()))))  # tried at start-up, smallest first
 PROBE_SHARE = 0.03  # the timing may take at most this share of the budget (and at least one step per size)
 STARTUP_SHARE = 0.05  # the rest of start-up, validations and saves: the share of the budget not spent on steps
 
 
-def predicted_loss(size: tuple, steps: float) -> float:
-    """The sweep's loss for `size` after `steps`, linear in log(steps) between measured points; before the first
-    the first segment's slope continues, after the last the last value holds (no gain is assumed past it)."""
-    points = SWEEP[size]
-    if steps <= points[0][0]:
-        (n0, v0), (n1, v1) = points[0], points[1]
-    elif steps >= points[-1][0]:
+def _along(points: list, x: float, hold_last: bool) -> float:
+    """Piecewise linear in log(x) through points [(x, y)] sorted by x: the first segment's slope continues below
+    the first point; past the last, the last value holds (hold_last) or the last segment's slope continues."""
+    if len(points) == 1:
+        return points[0][1]
+    if x >= points[-1][0] and hold_last:
         return points[-1][1]
-    else:
-        i = next(i for i in range(1, len(points)) if points[i][0] >= steps)
-        (n0, v0), (n1, v1) = points[i - 1], points[i]
-    steps = max(steps, 1.0)
-    return v0 + (v1 - v0) * (math.log(steps) - math.log(n0)) / (math.log(n1) - math.log(n0))
+    i = 1
+    while i < len(points) - 1 and points[i][0] < x:
+        i += 1
+    (x0, y0), (x1, y1) = points[i - 1], points[i]
+    return y0 + (y1 - y0) * (math.log(max(x, 1.0)) - math.log(x0)) / (math.log(x1) - math.log(x0))
 
 
-def choose(budget: float, seconds_per_step: dict) -> tuple[tuple, str]:
-    """The candidate with the lowest predicted loss after the steps `budget` seconds allow, and why (a log line)."""
+def predicted_loss(size: tuple, steps: float, train_chars: Optional[float] = None) -> float:
+    """The sweeps' loss for `size` after `steps`: linear in log(steps) between measured points (no gain assumed
+    past the last), and between the sweeps' corpora linear in log(training characters), each end held beyond
+    (None: the largest corpus swept)."""
+    corpora = sorted(SWEEPS)
+    train_chars = corpora[-1] if train_chars is None else min(max(train_chars, corpora[0]), corpora[-1])
+    by_corpus = [(chars, _along(SWEEPS[chars][size], steps, hold_last=True)) for chars in corpora]
+    return _along(by_corpus, train_chars, hold_last=True)
+
+
+def choose(budget: float, seconds_per_step: dict, train_chars: Optional[float] = None,
+           step_cap: Optional[int] = None) -> tuple[tuple, str]:
+    """The candidate with the lowest predicted loss after the steps `budget` seconds allow (at most `step_cap`)
+    on a training split of `train_chars` characters, and why (a log line). A candidate that could not be timed
+    (infinite seconds) is never chosen while another could."""
     usable = budget * (1.0 - STARTUP_SHARE)
-    predictions = {size: predicted_loss(size, usable / s) for size, s in seconds_per_step.items()}
+    timed = {size: s for size, s in seconds_per_step.items() if math.isfinite(s)} or seconds_per_step
+    steps = {size: min(usable / s, step_cap or math.inf) for size, s in timed.items()}
+    predictions = {size: predicted_loss(size, steps[size], train_chars) for size in timed}
     best = min(predictions, key=lambda size: (predictions[size], size))
-    shown = ", ".join(f"{L}x{H}: ~{usable / seconds_per_step[(L, H)]:,.0f} steps -> {predictions[(L, H)]:.2f}"
+    shown = ", ".join(f"{L}x{H}: ~{steps[(L, H)]:,.0f} steps -> {predictions[(L, H)]:.2f}"
                       for L, H in sorted(predictions))
     return best, f"auto for a {budget:g} s budget on this machine ({shown} nats/char predicted)"
 
@@ -94,22 +116,38 @@ def training_step(model_config, cfg, device, plan) -> Callable[[], None]:
     return step
 
 
-def choose_model_size(model_config, cfg, device, dist, plan_for: Callable, budget: Optional[float] = None):
-    """(num_layers, hidden_size, why) for this run's time budget: every candidate timed here (the global RNG is
-    left as it was), the times averaged over the ranks so that every rank chooses alike."""
+def choose_model_size(model_config, cfg, device, dist, plan_for: Callable, train_chars: Optional[float] = None,
+                      candidates: Optional[list] = None, step_cap: Optional[int] = None,
+                      budget: Optional[float] = None):
+    """(num_layers, hidden_size, why) for this run's time budget: every candidate (default: all) timed here with
+    cfg's batch (the global RNG is left as it was), the times averaged over the ranks so that every rank chooses
+    alike; a candidate whose step fails (out of memory) counts as untimeable. No candidate: the size stays."""
     import dataclasses
 
     import torch
 
     budget = cfg.time_budget if budget is None else budget
-    per_size = PROBE_SHARE * budget / len(CANDIDATES)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    candidates = list(CANDIDATES if candidates is None else candidates)
+    if not candidates:
+        return model_config.num_layers, model_config.hidden_size, "as given: no candidate size fits in memory"
+    per_size = PROBE_SHARE * budget / len(candidates)
+    if device.type == "cuda":
+        sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
+    elif device.type == "mps":
+        sync = torch.mps.synchronize
+    else:
+        sync = lambda: None  # noqa: E731
     times = []
     with torch.random.fork_rng(devices=[]):
-        for L, H in CANDIDATES:
+        for L, H in candidates:
             config = dataclasses.replace(model_config, num_layers=L, hidden_size=H, dropout=0.0)
             plan = plan_for(device, config.cell, H, cfg.precision, cfg.kernel)
-            times.append(time_steps(training_step(config, cfg, device, plan), per_size, sync))
+            try:
+                times.append(time_steps(training_step(config, cfg, device, plan), per_size, sync))
+            except RuntimeError:  # out of memory: every rank still takes part in the sum below
+                times.append(math.inf)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the candidates' blocks, before the run measures free memory
     times = [t / dist.world for t in dist.sum_values(times)]
-    (L, H), why = choose(budget, dict(zip(CANDIDATES, times)))
+    (L, H), why = choose(budget, dict(zip(candidates, times)), train_chars, step_cap)
     return L, H, why

@@ -148,7 +148,7 @@ def train(
              "corpus (Python standard library source).", show_default=False)] = None,
     # model
     cell: Annotated[str, typer.Option(help="Recurrent cell: tanh, gru or lstm.", rich_help_panel="Model")] = _m("cell"),
-    hidden_size: Annotated[int, typer.Option(help="Hidden units per layer. With --time-budget and neither size option given, the size is chosen for the budget on this machine.", rich_help_panel="Model")] = _m("hidden_size"),
+    hidden_size: Annotated[int, typer.Option(help="Hidden units per layer. For tanh with --time-budget and neither size option given, the size is chosen for the budget on this machine.", rich_help_panel="Model")] = _m("hidden_size"),
     num_layers: Annotated[int, typer.Option(help="Stacked recurrent layers.", rich_help_panel="Model")] = _m("num_layers"),
     dropout: Annotated[str, typer.Option(help="Dropout between layers and before the head: a rate in [0, 1), or auto (0.005 per pass over the training split the run will make, at most 0.2; with --time-budget, decided from the speed of the first steps).", rich_help_panel="Model")] = "auto",
     recurrent_init: Annotated[str, typer.Option(help="tanh cell's W_hh at initialisation: KIND[:GAIN], KIND orthogonal, identity or uniform (torch's nn.RNN default).", rich_help_panel="Model")] = _m("recurrent_init"),

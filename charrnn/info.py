@@ -48,7 +48,7 @@ def checkpoint_info(checkpoint: Optional[str] = None) -> dict:
             "dropout": model.get("dropout"),
             "vocab_size": model.get("vocab_size", len(vocab)),
         },
-        "model_size": ckpt.get("model_size") or "as given",
+        "model_size": ckpt.get("model_size") or "given or the default",
         "parameters": int(sum(t.numel() for t in ckpt.get("model", {}).values())),
         "vocab": vocab,
         "vocab_printable": printable(vocab),

@@ -167,22 +167,6 @@ def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: Tra
     if resumed is not None:
         check_corpus(resumed, text, text.vocab)
     model_config.vocab_size = len(text.vocab)
-    size_choice = resumed.get("model_size") if resumed is not None else None  # a resumed run keeps its record
-    if _chooses_size(model_config, cfg, resumed, explicit):
-        from .autosize import choose_model_size
-
-        model_config.num_layers, model_config.hidden_size, size_choice = choose_model_size(
-            model_config, cfg, device, dist, plan_for)
-        log.info(f"model size {model_config.num_layers}x{model_config.hidden_size}: {size_choice}")
-    if memory_check:  # rank 0's verdict on every rank, so no rank is left waiting for one that refused
-        failure = None
-        try:
-            check_memory(model_config, cfg, device, dist.world)
-        except UsageError as exc:
-            failure = exc
-        failure = dist.agree_on_failure(failure)
-        if failure is not None:
-            raise failure
     splits = split_ids(text.ids, cfg.val_frac, cfg.test_frac)
     if cfg.val_chars is None:  # --val-chars auto, decided once: the run's checkpoints record it and a resume keeps it
         cfg.val_chars = auto_val_chars(cfg.eval_every, cfg.batch_size, cfg.seq_len)
@@ -192,17 +176,54 @@ def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: Tra
             f"the validation split has {len(splits.val)} characters but needs at least {cfg.seq_len + 1} "
             f"(one --seq-len window): raise --val-frac, lower --seq-len, or pass --val-frac 0"
         )
-    # what runs in which dtype (refuses a request the device cannot honour)
-    plan = plan_for(device, model_config.cell, model_config.hidden_size, cfg.precision, cfg.kernel)
     shard = dist.shard(cfg.batch_size)
     if resumed is not None and resumed["progress"].get("world_size", 1) != dist.world:
         raise UsageError(
             f"this run was trained with {resumed['progress'].get('world_size', 1)} process(es); resume it with "
             f"the same number (now {dist.world}), because each holds its own share of the streams' state"
         )
+    stop = StopRule.for_run(cfg, len(batcher))
+    size_choice = resumed.get("model_size") if resumed is not None else None  # a resumed run keeps its record
+    if _chooses_size(model_config, cfg, resumed, explicit):
+        size_choice = _choose_size(model_config, cfg, len(splits.train), stop.total_steps, shard, dist, device,
+                                   memory_check)
+    if memory_check:  # rank 0's verdict on every rank, so no rank is left waiting for one that refused
+        failure = None
+        try:
+            check_memory(model_config, cfg, device, dist.world)
+        except UsageError as exc:
+            failure = exc
+        failure = dist.agree_on_failure(failure)
+        if failure is not None:
+            raise failure
+    # what runs in which dtype (refuses a request the device cannot honour)
+    plan = plan_for(device, model_config.cell, model_config.hidden_size, cfg.precision, cfg.kernel)
     return Run(model_config=model_config, cfg=cfg, text=text, vocab=text.vocab, splits=splits, batcher=batcher,
-               stop=StopRule.for_run(cfg, len(batcher)), run_dir="", dist=dist, shard=shard, device=device, plan=plan,
-               resumed=resumed, size_choice=size_choice)
+               stop=stop, run_dir="", dist=dist, shard=shard, device=device, plan=plan, resumed=resumed,
+               size_choice=size_choice)
+
+
+def _choose_size(model_config: ModelConfig, cfg: TrainConfig, train_chars: int, step_cap: Optional[int], shard,
+                 dist, device, memory_check: bool) -> str:
+    """Set model_config's size for the time budget (charrnn.autosize), timing this rank's share of the batch;
+    with `memory_check` only candidates that fit are timed. Returns the record of why."""
+    from .autosize import CANDIDATES, choose_model_size
+    from .precision import plan_for
+
+    fits = []
+    for L, H in CANDIDATES:
+        try:
+            if memory_check:
+                check_memory(dataclasses.replace(model_config, num_layers=L, hidden_size=H), cfg, device, dist.world)
+            fits.append((L, H))
+        except UsageError:
+            pass
+    share = dataclasses.replace(cfg, batch_size=shard.stop - shard.start)
+    L, H, why = choose_model_size(model_config, share, device, dist, plan_for, train_chars, fits, step_cap)
+    model_config.num_layers, model_config.hidden_size = L, H
+    if dist.is_main:
+        log.info(f"model size {L}x{H}: {why}")
+    return why
 
 
 # ----------------------------------------------------------------------------------------------------------------

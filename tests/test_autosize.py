@@ -16,16 +16,28 @@ SWEEP = {(2, 128): [(100, 2.3), (1000, 1.8), (10000, 1.6)], (2, 512): [(100, 2.0
 
 @pytest.fixture
 def sweep(monkeypatch):
-    monkeypatch.setattr(autosize, "SWEEP", SWEEP)
+    monkeypatch.setattr(autosize, "SWEEPS", {10_000: SWEEP})
     monkeypatch.setattr(autosize, "CANDIDATES", tuple(sorted(SWEEP)))
 
 
-def test_the_shipped_sweep_is_sorted_and_improves_with_steps():
-    assert len(autosize.SWEEP) >= 3 and autosize.CANDIDATES == tuple(sorted(autosize.SWEEP))
-    for size, points in autosize.SWEEP.items():
-        steps = [n for n, _ in points]
-        assert steps == sorted(steps) and len(steps) >= 3, size
-        assert points[-1][1] < points[0][1], size  # more steps, lower loss
+def test_the_shipped_sweeps_cover_every_candidate_sorted_and_improving_with_steps():
+    assert len(autosize.SWEEPS) >= 2 and len(autosize.CANDIDATES) >= 3
+    for chars, table in autosize.SWEEPS.items():
+        assert tuple(sorted(table)) == autosize.CANDIDATES, chars
+        for size, points in table.items():
+            steps = [n for n, _ in points]
+            assert steps == sorted(steps) and len(steps) >= 3, (chars, size)
+            assert points[-1][1] < points[0][1], (chars, size)  # more steps, lower loss
+
+
+def test_between_corpora_the_prediction_is_linear_in_log_characters(monkeypatch):
+    small = {size: [(n, v + 0.5) for n, v in points] for size, points in SWEEP.items()}
+    monkeypatch.setattr(autosize, "SWEEPS", {1_000: small, 100_000: SWEEP})
+    at = autosize.predicted_loss
+    assert at((2, 128), 1000, 1_000) == pytest.approx(2.3) and at((2, 128), 1000, 100_000) == pytest.approx(1.8)
+    assert at((2, 128), 1000, 10_000) == pytest.approx(2.05)  # halfway in log
+    assert at((2, 128), 1000, 10) == pytest.approx(2.3) and at((2, 128), 1000, 10**9) == pytest.approx(1.8)
+    assert at((2, 128), 1000) == pytest.approx(1.8)  # no corpus size given: the largest swept
 
 
 def test_prediction_interpolates_in_log_steps_and_holds_past_the_last_point(sweep):
@@ -91,7 +103,7 @@ def test_a_budget_run_without_size_options_chooses_records_and_keeps_its_size(tm
     assert "model size 2x" in err and "auto for a 3 s budget on this machine" in err, err
     ckpt = load_checkpoint(str(run / "latest.pt"))
     size = (ckpt["model_config"]["num_layers"], ckpt["model_config"]["hidden_size"])
-    assert size in autosize.SWEEP and ckpt["model_size"].startswith("auto for a 3 s budget")
+    assert size in autosize.CANDIDATES and ckpt["model_size"].startswith("auto for a 3 s budget")
     info = run_cli("info", run, check=0).stdout.decode()
     assert "model size:" in info and "auto for a 3 s budget" in info, info
 
@@ -105,4 +117,14 @@ def test_a_budget_run_without_size_options_chooses_records_and_keeps_its_size(tm
     assert "model size" not in proc.stderr.decode()
     assert load_checkpoint(str(given / "latest.pt"))["model_config"]["hidden_size"] == 24
     info = run_cli("info", given, check=0).stdout.decode()
-    assert any(line.startswith("model size:") and line.endswith(" as given") for line in info.splitlines()), info
+    assert any(line.startswith("model size:") and line.endswith(" given or the default") for line in info.splitlines()), info
+
+
+def test_a_step_limit_caps_the_steps_and_an_untimeable_candidate_is_not_chosen(sweep):
+    fast = {(2, 128): 0.01, (2, 512): 0.04}
+    assert autosize.choose(3000, fast)[0] == (2, 512)
+    # --max-steps 100 with the budget: 100 steps each, where the big model is ahead
+    size, why = autosize.choose(3000, {(2, 128): 0.001, (2, 512): 1.0}, step_cap=100)
+    assert size == (2, 512) and "~100 steps" in why
+    # a candidate whose step failed (out of memory) is infinitely slow: never chosen while another was timed
+    assert autosize.choose(3000, {(2, 128): 0.05, (2, 512): float("inf")})[0] == (2, 128)

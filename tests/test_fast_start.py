@@ -40,6 +40,9 @@ def test_package_names_stay_the_api_after_their_modules_are_imported():
             "assert charrnn.sample.__name__ == 'sample' and charrnn.evaluate.__name__ == 'evaluate'\n"
             "assert charrnn.TrainResult is charrnn.trainer.TrainResult\n"
             "from charrnn import train, generate; assert train is charrnn.train\n"
+            "import unittest.mock as mock\n"
+            "with mock.patch.object(charrnn, 'evaluate', 42): assert charrnn.evaluate == 42\n"
+            "assert charrnn.evaluate.__name__ == 'evaluate' and 'sample' in dir(charrnn)\n"
             "print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
