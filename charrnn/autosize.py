@@ -34,6 +34,13 @@ PROBE_SHARE = 0.03  # the timing may take at most this share of the budget (and 
 STARTUP_SHARE = 0.05  # the rest of start-up, validations and saves: the share of the budget not spent on steps
 
 
+def applies(model_config, cfg, explicit) -> bool:
+    """Whether a new run picks its size for its time budget: a tanh run with a budget whose caller named the
+    options it set (`explicit`: the CLI does, config-file keys included) and set neither size option."""
+    return (cfg.time_budget is not None and explicit is not None and model_config.cell == "tanh"
+            and not {"hidden_size", "num_layers"} & set(explicit))
+
+
 def _along(points: list, x: float, hold_last: bool) -> float:
     """Piecewise linear in log(x) through points [(x, y)] sorted by x: the first segment's slope continues below
     the first point; past the last, the last value holds (hold_last) or the last segment's slope continues."""

@@ -216,7 +216,7 @@ def train(
         # defaults < --config file < options, every number checked before anything is created or downloaded
         explicit = settle_configs(model_config, train_config, config, _explicit(ctx))
         if save_config is not None:
-            return write_config(save_config, model_config, train_config)
+            return write_config(save_config, model_config, train_config, explicit)
         return train_fn(resolve_corpus(corpus, sha256=sha256), model_config, train_config, run_dir=run_dir,
                         resume=resume, explicit=explicit, progress=not quiet, allow_lr_change=allow_lr_change,
                         memory_check=not no_memory_check, started=_command_started())

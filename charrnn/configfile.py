@@ -133,11 +133,19 @@ def _toml_value(value: Any) -> str:
     return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a valid TOML basic string
 
 
-def config_toml(model_config: ModelConfig, train_config: TrainConfig) -> str:
-    """The effective configuration as TOML (unset optional values are left out: TOML has no null)."""
+def config_toml(model_config: ModelConfig, train_config: TrainConfig, explicit=None) -> str:
+    """The effective configuration as TOML (unset optional values are left out: TOML has no null). Where the run
+    would choose its size for the time budget (`explicit`: the options set on purpose; autosize.applies), the
+    size lines are comments, so that training from the file chooses too."""
+    from .autosize import applies
+
+    sized_by_budget = applies(model_config, train_config, explicit)
     lines = ["# charrnn train configuration: charrnn train CORPUS --config THIS_FILE", "", "# model"]
     for name in _fields(ModelConfig):
         value = getattr(model_config, name)
+        if sized_by_budget and name in ("hidden_size", "num_layers"):
+            lines.append(f"# {name} = {value}  (chosen for the time budget at start-up; set it to fix the size)")
+            continue
         lines.append(f"{name} = {_toml_value('auto' if value is None else value)}")  # dropout: None is auto
     lines += ["", "# training"]
     for name in _fields(TrainConfig):
@@ -151,11 +159,11 @@ def config_toml(model_config: ModelConfig, train_config: TrainConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_config(path: str, model_config: ModelConfig, train_config: TrainConfig) -> str:
+def save_config(path: str, model_config: ModelConfig, train_config: TrainConfig, explicit=None) -> str:
     """Write the effective configuration to path, atomically (fileio.write_text)."""
     from .fileio import write_text
 
-    return write_text(path, config_toml(model_config, train_config), "config file")
+    return write_text(path, config_toml(model_config, train_config, explicit), "config file")
 
 
 __all__ = ["read_config", "apply_config", "settle_configs", "config_toml", "save_config", "config_keys"]

@@ -147,10 +147,11 @@ def _load_corpus(corpus: Optional[str], cfg: TrainConfig, progress: bool):
 
 
 def _chooses_size(model_config: ModelConfig, cfg: TrainConfig, resumed: Optional[dict], explicit) -> bool:
-    """Whether this run picks its model size for its time budget (charrnn.autosize): a new tanh run with a
-    budget whose caller named the options it set (`explicit`: the CLI does) and set neither size option."""
-    return (resumed is None and cfg.time_budget is not None and explicit is not None and model_config.cell == "tanh"
-            and not {"hidden_size", "num_layers"} & set(explicit))
+    """Whether this run picks its model size for its time budget (charrnn.autosize.applies); a resumed run
+    keeps the size it has."""
+    from .autosize import applies
+
+    return resumed is None and applies(model_config, cfg, explicit)
 
 
 def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: TrainConfig, dist, device,

@@ -128,3 +128,19 @@ def test_a_step_limit_caps_the_steps_and_an_untimeable_candidate_is_not_chosen(s
     assert size == (2, 512) and "~100 steps" in why
     # a candidate whose step failed (out of memory) is infinitely slow: never chosen while another was timed
     assert autosize.choose(3000, {(2, 128): 0.05, (2, 512): float("inf")})[0] == (2, 128)
+
+
+def test_a_saved_config_leaves_the_size_to_the_budget_unless_it_was_given(tmp_path):
+    """--save-config of a budget run without size options writes the size lines as comments, so that training
+    from the file chooses the size again; with a size given, the file pins it."""
+    from conftest import run_cli
+
+    from charrnn.configfile import read_config
+
+    auto, pinned = tmp_path / "auto.toml", tmp_path / "pinned.toml"
+    run_cli("train", "--time-budget", "60", "--save-config", auto, check=0)
+    assert "# hidden_size = 512  (chosen for the time budget" in auto.read_text()
+    values = read_config(str(auto))
+    assert "hidden_size" not in values and "num_layers" not in values and values["time_budget"] == 60
+    run_cli("train", "--time-budget", "60", "--hidden-size", "256", "--save-config", pinned, check=0)
+    assert read_config(str(pinned))["hidden_size"] == 256 and read_config(str(pinned))["num_layers"] == 2
