@@ -46,10 +46,10 @@ def train(
     """Train a CharRNN on `corpus` (a file, a directory, '-' for stdin, None for the demo corpus).
 
     `explicit` names the options the user set on purpose (the CLI passes them); when resuming, those must agree
-    with the checkpoint except for the ones in RESUMABLE_CHANGES (and LR_CHANGES with `allow_lr_change`).
+    with the checkpoint except for the ones in RESUMABLE_CHANGES (and LR_CHANGES with `allow_lr_change`); with a
+    time budget and neither size option in it, a new tanh run chooses its size (charrnn.autosize).
     `on_step`, if given, is called after every optimizer step with a dict (step, epoch, loss, lr). The configs
-    passed in are not changed: what the run decides (vocabulary size, --dropout auto) is recorded in its
-    checkpoints. `memory_check`: refuse a model and batch that will not fit in the memory available (UsageError).
+    passed in are not changed: what the run decides is recorded in its checkpoints. `memory_check`: refuse a model and batch that will not fit in the memory available (UsageError).
     `started`: when the command started, on the hooks' clock (default: now); a --time-budget counts from it.
     A run that fails before its first checkpoint removes what it created (the run directory, if it made it).
     """
