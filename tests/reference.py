@@ -74,3 +74,12 @@ def tanh_stack_reference(x1, h0, w_hh, w_xh, b, masks=None):
             x = inp @ w_xh[l - 1].t() + b[l - 1]
         out.append(tanh_recurrence_reference(x, h0[l], w_hh[l]))
     return torch.stack(out)
+
+
+def manual_nats(model, ids):
+    """Cross-entropy of ids[1:] given ids[:-1], one stream, the whole text in one forward pass."""
+    x = torch.tensor(list(ids[:-1]), dtype=torch.long)[None]
+    y = torch.tensor(list(ids[1:]), dtype=torch.long)
+    with torch.no_grad():
+        logits, _, _ = model(x)
+    return torch.nn.functional.cross_entropy(logits[0], y, reduction="sum").item()

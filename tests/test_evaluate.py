@@ -3,9 +3,7 @@
 import json
 import math
 
-import numpy as np
 import pytest
-import torch
 
 import charrnn
 from charrnn.checkpoint import load_checkpoint
@@ -14,15 +12,7 @@ from charrnn.evaluate import score_ids
 from charrnn.runtime import build_model
 
 from conftest import assert_one_line_error, run_cli
-
-
-def manual_nats(model, ids):
-    """Cross-entropy of ids[1:] given ids[:-1], one stream, the whole text in one forward pass."""
-    x = torch.tensor(ids[:-1], dtype=torch.long)[None]
-    y = torch.tensor(ids[1:], dtype=torch.long)
-    with torch.no_grad():
-        logits, _, _ = model(x)
-    return torch.nn.functional.cross_entropy(logits[0], y, reduction="sum").item()
+from reference import manual_nats
 
 
 def test_score_carries_state_through_the_text(tiny_run):

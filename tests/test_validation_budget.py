@@ -9,9 +9,7 @@ import io
 import logging
 import math
 
-import numpy as np
 import pytest
-import torch
 
 import charrnn
 from charrnn.checkpoint import load_checkpoint
@@ -26,7 +24,8 @@ from charrnn.runtime import build_model
 from charrnn.schedule import EVAL_SPEEDUP, EndCost, StopRule
 from charrnn.trainer import TrainHooks
 
-from conftest import TINY, assert_one_line_error, cli_env, make_corpus, run_cli
+from conftest import assert_one_line_error, cli_env, make_corpus, run_cli
+from reference import manual_nats
 
 TINY_SHAKESPEARE_VAL = 111_540  # its validation split with --val-frac 0.1 --test-frac 0 (the README's numbers)
 
@@ -104,20 +103,12 @@ def test_windows_are_evenly_spaced_disjoint_and_inside_the_text():
     assert windows(1001, 4, None) == [(0, 250, 4, 250), (1000, 1, 1, 1)]
 
 
-def _manual_nats(model, ids):
-    x = torch.tensor(np.asarray(ids[:-1]), dtype=torch.long)[None]
-    y = torch.tensor(np.asarray(ids[1:]), dtype=torch.long)
-    with torch.no_grad():
-        logits, _, _ = model(x)
-    return torch.nn.functional.cross_entropy(logits[0], y, reduction="sum").item()
-
-
 def test_score_ids_with_a_limit_scores_exactly_its_windows_each_from_a_zero_state(tiny_run):
     model, vocab = build_model(load_checkpoint(str(tiny_run / "latest.pt")))
     ids = vocab.encode("the quick brown fox jumps over the lazy dog. " * 30)
     n = len(ids) - 1
     [(first, stride, count, length)] = windows(n, 4, 200)
-    want = sum(_manual_nats(model, ids[first + j * stride : first + j * stride + length + 1]) for j in range(count))
+    want = sum(manual_nats(model, ids[first + j * stride : first + j * stride + length + 1]) for j in range(count))
     score = score_ids(model, ids, streams=4, chunk=16, limit=200)
     assert score.chars == count * length == scored_chars(len(ids), 4, 200) == 200
     assert score.nats == pytest.approx(want, rel=1e-5)
