@@ -22,6 +22,8 @@ from typing import Optional
 
 import torch
 
+from . import compiled
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # the whole stack of layers at once, pipelined over two (or more) threads
@@ -128,7 +130,7 @@ class TanhStack(torch.autograd.Function):
     (L, T, B, H) tensor of zeros: outputs without a gradient reach backward as None."""
 
     @staticmethod
-    def forward(ctx, x1, h0, masks, workers, num_layers, *params):
+    def forward(ctx, x1, h0, masks, workers, num_layers, jit, *params):
         L = num_layers
         w_hh, w_xh, b = params[:L], params[L : 2 * L - 1], params[2 * L - 1 :]
         T, B, H = x1.shape
@@ -136,7 +138,7 @@ class TanhStack(torch.autograd.Function):
         hs = [*lower.unbind(0), top]  # hs[l]: layer l's states (T, B, H)
         # the input each layer above the first sees: h^{l-1} * mask (kept for dL/dW_xh), or h^{l-1} itself
         xin = x1.new_empty((L - 1, T, B, H)) if masks is not None else lower
-        chunks = _chunks(T)
+        chunks = [(0, T)] if jit else _chunks(T)  # compiled: each layer's whole loop in one call
         tasks, deps, index = [], [], {}
         # tanh through the sigmoid, which torch computes several times faster on CPU (0.5 vs 2.6 ns per element
         # here): h = 2 s - 1 with s = sigmoid(2 z). Stepping s instead of h keeps two ops per step:
@@ -149,6 +151,13 @@ class TanhStack(torch.autograd.Function):
         def forward_task(l, t0, t1):
             def run():
                 out = hs[l][t0:t1]  # C, B, H; first 2 z_t's constant part, then s_t, then h_t
+                if jit:  # out = x^l_t, then h^l_t in place (charrnn/compiled.py)
+                    pre = x1.contiguous() if l == 0 else out
+                    if l > 0:
+                        inp = hs[l - 1] if masks is None else torch.mul(hs[l - 1], masks[l - 1], out=xin[l - 1])
+                        torch.addmm(b[l - 1], inp.view(-1, H), w_xh[l - 1].t(), out=out.view(-1, H))
+                    compiled.recurrence(pre, out, h0[l].contiguous(), w_hh[l].contiguous())
+                    return
                 if l == 0:
                     torch.mul(x1[t0:t1], 2, out=out).sub_(c2[0])
                 else:
@@ -178,7 +187,7 @@ class TanhStack(torch.autograd.Function):
         # never keep a view of an output on ctx: output -> its grad_fn (this ctx) -> the view -> output is a
         # reference cycle, and each step's activations would wait for the cyclic garbage collector (a leak of
         # several (T, B, H) tensors per step in practice)
-        ctx.masks, ctx.workers, ctx.num_layers = masks, workers, L
+        ctx.masks, ctx.workers, ctx.num_layers, ctx.jit = masks, workers, L, jit
         ctx.xin = xin if masks is not None else None
         ctx.set_materialize_grads(False)
         return top, lower, last
@@ -186,7 +195,7 @@ class TanhStack(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_top, grad_lower, grad_last):
         h0, top, lower, *params = ctx.saved_tensors
-        L, masks, workers = ctx.num_layers, ctx.masks, ctx.workers
+        L, masks, workers, jit = ctx.num_layers, ctx.masks, ctx.workers, ctx.jit
         xin = ctx.xin if ctx.xin is not None else lower  # layer l+1's input: h^l (times its dropout mask)
         hs = [*lower.unbind(0), top]
         w_hh, w_xh, b = params[:L], params[L : 2 * L - 1], params[2 * L - 1 :]
@@ -195,7 +204,7 @@ class TanhStack(torch.autograd.Function):
         outside = [grad_lower[l] if grad_lower is not None else None for l in range(L - 1)] + [grad_top]
         dz = top.new_empty((L, T, B, H))  # dL/dz^l_t
         grads = {}
-        chunks = _chunks(T)
+        chunks = [(0, T)] if jit else _chunks(T)
         K = len(chunks)
         tasks, deps, index = [], [], {}
 
@@ -220,6 +229,9 @@ class TanhStack(torch.autograd.Function):
                     rows.zero_()
                 if grad_last is not None and t1 == T:
                     g[-1].add_(grad_last[l])
+                if jit:  # dz_t = (g_t + dz_{t+1} W) * (1 - h_t^2) for all t, in place
+                    compiled.recurrence(g, g, g.new_zeros((B, H)), w_hh[l].t().contiguous(), hs[l], backward=True)
+                    return
                 h = hs[l][t0:t1]
                 dtanh = torch.mul(h, h).neg_().add_(1.0)  # tanh'(z_t) = 1 - h_t^2, for the chunk at once
                 w = w_hh[l]
@@ -263,10 +275,10 @@ class TanhStack(torch.autograd.Function):
         grad_params = [grads["w_hh", l] for l in range(L)]
         grad_params += [grads["w_xh", l] for l in range(1, L)]
         grad_params += [grads["b", l] for l in range(1, L)]
-        return (dz[0], grad_h0, None, None, None, *grad_params)
+        return (dz[0], grad_h0, None, None, None, None, *grad_params)
 
 
-def tanh_stack_parts(x1, h0, w_hh, w_xh, b, masks=None, workers=None):
+def tanh_stack_parts(x1, h0, w_hh, w_xh, b, masks=None, workers=None, jit=None):
     """L stacked tanh layers, fast forward and backward: (top layer's states (T, B, H), the layers below
     (L-1, T, B, H), every layer's last state (L, B, H)).
 
@@ -274,7 +286,11 @@ def tanh_stack_parts(x1, h0, w_hh, w_xh, b, masks=None, workers=None):
     w_xh, b: the L-1 input weights (H, H) and biases (H,) of layers 2..L; masks: (L-1, T, B, H) dropout masks
     (already scaled by 1/(1-p)) applied to each layer's output before the next layer, or None.
     workers: pipeline threads on CPU (None: `default_workers`; 1: serial, on torch's own intra-op threads); tensors
-    on any other device always run serially (`choose_workers`)."""
+    on any other device always run serially (`choose_workers`).
+    jit: each layer's T-step loop compiled with numba (charrnn/compiled.py), serial over layers with numba's threads
+    over the batch; None: where it can run (fp32 or fp64 CPU tensors, numba installed), False: the torch loop."""
     L = len(w_hh)
-    workers = choose_workers(x1.device.type, L, h0.shape[-1], workers)
-    return TanhStack.apply(x1, h0, masks, workers, L, *w_hh, *w_xh, *b)
+    if jit is None:
+        jit = compiled.usable(x1)
+    workers = 1 if jit else choose_workers(x1.device.type, L, h0.shape[-1], workers)
+    return TanhStack.apply(x1, h0, masks, workers, L, bool(jit), *w_hh, *w_xh, *b)

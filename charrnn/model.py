@@ -41,6 +41,9 @@ class CharRNN(nn.Module):
         self.compute_dtype: Optional[torch.dtype] = None
         # run the recurrent core with autocast off (cuDNN under autocast is fp16 whatever dtype was asked for)
         self.core_outside_autocast = False
+        # the fused tanh path's T-step loops compiled with numba (charrnn/compiled.py): None where it can run,
+        # False for the torch loop (the same maths)
+        self.jit: Optional[bool] = None
         self.plan = None  # the precision plan in use (charrnn.precision), once `use_precision` has set one
         self._cudnn_extras: dict = {}  # the nn tanh path's constant identity and zero biases, made once per device
         self._flat_ptrs: tuple = ()  # where the weights were when last laid out in one buffer for cuDNN
@@ -170,7 +173,7 @@ class CharRNN(nn.Module):
         w_hh, w_xh, bias = list(self.w_hh), list(self.w_xh), list(self.bias[1:])
         if dtype is not None:
             w_hh, w_xh, bias = ([p.to(dtype) for p in ps] for ps in (w_hh, w_xh, bias))
-        top, _, last = tanh_stack_parts(x, state, w_hh, w_xh, bias, masks)
+        top, _, last = tanh_stack_parts(x, state, w_hh, w_xh, bias, masks, jit=self.jit)
         return top, last
 
     def _dropout_mask(self, shape: tuple, like: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""The fused tanh RNN equals autograd on the explicit equation (float64): outputs and every gradient."""
+"""The fused tanh RNN equals autograd on the explicit equation (float64): outputs and every gradient, on both of its
+routes (the torch loop, serial or pipelined, and the loop compiled with numba: `jit`)."""
 
 from __future__ import annotations
 
@@ -31,9 +32,13 @@ def _inputs(L, T, B, H, seed=0, dropout=False):
     return x1, h0, w_hh, w_xh, b, masks
 
 
-def tanh_stack(x1, h0, w_hh, w_xh, b, masks=None, workers=None):
+# (workers, jit): the torch loop serial and pipelined over 2 and 3 threads, and the compiled loop
+ROUTES = [(1, False), (2, False), (3, False), (1, True)]
+
+
+def tanh_stack(x1, h0, w_hh, w_xh, b, masks=None, workers=None, jit=None):
     """Every hidden state (L, T, B, H) from `tanh_stack_parts`, the layers joined as the reference returns them."""
-    top, lower, _ = tanh_stack_parts(x1, h0, w_hh, w_xh, b, masks, workers)
+    top, lower, _ = tanh_stack_parts(x1, h0, w_hh, w_xh, b, masks, workers, jit)
     return torch.cat([lower, top[None]])
 
 
@@ -46,35 +51,36 @@ def _assert_same_values_and_grads(out, ref, inputs, seed=1):
         assert torch.allclose(g, w, atol=1e-12, rtol=1e-10), (g - w).abs().max()
 
 
-@pytest.mark.parametrize("T,B,H", [(1, 1, 3), (5, 2, 4), (9, 1, 6)])
-def test_single_layer_recurrence_equals_autograd(T, B, H):
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("T,B,H", [(1, 1, 3), (5, 2, 4), (9, 1, 6), (4, 6, 7), (3, 9, 2)])
+def test_single_layer_recurrence_equals_autograd(T, B, H, jit):
     x1, h0, w_hh, *_ = _inputs(1, T, B, H)
     inputs = (x1, h0, w_hh[0])
-    out = tanh_stack(x1, h0, w_hh, [], [], workers=1)
+    out = tanh_stack(x1, h0, w_hh, [], [], workers=1, jit=jit)
     _assert_same_values_and_grads(out, tanh_stack_reference(x1, h0, w_hh, [], []), inputs)
 
 
 @pytest.mark.parametrize("dropout", [False, True])
-@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("workers,jit", ROUTES)
 @pytest.mark.parametrize("L,T,B,H", SHAPES)
-def test_stack_equals_autograd(L, T, B, H, workers, dropout):
+def test_stack_equals_autograd(L, T, B, H, workers, jit, dropout):
     x1, h0, w_hh, w_xh, b, masks = _inputs(L, T, B, H, dropout=dropout)
     inputs = (x1, h0, *w_hh, *w_xh, *b)
-    out = tanh_stack(x1, h0, w_hh, w_xh, b, masks, workers=workers)
+    out = tanh_stack(x1, h0, w_hh, w_xh, b, masks, workers=workers, jit=jit)
     ref = tanh_stack_reference(x1, h0, w_hh, w_xh, b, masks)
     _assert_same_values_and_grads(out, ref, inputs)
 
 
 @pytest.mark.parametrize("used", ["top", "last", "top+last", "lower"])
 @pytest.mark.parametrize("dropout", [False, True])
-@pytest.mark.parametrize("workers", [1, 2])
-@pytest.mark.parametrize("L,T,B,H", [(1, 4, 2, 3), (2, 6, 3, 4), (3, 37, 2, 4)])
-def test_stack_parts_with_gradients_on_some_outputs(L, T, B, H, workers, dropout, used):
+@pytest.mark.parametrize("workers,jit", [(1, False), (2, False), (1, True)])
+@pytest.mark.parametrize("L,T,B,H", [(1, 4, 2, 3), (2, 6, 3, 4), (3, 37, 2, 4), (2, 5, 7, 5)])
+def test_stack_parts_with_gradients_on_some_outputs(L, T, B, H, workers, jit, dropout, used):
     """Training back-propagates into the top layer and maybe the last states only; the other outputs' gradients
     reach backward as None (no tensor of zeros), and the gradients must still equal autograd's."""
     x1, h0, w_hh, w_xh, b, masks = _inputs(L, T, B, H, dropout=dropout)
     inputs = (x1, h0, *w_hh, *w_xh, *b)
-    top, lower, last = tanh_stack_parts(x1, h0, w_hh, w_xh, b, masks, workers=workers)
+    top, lower, last = tanh_stack_parts(x1, h0, w_hh, w_xh, b, masks, workers=workers, jit=jit)
     ref = tanh_stack_reference(x1, h0, w_hh, w_xh, b, masks)
     assert torch.allclose(top, ref[-1]) and torch.allclose(lower, ref[:-1]) and torch.allclose(last, ref[:, -1])
     g = torch.Generator().manual_seed(7)
@@ -109,7 +115,7 @@ def test_reference_stack_is_the_equation():
 def test_worker_errors_reach_the_caller():
     x1, h0, w_hh, w_xh, b, _ = _inputs(2, 4, 1, 3)
     with pytest.raises(RuntimeError):
-        tanh_stack(x1, h0, [w_hh[0], w_hh[1][:2]], w_xh, b, workers=2)  # a wrong shape fails inside a worker
+        tanh_stack(x1, h0, [w_hh[0], w_hh[1][:2]], w_xh, b, workers=2, jit=False)  # fails inside a worker
 
 
 def _model(L, dropout, kernel, seed=0):
@@ -126,15 +132,16 @@ def _loss_and_grads(model, ids, state, targets, seed):
     return logits, final, grads
 
 
-def _reference_parts(x, state, w_hh, w_xh, bias, masks=None):
+def _reference_parts(x, state, w_hh, w_xh, bias, masks=None, jit=None):
     """tanh_stack_parts' outputs (top layer, lower layers, last states) from the plain autograd reference."""
     hs = tanh_stack_reference(x, state, w_hh, w_xh, bias, masks)  # L, T, B, H
     return hs[-1], hs[:-1], hs[:, -1].clone()
 
 
+@pytest.mark.parametrize("jit", [False, True])
 @pytest.mark.parametrize("L", [1, 2, 3])
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_model_fused_equals_reference_kernel(L, dropout, monkeypatch):
+def test_model_fused_equals_reference_kernel(L, dropout, jit, monkeypatch):
     ids = torch.randint(0, 7, (3, 6), generator=torch.Generator().manual_seed(2))
     targets = torch.randint(0, 7, (3, 6), generator=torch.Generator().manual_seed(3))
     state = (torch.randn(L, 3, 5, dtype=F64, generator=torch.Generator().manual_seed(4)) * 0.5).requires_grad_()
@@ -142,6 +149,7 @@ def test_model_fused_equals_reference_kernel(L, dropout, monkeypatch):
     for stack in (model_module.tanh_stack_parts, _reference_parts):  # the model's fused call, then the reference
         monkeypatch.setattr(model_module, "tanh_stack_parts", stack)
         model = _model(L, dropout, "fused")
+        model.jit = jit
         model.train()
         results.append(_loss_and_grads(model, ids, state, targets, seed=5))
     (la, fa, ga), (lb, fb, gb) = results
@@ -166,12 +174,13 @@ def test_model_fused_equals_torch_rnn_kernel(L):
 def test_threads_setting_is_restored():
     before = torch.get_num_threads()
     x1, h0, w_hh, w_xh, b, _ = _inputs(2, 4, 1, 3)
-    tanh_stack(x1, h0, w_hh, w_xh, b, workers=2).sum().backward()
+    tanh_stack(x1, h0, w_hh, w_xh, b, workers=2, jit=False).sum().backward()
     assert torch.get_num_threads() == before
 
 
+@pytest.mark.parametrize("jit", [False, True])
 @pytest.mark.parametrize("with_masks", [False, True])
-def test_activations_are_freed_without_waiting_for_the_cyclic_gc(with_masks):
+def test_activations_are_freed_without_waiting_for_the_cyclic_gc(with_masks, jit):
     """A view of the output kept on the autograd ctx makes a reference cycle: every step's (L, T, B, H)
     activations then stay alive until the cyclic collector runs (a leak of hundreds of MB a minute)."""
     import gc
@@ -185,7 +194,7 @@ def test_activations_are_freed_without_waiting_for_the_cyclic_gc(with_masks):
     masks = (torch.rand(L - 1, T, B, H) > 0.5).float() * 2 if with_masks else None
     gc.disable()
     try:
-        out = tanh_stack(torch.randn(T, B, H), torch.zeros(L, B, H), w_hh, w_xh, b, masks=masks)
+        out = tanh_stack(torch.randn(T, B, H), torch.zeros(L, B, H), w_hh, w_xh, b, masks=masks, jit=jit)
         alive = weakref.ref(out)
         out.sum().backward()
         del out
@@ -259,8 +268,8 @@ def test_stack_off_the_cpu_runs_serially(monkeypatch):
     assert top.shape == (T, B, H) and lower.shape == (L - 1, T, B, H) and last.shape == (L, B, H)
     assert seen == [1]
     x1, h0, w_hh, w_xh, b, _ = _inputs(2, 4, 1, 3)
-    tanh_stack_parts(x1, h0, w_hh, w_xh, b, workers=2)
-    assert seen == [1, 2]  # on CPU the request stands
+    tanh_stack_parts(x1, h0, w_hh, w_xh, b, workers=2, jit=False)
+    assert seen == [1, 2]  # on CPU the request stands (for the torch loop)
 
 
 def test_cpu_dropout_masks_are_inverted_dropout_and_follow_torchs_seed():
