@@ -65,6 +65,10 @@ def route(model) -> str:
     plan = model.plan
     if plan.kernel != "fused":
         return f"torch kernel, {plan.core}"
+    from charrnn import compiled
+
+    if plan.fused_dtype is None and model.jit is not False and compiled.available():
+        return "fused fp32, compiled loop (numba)"
     workers = pipeline_workers(model)
     how = f"{workers}-thread layer pipeline" if workers > 1 else "serial"
     return f"fused {plan.fused_dtype or 'fp32'}, {how}"

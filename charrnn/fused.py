@@ -123,6 +123,16 @@ def _chunks(T: int, target: int = 16) -> list[tuple[int, int]]:
     return [(t0, min(T, t0 + size)) for t0 in range(0, T, size)]
 
 
+def _backward_steps(g, h, w, later) -> None:
+    """The torch loop's backward over one chunk, in place: g (C, B, H) holds dL/dh_t and becomes dL/dz_t;
+    h: the chunk's states; later: dL/dz at the step after the chunk (None after the last step)."""
+    dtanh = torch.mul(h, h).neg_().add_(1.0)  # tanh'(z_t) = 1 - h_t^2, for the chunk at once
+    for step, d in zip(reversed(g.unbind(0)), reversed(dtanh.unbind(0))):
+        if later is not None:
+            step.addmm_(later, w)  # + dL/dh_t arriving from step t+1
+        later = step.mul_(d)
+
+
 class TanhStack(torch.autograd.Function):
     """All L layers: h^1 = recurrence(x1, h0[0], W^1_hh);  h^l = recurrence(b^l + (h^{l-1} * mask^{l-1}) W^l_xh^T,
     h0[l], W^l_hh). Returns the top layer's states (T, B, H), the layers below it (L-1, T, B, H) and every layer's
@@ -232,14 +242,8 @@ class TanhStack(torch.autograd.Function):
                 if jit:  # dz_t = (g_t + dz_{t+1} W) * (1 - h_t^2) for all t, in place
                     compiled.recurrence(g, g, g.new_zeros((B, H)), w_hh[l].t().contiguous(), hs[l], backward=True)
                     return
-                h = hs[l][t0:t1]
-                dtanh = torch.mul(h, h).neg_().add_(1.0)  # tanh'(z_t) = 1 - h_t^2, for the chunk at once
-                w = w_hh[l]
-                later = dz[l, t1] if t1 < T else None  # dL/dz at step t1, done by the chunk after this one
-                for step, d in zip(reversed(g.unbind(0)), reversed(dtanh.unbind(0))):
-                    if later is not None:
-                        step.addmm_(later, w)  # + dL/dh_t arriving from step t+1
-                    later = step.mul_(d)
+                # dL/dz at step t1 comes from the chunk after this one, done before it
+                _backward_steps(g, hs[l][t0:t1], w_hh[l], dz[l, t1] if t1 < T else None)
 
             return run
 
