@@ -38,10 +38,9 @@ def available() -> bool:
 
             from . import _kernels
 
-            for dtype in (np.float32, np.float64):  # compile both now (cached on disk), so a failure shows here
-                a = np.zeros((2, 5, 3), dtype)
-                for backward in (False, True):
-                    _kernels.recur(a, a.copy(), a[0], a[0, :3].copy(), a, backward, dtype == np.float32)
+            a = np.zeros((2, 5, 3), np.float32)  # compile now (or load from numba's cache), so a failure shows here
+            for backward in (False, True):
+                _kernels.recur(a, a.copy(), a[0], a[0, :3].copy(), a, backward, True)
             _state.update(ok=True, numba=numba, recur=_kernels.recur)
         except Exception:  # ImportError, or numba failing on this platform: the torch loop runs instead
             _state["ok"] = False

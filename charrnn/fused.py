@@ -208,7 +208,7 @@ class TanhStack(torch.autograd.Function):
         L, masks, workers, jit = ctx.num_layers, ctx.masks, ctx.workers, ctx.jit
         xin = ctx.xin if ctx.xin is not None else lower  # layer l+1's input: h^l (times its dropout mask)
         hs = [*lower.unbind(0), top]
-        w_hh, w_xh, b = params[:L], params[L : 2 * L - 1], params[2 * L - 1 :]
+        w_hh, w_xh = params[:L], params[L : 2 * L - 1]
         T, B, H = top.shape
         # dL/dh^l_t from outside the stack (None: none), per layer
         outside = [grad_lower[l] if grad_lower is not None else None for l in range(L - 1)] + [grad_top]

@@ -240,6 +240,8 @@ def test_sigkill_at_random_moments_never_loses_the_checkpoint(tmp_path):
             assert f"at step {step}".encode() in stderr, (step, stderr)  # it resumed from the last good save
             if had_temps:  # the killed save's temp file is cleaned up at the next start, and the user told
                 assert b"unfinished checkpoint file" in stderr, stderr
+            # training is under way once a step is logged (the first step also loads numba's compiled kernels)
+            wait_for(lambda: b"\nstep " in err_path.read_bytes().split(b"resuming", 1)[1], what=f"trial {trial} to step")
             time.sleep(rng.uniform(0.0, 0.3))
             os.kill(pid, signal.SIGKILL)
             assert server.wait(pid) == -signal.SIGKILL
