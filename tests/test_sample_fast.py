@@ -25,11 +25,13 @@ def _model(L=2, cell="tanh", seed=0):
     return model.eval()
 
 
+@pytest.mark.parametrize("jit", [None, False])
 @pytest.mark.parametrize("L", [1, 2, 3])
-@pytest.mark.parametrize("batch", [1, 3])
-def test_stepper_equals_model_step(L, batch):
+@pytest.mark.parametrize("batch", [1, 3, 6])
+def test_stepper_equals_model_step(L, batch, jit):
     model = _model(L)
-    stepper = TanhStepper(model, batch)
+    stepper = TanhStepper(model, batch, jit=jit)
+    assert stepper.jit == (batch > 1 and jit is None)  # several streams: the compiled step where numba is
     state = model.init_state(batch)
     for step in range(6):
         ids = torch.tensor([(step * 3 + b) % len(VOCAB) for b in range(batch)])
