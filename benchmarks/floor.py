@@ -8,7 +8,9 @@ For each shape it times, on this machine and in this process (medians of several
   Python loop over pre-made views, fp32 and (H >= 256) bf16: the work no BPTT can skip or batch;
 - the big products over all T*B rows: layer inputs above the first, their gradients, the weight gradients and
   the head (forward and both backward products);
-- one whole training step of charrnn (as `charrnn train` sets it up) and of stock nn.RNN (bench_train.py).
+- one whole training step of charrnn (as `charrnn train` sets it up) and of stock nn.RNN (bench_train.py);
+- where numba is installed, a step with the compiled recurrence (charrnn/compiled.py) and the time spent in it,
+  and what the step would reach if the recurrence ran at the sgemm peak: a bound for the rest of the step.
 The sum of the first two is a floor for any implementation built on torch's GEMMs that runs the layers one
 after the other: the elementwise work, the loss, the optimizer and Python come on top.
 """
@@ -57,8 +59,9 @@ def recurrent_products(L: int, T: int, B: int, H: int, dtype) -> float:
 
 
 def kernel_recurrence(L: int, T: int, B: int, H: int) -> float:
-    """charrnn's fused stack (charrnn/fused.py) alone, forward and backward, serial, fp32: the per-step products
-    plus everything else the recurrence does per step (the elementwise ops, their dispatch, Python)."""
+    """charrnn's fused stack (charrnn/fused.py) alone on its torch loop, forward and backward, serial, fp32: the
+    per-step products plus everything else the recurrence does per step (the elementwise ops, their dispatch,
+    Python). The compiled loop is timed inside a whole step by `compiled_share`."""
     from charrnn.fused import tanh_stack_parts
 
     g = torch.Generator().manual_seed(0)
@@ -70,7 +73,7 @@ def kernel_recurrence(L: int, T: int, B: int, H: int) -> float:
     grad = torch.randn(T, B, H, generator=g)
 
     def run():
-        top, _, _ = tanh_stack_parts(x1, h0, w_hh, w_xh, b, workers=1)
+        top, _, _ = tanh_stack_parts(x1, h0, w_hh, w_xh, b, workers=1, jit=False)
         top.backward(grad)
 
     return timed(run, rounds=5)
@@ -134,6 +137,37 @@ def big_products(L: int, T: int, B: int, H: int, V: int) -> float:
     return timed(run)
 
 
+def compiled_share(L: int, H: int, B: int = 64, T: int = 128, V: int = 65, steps: int = 20) -> dict:
+    """One whole training step (bench_train's Trainer, --precision fp32) and the part of it spent in the compiled
+    recurrence (charrnn/compiled.py), timed in the same steps; and the useful FLOP/s a step would reach if that part
+    ran at `peak` while the rest (torch's products, the head, the loss, AdamW, the clip) stayed as measured."""
+    from bench_train import Trainer, make_charrnn, useful_flops_per_char
+    from charrnn import compiled
+
+    real, spent = compiled.recurrence, [0.0]
+
+    def timed_recurrence(*args, **kwargs):
+        t0 = time.perf_counter()
+        real(*args, **kwargs)
+        spent[0] += time.perf_counter() - t0
+
+    compiled.recurrence = timed_recurrence
+    try:
+        trainer = Trainer(make_charrnn(V, H, L, precision="fp32"), V, B, T)
+        for _ in range(3):
+            trainer.step()
+        spent[0] = 0.0
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            trainer.step()
+        step = (time.perf_counter() - t0) / steps
+    finally:
+        compiled.recurrence = real
+    recurrence = spent[0] / steps
+    return {"step": step, "recurrence": recurrence, "recurrent_flops": 4.0 * L * T * B * H * H,
+            "useful_flops": useful_flops_per_char(H, L, V) * B * T}
+
+
 def main() -> None:
     B, T, V = 64, 128, 65
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
@@ -155,12 +189,23 @@ def main() -> None:
               f"{flops / 1e9:.0f} GFLOP/s)" + (f", {rec16 * 1e3:.1f} ms bf16" if rec16 else "")
               + f"; big products {big * 1e3:.1f} ms fp32; floor (sum, fp32) {(rec32 + big) * 1e3:.1f} ms")
         rest = kernel - rec32 - in_stack
-        print(f"  the fused stack alone (serial, forward + backward): {kernel * 1e3:.1f} ms: per-step products "
+        print(f"  the fused stack alone (torch loop, serial, forward + backward): {kernel * 1e3:.1f} ms: per-step products "
               f"{rec32 * 1e3:.1f} ms, whole-batch products {in_stack * 1e3:.1f} ms, the rest (elementwise work, "
               f"dispatch, Python) {rest * 1e3:.1f} ms ({100 * rest / kernel:.0f} %)")
         if wave is not None:
             print(f"  wavefront route: its products alone {wave * 1e3:.1f} ms, against {(rec32 + inputs) * 1e3:.1f} ms for "
                   f"the per-step products plus the input products it would absorb ({inputs * 1e3:.1f} ms)")
+        from bench_train import sgemm_peak
+        from charrnn import compiled
+
+        if compiled.available():
+            c = compiled_share(L, H, B, T, V)
+            peak = max(sgemm_peak() for _ in range(3))
+            ideal = c["step"] - c["recurrence"] + c["recurrent_flops"] / peak
+            print(f"  compiled route: a step {c['step'] * 1e3:.1f} ms ({c['useful_flops'] / c['step'] / peak:.2f} of "
+                  f"the sgemm peak, {peak / 1e9:.0f} GFLOP/s), of which the compiled recurrence {c['recurrence'] * 1e3:.1f}"
+                  f" ms ({c['recurrent_flops'] / c['recurrence'] / 1e9:.0f} GFLOP/s); with the recurrence at the peak "
+                  f"and the rest as it is: {c['useful_flops'] / ideal / peak:.2f} of the peak")
         print(f"  whole step: charrnn {step_ours * 1e3:.1f} ms ({chars / step_ours:,.0f} chars/s), stock nn.RNN "
               f"{step_stock * 1e3:.1f} ms ({chars / step_stock:,.0f} chars/s), ratio {step_stock / step_ours:.2f}x; "
               f"2.0x would need {step_stock / 2 * 1e3:.1f} ms")

@@ -167,11 +167,19 @@ def bench_sampling(quick: bool, peak: Peak) -> dict:
             "chars_per_s": rate, "gflops": rate * flops_per_char / 1e9,
             "weights_gb_per_s": rate / streams * weight_bytes / 1e9,
             "product_alone_gflops": per_step_product_gflops(streams, H),
-            "route": "numpy (single-threaded BLAS gemv)" if streams == 1 else "torch, all streams in each product",
+            "route": "numpy (single-threaded BLAS gemv)" if streams == 1 else multi_stream_route(),
         }
         print(f"  sample 2x512, {streams} stream(s): {rate:,.0f} chars/s, {out[f'{streams}_streams']['gflops']:.1f} "
               f"GFLOP/s, weights read at {out[f'{streams}_streams']['weights_gb_per_s']:.1f} GB/s", flush=True)
     return out
+
+
+def multi_stream_route() -> str:
+    from charrnn import compiled
+
+    if compiled.available():
+        return "all streams in each product; recurrent product + tanh compiled (numba)"
+    return "torch, all streams in each product"
 
 
 def bench_eval(quick: bool) -> dict:
@@ -341,7 +349,7 @@ def main() -> None:
 def table(r: dict) -> str:
     peak = r.get("sgemm_peak_gflops")
     lines = ["| what | route | charrnn | stock nn.RNN | ratio | sgemm peak (GFLOP/s) | useful GFLOP/s (fraction of "
-             "peak) | bound: the products alone (fraction of peak) | stock nn.RNN, bf16 autocast |",
+             "peak) | bound: its products alone in torch (fraction of peak) | stock nn.RNN, bf16 autocast |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in r.get("train", []):
         stock_bf16 = row.get("nn_rnn_bf16_autocast_chars_per_s")
