@@ -23,46 +23,66 @@ from __future__ import annotations
 
 import threading
 
-_state: dict = {}
-# numba's default "workqueue" threading layer aborts the process when two threads enter a parallel region at once
+_state: dict = {}  # "numba", "recur" once imported; per dtype name: whether its kernel compiled
+# numba's "workqueue" threading layer (where it is the one picked) aborts the process when two threads enter a
+# parallel region at once
 _lock = threading.Lock()
 
 
-def available() -> bool:
-    """Whether the compiled recurrence can run here (numba imports and the kernel compiles; decided once)."""
-    if "ok" not in _state:
+def _load():
+    """numba and the kernels, imported once; None where numba is missing or fails to load here."""
+    if "recur" not in _state:
         try:
-            import numpy as np
-
             import numba
 
             from . import _kernels
 
-            a = np.zeros((2, 5, 3), np.float32)  # compile now (or load from numba's cache), so a failure shows here
-            for backward in (False, True):
-                _kernels.recur(a, a.copy(), a[0], a[0, :3].copy(), a, backward, True)
-            _state.update(ok=True, numba=numba, recur=_kernels.recur)
-        except Exception:  # ImportError, or numba failing on this platform: the torch loop runs instead
-            _state["ok"] = False
-    return _state["ok"]
+            _state.update(numba=numba, recur=_kernels.recur)
+        except Exception:  # ImportError, or numba failing on this platform (e.g. no cache directory it can use)
+            _state["recur"] = None
+    return _state["recur"]
+
+
+def available(dtype: str = "float32") -> bool:
+    """Whether the compiled recurrence runs here for `dtype` ("float32" or "float64"): numba imports and the
+    kernel compiles (or loads from numba's cache). Decided once per dtype; the torch loop runs where it is not."""
+    if dtype not in _state:
+        ok = False
+        recur = _load()
+        if recur is not None:
+            import numpy as np
+
+            a = np.zeros((2, 5, 3), dtype)
+            try:
+                with _lock:
+                    for backward in (False, True):
+                        recur(a, a.copy(), a[0], a[0, :3].copy(), a, backward, dtype == "float32")
+                ok = True
+            except Exception:
+                ok = False
+        _state[dtype] = ok
+    return _state[dtype]
 
 
 def usable(x) -> bool:
     """Whether `x`'s recurrence can take the compiled route: a CPU tensor of float32 or float64, and numba here."""
     import torch
 
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and available()
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return False
+    return available(str(x.dtype).replace("torch.", ""))
 
 
 def recurrence(pre, out, first, w, hs=None, backward: bool = False) -> None:
     """The T-step loop above, in place into `out` (T, B, H); `pre` may be `out` itself. first: (B, H), the state
     before the first step (forward: h_{-1}; backward: zeros); w: (H, H) laid out as W for the forward and as W^T
     (contiguous) for the backward; hs: (T, B, H) the forward states (backward only). All contiguous CPU tensors of
-    one dtype."""
+    one dtype; `first` is not `out`'s memory."""
     import torch
 
-    if not available():
-        raise RuntimeError("the compiled recurrence needs numba (pip install numba)")
+    if not usable(out):
+        raise RuntimeError(f"the compiled recurrence runs float32 or float64 CPU tensors where numba is installed "
+                           f"(pip install numba), not {out.dtype} on {out.device}")
     numba, recur = _state["numba"], _state["recur"]
     arrays = [t.detach().numpy() for t in (pre, out, first, w, out if hs is None else hs)]
     with _lock:

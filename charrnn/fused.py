@@ -296,5 +296,8 @@ def tanh_stack_parts(x1, h0, w_hh, w_xh, b, masks=None, workers=None, jit=None):
     L = len(w_hh)
     if jit is None:
         jit = compiled.usable(x1)
+    elif jit and not compiled.usable(x1):
+        raise RuntimeError(f"jit=True: the compiled recurrence runs float32 or float64 CPU tensors where numba is "
+                           f"installed, not {x1.dtype} on {x1.device}")
     workers = 1 if jit else choose_workers(x1.device.type, L, h0.shape[-1], workers)
     return TanhStack.apply(x1, h0, masks, workers, L, bool(jit), *w_hh, *w_xh, *b)

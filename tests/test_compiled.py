@@ -48,6 +48,9 @@ def test_same_numbers_run_to_run_and_at_any_thread_count():
     """Each output of the compiled loop is one thread's fixed sequence of operations: bitwise equal run to run, and
     at 1 and 2 threads for what the loop alone computes (one layer's states and dL/dx; the weight gradients are
     torch's GEMMs, which may sum in another order at another thread count)."""
+    import numba
+
+    assert numba.config.NUMBA_NUM_THREADS >= 2, "this check needs 2 or more cores"
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -81,18 +84,23 @@ def test_large_inputs_saturate_without_nan():
 
 
 def test_without_numba_the_torch_loop_runs(monkeypatch):
-    """numba missing (or failing to compile here): `available()` is False, the default route is the torch loop with
-    the same results, and asking for the compiled route says what is missing."""
+    """numba missing (or failing to load here): nothing is available, the default route is the torch loop with the
+    same results, and asking for the compiled route says what is missing."""
     args = _inputs(2, 5, 3, 8)
     want = _run(args, jit=None)
-    monkeypatch.setitem(compiled._state, "ok", False)
+    monkeypatch.setattr(compiled, "_state", {"recur": None})  # as _load leaves it when numba fails to import
     monkeypatch.setattr(compiled, "recurrence", None)  # a call would fail
+    assert not compiled.available() and not compiled.usable(torch.zeros(1))
     got = _run(args, jit=None)
     for a, b in zip(got, want):
         assert torch.allclose(a, b, atol=2e-5)
-    monkeypatch.undo()
-    monkeypatch.setitem(compiled._state, "ok", False)
     with pytest.raises(RuntimeError, match="numba"):
+        _run(args, jit=True)
+
+
+def test_asking_for_the_compiled_route_with_bf16_says_why():
+    args = _inputs(1, 3, 2, 4, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="bfloat16"):
         _run(args, jit=True)
 
 
@@ -101,7 +109,26 @@ def test_a_failing_import_is_not_available(monkeypatch):
 
     monkeypatch.setattr(compiled, "_state", {})
     monkeypatch.setitem(sys.modules, "numba", None)  # import numba -> ImportError
-    assert not compiled.available()
+    assert not compiled.available() and not compiled.available("float64")
+
+
+def test_float32_tanh_is_within_two_ulps_everywhere():
+    """The float32 kernel's tanh (a float64 polynomial for exp, a series near 0) against float64 tanh: relative
+    error within 2 float32 ulps from 1e-30 to the clamp and past it, as torch's own float32 tanh."""
+    import numpy as np
+
+    from charrnn import _kernels
+
+    magnitudes = np.concatenate([np.logspace(-30, 1.2, 200001), np.linspace(0, 12, 200001)])
+    v = np.concatenate([magnitudes, -magnitudes]).astype(np.float32)
+    got = v.copy()
+    _kernels._tanh_fast(got)
+    want = np.tanh(v.astype(np.float64))
+    ulp = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(got - want) / ulp) <= 2.0
+    nan = np.array([np.nan, 1.0], np.float32)
+    _kernels._tanh_fast(nan)
+    assert np.isnan(nan[0])  # a diverging run still shows NaN
 
 
 def test_model_takes_the_compiled_route_on_cpu(monkeypatch):
@@ -117,3 +144,4 @@ def test_model_takes_the_compiled_route_on_cpu(monkeypatch):
     model.jit = False
     model(ids, None, ids)[1].backward()
     assert calls == []
+

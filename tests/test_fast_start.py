@@ -1,4 +1,5 @@
-"""`charrnn --help` and the commands' --help never import torch (it costs seconds), numpy or the training code."""
+"""`charrnn --help` and the commands' --help never import torch (it costs seconds), numpy, numba or the training
+code."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ try:
     charrnn.cli.app(args=sys.argv[1:], prog_name="charrnn")
 except SystemExit as exc:
     assert exc.code in (0, None), exc.code
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "numpy")
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "numpy", "numba")
                or m in ("charrnn.train", "charrnn.trainer", "charrnn.data", "charrnn.model"))
 assert not heavy, f"imported: {heavy[:5]}"
 print("ok")
