@@ -8,15 +8,16 @@ Why: torch's GEMM cannot apply an activation to its result, so every step of the
 elementwise pass, and a B x H by H x H product is small enough that MKL reaches only part of its peak on it. Here
 each thread owns 4 rows of the batch for all T steps (rows never depend on other rows), and forms 4 x 2 outputs at a
 time as dot products over k, which LLVM vectorizes into FMAs; the tanh or the derivative is applied before the store.
-On the 2-core Zen 4 VM this ran the per-step recurrence at 205 GFLOP/s at H=512 (torch's addmm + tanh: 125) and
-82 at H=128 (63): benchmarks/README.md.
+On the 2-core AMD EPYC VM, B64 T128, compiled for AVX2: 191 GFLOP/s forward and 206 backward at H=512, where
+torch's per-step addmm + tanh ran at 125 (MKL's sgemm peak there: about 210); whole training steps in
+benchmarks/README.md ("The fp32 route").
 
 The result does not depend on the thread count or on the schedule (each output element is one thread's fixed
 sequence of operations), so runs are bitwise reproducible. fastmath allows only reassociation and contraction (the
 sums over k are vectorized; FMAs), not assumptions about NaN or infinity, so a diverging run still shows NaN.
 
-numba is optional: without it (or where it fails to compile), `available()` is False and charrnn/fused.py runs its
-torch loop, the same maths.
+numba is installed with charrnn but optional at run time: without it (or where it fails to load or compile),
+`available()` is False and charrnn/fused.py runs its torch loop, the same maths.
 """
 
 from __future__ import annotations

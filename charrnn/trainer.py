@@ -244,13 +244,24 @@ class Trainer:
         self.model = CharRNN(self.run_.model_config, kernel=self.run_.plan.kernel).to(self.device)
         self.dist.broadcast_parameters(self.model)  # rank 0's weights everywhere (equal seeds need not suffice)
         self.model.use_precision(self.run_.plan)
-        log.info(f"precision: {self.run_.plan.describe()}")
+        log.info(f"precision: {self.run_.plan.describe()}{self._loop_note()}")
         self.autocast = torch_dtype(self.run_.plan.autocast)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.run_.plan.grad_scaler else None
         self.optimizer = make_optimizer(self.model, self.cfg.lr, (self.cfg.beta1, self.cfg.beta2),
                                         self.cfg.weight_decay)
         self.state = self.model.init_state(self.local_batch, self.device)
         self.first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
+
+    def _loop_note(self) -> str:
+        """Which loop steps the fused tanh kernel here: compiled (numba, charrnn/compiled.py) or torch's ops."""
+        plan = self.run_.plan
+        if plan.kernel != "fused" or self.run_.model_config.cell != "tanh":
+            return ""
+        if self.device.type == "cpu" and plan.fused_dtype is None:
+            from . import compiled
+
+            return "; tanh loops compiled (numba)" if compiled.available() else "; tanh loops in torch (no numba)"
+        return ""
 
     def _restore(self, resumed: dict) -> None:
         from .resume import restore_rng, schedule_change_warning
