@@ -66,18 +66,22 @@ def predicted_loss(size: tuple, steps: float, train_chars: Optional[float] = Non
 
 
 def choose(budget: float, seconds_per_step: dict, train_chars: Optional[float] = None,
-           step_cap: Optional[int] = None) -> tuple[tuple, str]:
-    """The candidate with the lowest predicted loss after the steps `budget` seconds allow (at most `step_cap`)
-    on a training split of `train_chars` characters, and why (a log line). A candidate that could not be timed
-    (infinite seconds) is never chosen while another could."""
-    usable = budget * (1.0 - STARTUP_SHARE)
+           step_cap: Optional[int] = None, spent: float = 0.0) -> tuple[tuple, str]:
+    """The candidate with the lowest predicted loss after the steps the `budget` seconds left after `spent` allow
+    (at most `step_cap`) on a training split of `train_chars` characters, and why (a log line). A candidate that
+    could not be timed (infinite seconds) is never chosen while another could; one the budget does not afford a
+    whole step of learns nothing, so where no candidate gets a step the fastest is taken."""
+    usable = max(0.0, budget - spent) * (1.0 - STARTUP_SHARE)
     timed = {size: s for size, s in seconds_per_step.items() if math.isfinite(s)} or seconds_per_step
     steps = {size: min(usable / s, step_cap or math.inf) for size, s in timed.items()}
-    predictions = {size: predicted_loss(size, steps[size], train_chars) for size in timed}
-    best = min(predictions, key=lambda size: (predictions[size], size))
-    shown = ", ".join(f"{L}x{H}: ~{steps[(L, H)]:,.0f} steps -> {predictions[(L, H)]:.2f}"
-                      for L, H in sorted(predictions))
-    return best, f"auto for a {budget:g} s budget on this machine ({shown} nats/char predicted)"
+    predictions = {size: predicted_loss(size, steps[size], train_chars) if steps[size] >= 1 else math.inf
+                   for size in timed}
+    best = min(predictions, key=lambda size: (predictions[size], timed[size], size))
+    shown = ", ".join(f"{L}x{H}: ~{steps[(L, H)]:,.0f} steps -> " + (
+        f"{predictions[(L, H)]:.2f}" if math.isfinite(predictions[(L, H)]) else "no whole step")
+        for L, H in sorted(predictions))
+    left = f", {budget - spent:.0f} s of it left after start-up" if spent >= 0.5 else ""
+    return best, f"auto for a {budget:g} s budget on this machine{left} ({shown} nats/char predicted)"
 
 
 def time_steps(step: Callable[[], None], budget: float, sync: Callable[[], None] = lambda: None) -> float:
@@ -125,10 +129,11 @@ def training_step(model_config, cfg, device, plan) -> Callable[[], None]:
 
 def choose_model_size(model_config, cfg, device, dist, plan_for: Callable, train_chars: Optional[float] = None,
                       candidates: Optional[list] = None, step_cap: Optional[int] = None,
-                      budget: Optional[float] = None):
+                      budget: Optional[float] = None, elapsed: Callable[[], float] = lambda: 0.0):
     """(num_layers, hidden_size, why) for this run's time budget: every candidate (default: all) timed here with
     cfg's batch (the global RNG is left as it was), the times averaged over the ranks so that every rank chooses
-    alike; a candidate whose step fails (out of memory) counts as untimeable. No candidate: the size stays."""
+    alike; a candidate whose step fails (out of memory) counts as untimeable. No candidate: the size stays.
+    `elapsed()`: seconds of the budget the command has spent so far (start-up, this timing), not left for steps."""
     import dataclasses
 
     import torch
@@ -155,6 +160,7 @@ def choose_model_size(model_config, cfg, device, dist, plan_for: Callable, train
                 times.append(math.inf)
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the candidates' blocks, before the run measures free memory
-    times = [t / dist.world for t in dist.sum_values(times)]
-    (L, H), why = choose(budget, dict(zip(candidates, times)), train_chars, step_cap)
+    times = [t / dist.world for t in dist.sum_values([*times, elapsed()])]
+    spent = times.pop()
+    (L, H), why = choose(budget, dict(zip(candidates, times)), train_chars, step_cap, spent)
     return L, H, why

@@ -76,7 +76,8 @@ def train(
     try:
         if text is None:  # under torchrun: one process per node reads (and downloads, encodes) the corpus first
             text = dist.first_on_each_node(lambda: _load_corpus(corpus, cfg, progress and dist.local_rank == 0))
-        run = _make_run(text, resumed, model_config, cfg, dist, device, memory_check, explicit)
+        run = _make_run(text, resumed, model_config, cfg, dist, device, memory_check, explicit,
+                        lambda: hooks.clock() - started)
         run.progress, run.on_step, run.started = progress and dist.is_main, on_step, started
         if not dist.is_main:
             log.addFilter(_quiet_rank)  # one voice: rank 0 reports (removed again below)
@@ -155,10 +156,12 @@ def _chooses_size(model_config: ModelConfig, cfg: TrainConfig, resumed: Optional
 
 
 def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: TrainConfig, dist, device,
-              memory_check: bool = True, explicit: Optional[set] = None):
+              memory_check: bool = True, explicit: Optional[set] = None,
+              elapsed: Callable[[], float] = lambda: 0.0):
     """Splits, batcher, precision plan, stop rule and this rank's share of the streams; refuses what cannot run
     (with `memory_check`, a model and batch that will not fit in memory). Where `_chooses_size`, the model's size
-    is chosen for the time budget on this machine (charrnn.autosize), and recorded."""
+    is chosen for what is left of the time budget (`elapsed()`: seconds spent since the command started) on this
+    machine (charrnn.autosize), and recorded."""
     from .data import StreamBatcher, split_ids
     from .precision import plan_for
     from .resume import check_corpus
@@ -187,7 +190,7 @@ def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: Tra
     size_choice = resumed.get("model_size") if resumed is not None else None  # a resumed run keeps its record
     if _chooses_size(model_config, cfg, resumed, explicit):
         size_choice = _choose_size(model_config, cfg, len(splits.train), stop.total_steps, shard, dist, device,
-                                   memory_check)
+                                   memory_check, elapsed)
     if memory_check:  # rank 0's verdict on every rank, so no rank is left waiting for one that refused
         failure = None
         try:
@@ -205,7 +208,7 @@ def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: Tra
 
 
 def _choose_size(model_config: ModelConfig, cfg: TrainConfig, train_chars: int, step_cap: Optional[int], shard,
-                 dist, device, memory_check: bool) -> str:
+                 dist, device, memory_check: bool, elapsed: Callable[[], float] = lambda: 0.0) -> str:
     """Set model_config's size for the time budget (charrnn.autosize), timing this rank's share of the batch;
     with `memory_check` only candidates that fit are timed. Returns the record of why."""
     from .autosize import CANDIDATES, choose_model_size
@@ -220,7 +223,8 @@ def _choose_size(model_config: ModelConfig, cfg: TrainConfig, train_chars: int, 
         except UsageError:
             pass
     share = dataclasses.replace(cfg, batch_size=shard.stop - shard.start)
-    L, H, why = choose_model_size(model_config, share, device, dist, plan_for, train_chars, fits, step_cap)
+    L, H, why = choose_model_size(model_config, share, device, dist, plan_for, train_chars, fits, step_cap,
+                                  elapsed=elapsed)
     model_config.num_layers, model_config.hidden_size = L, H
     if dist.is_main:
         log.info(f"model size {L}x{H}: {why}")

@@ -130,6 +130,38 @@ def test_a_step_limit_caps_the_steps_and_an_untimeable_candidate_is_not_chosen(s
     assert autosize.choose(3000, {(2, 128): 0.05, (2, 512): float("inf")})[0] == (2, 128)
 
 
+def test_start_up_already_spent_is_not_counted_as_steps(sweep):
+    # 60 s with 20 s gone: the small model's 760 steps beat the big one's 95, where 60 s would give the big its 142
+    slow = {(2, 128): 0.05, (2, 512): 0.4}
+    assert autosize.choose(60, slow, step_cap=None, spent=0.0)[1].count("~1,140 steps") == 1
+    size, why = autosize.choose(60, slow, spent=20.0)
+    assert "~760 steps" in why and "~95 steps" in why and "40 s of it left after start-up" in why
+    fast = {(2, 128): 0.01, (2, 512): 0.04}
+    assert autosize.choose(600, fast)[0] == (2, 512)
+    assert autosize.choose(600, fast, spent=599.99)[0] == (2, 128)  # almost nothing left: fewer than one step each
+
+
+def test_a_budget_too_short_for_one_step_takes_the_fastest_candidate(sweep):
+    # no extrapolation below one step: a size that cannot take a step learns nothing, whatever its sweep says
+    size, why = autosize.choose(0.02, {(2, 128): 0.05, (2, 512): 0.4})
+    assert size == (2, 128) and "2x512: ~0 steps -> no whole step" in why
+    assert autosize.choose(0.5, {(2, 128): 0.4, (2, 512): 0.3})[0] == (2, 512)  # equal hopes: the faster one
+    # one whole step of the small model against none of the big: the small one
+    assert autosize.choose(1.1, {(2, 128): 1.0, (2, 512): 8.0})[0] == (2, 128)
+
+
+def test_choosing_subtracts_what_the_command_spent_before_and_during_the_timing(sweep):
+    from charrnn.precision import plan_for
+
+    model_config = ModelConfig(vocab_size=20, hidden_size=512, num_layers=2)
+    cfg = TrainConfig(batch_size=2, seq_len=8, time_budget=100.0, precision="fp32")
+    calls = []
+    elapsed = lambda: calls.append(1) or 30.0  # noqa: E731
+    L, H, why = autosize.choose_model_size(model_config, cfg, torch.device("cpu"), OneRank, plan_for,
+                                           elapsed=elapsed)
+    assert calls == [1] and "70 s of it left after start-up" in why, why
+
+
 def test_a_saved_config_leaves_the_size_to_the_budget_unless_it_was_given(tmp_path):
     """--save-config of a budget run without size options writes the size lines as comments, so that training
     from the file chooses the size again; with a size given, the file pins it."""
