@@ -166,6 +166,7 @@ def train(
     warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.", rich_help_panel="Optimisation")] = _t("warmup_steps"),
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on weight matrices.", rich_help_panel="Optimisation")] = _t("weight_decay"),
     grad_clip: Annotated[float, typer.Option(help="Clip the global gradient norm to this; 0 disables.", rich_help_panel="Optimisation")] = _t("grad_clip"),
+    ema: Annotated[float, typer.Option(help="Validate, sample and save a moving average of the weights with this decay per step (about the last 1/(1 - EMA) steps); 0: the weights as trained.", rich_help_panel="Optimisation")] = _t("ema"),
     # stopping
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.", rich_help_panel="When to stop")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Stop after this many passes over the training split (default 10 if no limit is given).", rich_help_panel="When to stop")] = None,
@@ -211,7 +212,7 @@ def train(
             log_every=log_every, seed=seed, device=device, kernel=kernel, precision=precision,
             sample_every=sample_every, val_chars=parse_val_chars(val_chars),
             save_every=save_every, keep_last=keep_last, schedule_steps=schedule_steps, on_nonfinite=on_nonfinite,
-            follow_links=follow_links,
+            follow_links=follow_links, ema=ema,
         )
         # defaults < --config file < options, every number checked before anything is created or downloaded
         explicit = settle_configs(model_config, train_config, config, _explicit(ctx))

@@ -137,6 +137,9 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # max global gradient norm; 0 disables
+    # validate, sample and save an exponential moving average of the weights with this decay per step
+    # (charrnn/averaging.py); 0: the weights as trained
+    ema: float = 0.995
     # when to stop (any that is set; with none set, `epochs` defaults to 10)
     max_steps: Optional[int] = None
     epochs: Optional[float] = None
@@ -222,6 +225,7 @@ FIELD_RANGES: dict[str, tuple] = {
     "beta1": (0.0, 1.0, False, True, ""),
     "beta2": (0.0, 1.0, False, True, ""),
     "grad_clip": (0.0, None, False, False, " (0 disables)"),
+    "ema": (0.0, 1.0, False, True, " (0 disables)"),
     "max_steps": (1, None, False, False, ""),
     "epochs": (0.0, float(MAX_EPOCHS), True, False, ""),
     "time_budget": (0.0, None, True, False, " (seconds)"),

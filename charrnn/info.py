@@ -49,6 +49,7 @@ def checkpoint_info(checkpoint: Optional[str] = None) -> dict:
             "vocab_size": model.get("vocab_size", len(vocab)),
         },
         "model_size": ckpt.get("model_size") or "given or the default",
+        "weights": _weights(ckpt),
         "parameters": int(sum(t.numel() for t in ckpt.get("model", {}).values())),
         "vocab": vocab,
         "vocab_printable": printable(vocab),
@@ -65,6 +66,15 @@ def checkpoint_info(checkpoint: Optional[str] = None) -> dict:
         "saved_at": datetime.datetime.fromtimestamp(saved_at).isoformat(timespec="seconds") if saved_at else None,
         "train_config": ckpt.get("train_config", {}),
     }
+
+
+def _weights(ckpt: dict) -> str:
+    """Which weights "model" holds: --ema's moving average, or the weights as trained."""
+    decay = (ckpt.get("train_config") or {}).get("ema") or 0.0
+    if ckpt.get("train_weights") is None or not decay:
+        return "as trained"
+    return (f"moving average (--ema {decay:g}, about the last {1 / (1 - decay):,.0f} steps) of the trained weights, "
+            f"which the checkpoint also holds to resume")
 
 
 def _stopped_by(progress: dict, train_config: dict) -> Optional[str]:
@@ -103,6 +113,7 @@ def format_info(info: dict) -> str:
                          f"dropout {_dropout(info)}"),
         ("model size", info["model_size"]),
         ("parameters", f"{info['parameters']:,}"),
+        ("weights", info["weights"]),
         ("vocabulary", f"{arch['vocab_size']} characters: {info['vocab_printable']}"),
         ("steps", f"{info['step']:,} (epoch {info['epoch']})" if info["step"] is not None else "?"),
         ("training time", f"{info['elapsed']:.1f}s" if info["elapsed"] is not None else "?"),

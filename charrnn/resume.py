@@ -11,7 +11,7 @@ from .errors import DataError, UsageError
 
 # options that may differ when resuming; any other difference is refused
 RESUMABLE_CHANGES = {"max_steps", "epochs", "time_budget", "eval_every", "val_chars", "log_every", "device", "kernel",
-                     "precision", "save_every", "keep_last", "on_nonfinite", "sample_every"}
+                     "precision", "save_every", "keep_last", "on_nonfinite", "sample_every", "ema"}
 # the learning-rate schedule and clipping may change on resume only when asked for (allow_lr_change), because the
 # run then no longer equals an uninterrupted one
 LR_CHANGES = {"lr", "min_lr_frac", "warmup_steps", "schedule_steps", "grad_clip"}
@@ -23,6 +23,8 @@ def merge_configs(resumed: dict, model_config: ModelConfig, train_config: TrainC
     UsageError naming each option set to something else that may not."""
     saved_model = from_dict(ModelConfig, resumed["model_config"])
     saved_train = from_dict(TrainConfig, resumed["train_config"])
+    if "ema" not in resumed["train_config"]:  # saved before --ema existed: it trained without an average
+        saved_train.ema = 0.0
     changeable = RESUMABLE_CHANGES | (LR_CHANGES if allow_lr_change else set())
     for what, new_cfg, old_cfg in (("architecture", model_config, saved_model),
                                    ("training configuration", train_config, saved_train)):

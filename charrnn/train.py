@@ -49,8 +49,8 @@ def train(
     with the checkpoint except for the ones in RESUMABLE_CHANGES (and LR_CHANGES with `allow_lr_change`); with a
     time budget and neither size option in it, a new tanh run chooses its size (charrnn.autosize).
     `on_step`, if given, is called after every optimizer step with a dict (step, epoch, loss, lr). The configs
-    passed in are not changed: what the run decides is recorded in its checkpoints. `memory_check`: refuse a model and batch that will not fit in the memory available (UsageError).
-    `started`: when the command started, on the hooks' clock (default: now); a --time-budget counts from it.
+    passed in are not changed: what the run decides is recorded in its checkpoints. `memory_check`: refuse what
+    will not fit in memory (UsageError). `started`: the command's start, on the hooks' clock (default: now).
     A run that fails before its first checkpoint removes what it created (the run directory, if it made it).
     """
     from . import distributed, trainer as trainer_mod
@@ -65,8 +65,7 @@ def train(
         resumed = ckpt_io.load_checkpoint(ckpt_io.resolve_checkpoint(resume))
         model_config, cfg = merge_configs(resumed, model_config, cfg, set(explicit or ()), allow_lr_change)
         run_dir = run_dir or os.path.dirname(resumed["path"])
-    model_config.validate()
-    cfg.validate()
+    model_config.validate(), cfg.validate()
     corpus = _corpus_source(corpus, resumed)
     text = None
     if not distributed.launched_by_torchrun():  # a bad corpus fails in a blink, before torch is imported
@@ -76,8 +75,8 @@ def train(
     try:
         if text is None:  # under torchrun: one process per node reads (and downloads, encodes) the corpus first
             text = dist.first_on_each_node(lambda: _load_corpus(corpus, cfg, progress and dist.local_rank == 0))
-        run = _make_run(text, resumed, model_config, cfg, dist, device, memory_check, explicit,
-                        lambda: hooks.clock() - started)
+        spent = lambda: hooks.clock() - started  # noqa: E731  (of the time budget, before the first step)
+        run = _make_run(text, resumed, model_config, cfg, dist, device, memory_check, explicit, spent)
         run.progress, run.on_step, run.started = progress and dist.is_main, on_step, started
         if not dist.is_main:
             log.addFilter(_quiet_rank)  # one voice: rank 0 reports (removed again below)
@@ -239,9 +238,9 @@ GB = 10**9
 
 def memory_needed(model_config: ModelConfig, cfg: TrainConfig, streams: int) -> tuple[int, int]:
     """(bytes, parameters) one training step needs, roughly: fp32 weights, gradients and AdamW's two moments
-    (16 bytes a parameter), the activations kept for backward (L x T x B x H x 4 bytes, times 4 per gate set: the
-    cell's outputs, pre-activations, dropout and gradients), and the logits with their softmax and gradient.
-    Python integers, so no size overflows."""
+    (16 bytes a parameter, 20 with --ema's averages), the activations kept for backward (L x T x B x H x 4 bytes,
+    times 4 per gate set: the cell's outputs, pre-activations, dropout and gradients), and the logits with their
+    softmax and gradient. Python integers, so no size overflows."""
     V, H, L = max(1, model_config.vocab_size), model_config.hidden_size, model_config.num_layers
     T = cfg.seq_len
     gates = {"gru": 3, "lstm": 4}.get(model_config.cell, 1)
@@ -252,7 +251,7 @@ def memory_needed(model_config: ModelConfig, cfg: TrainConfig, streams: int) -> 
     parameters = V * H + core + H * V + V  # embedding (layer 1's input weights), core, head
     activations = L * T * streams * H * 4 * 4 * gates + T * streams * H * 4
     logits = T * streams * V * 4 * 3
-    return parameters * 4 * (1 + 1 + 2) + activations + logits, parameters
+    return parameters * 4 * (1 + 1 + 2 + (cfg.ema > 0)) + activations + logits, parameters
 
 
 def memory_available(device) -> Optional[int]:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -221,7 +222,7 @@ class Trainer:
 
         val = len(self.run_.splits.val)
         chars = scored_chars(val, self.cfg.batch_size, self.cfg.val_chars) if val >= 2 else 0
-        checkpoint_bytes = 12 * sum(p.numel() for p in self.model.parameters())
+        checkpoint_bytes = (12 + 4 * (self.average is not None)) * sum(p.numel() for p in self.model.parameters())
         return EndCost(chars, self.cfg.batch_size * self.cfg.seq_len, 0.1 + checkpoint_bytes / 100e6,
                        self.elapsed_before)
 
@@ -249,6 +250,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.run_.plan.grad_scaler else None
         self.optimizer = make_optimizer(self.model, self.cfg.lr, (self.cfg.beta1, self.cfg.beta2),
                                         self.cfg.weight_decay)
+        self.average = None  # --ema: the weights validated, sampled and saved for use (charrnn/averaging.py)
+        if self.cfg.ema > 0:
+            from .averaging import WeightAverage
+
+            self.average = WeightAverage(self.model, self.cfg.ema)
         self.state = self.model.init_state(self.local_batch, self.device)
         self.first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
 
@@ -266,7 +272,10 @@ class Trainer:
     def _restore(self, resumed: dict) -> None:
         from .resume import restore_rng, schedule_change_warning
 
-        self.model.load_state_dict(resumed["model"])
+        trained = resumed.get("train_weights")  # saved with --ema: "model" holds the averages
+        self.model.load_state_dict(resumed["model"] if trained is None else trained)
+        if self.average is not None:  # a run saved without averages starts them from its weights
+            self.average.load(resumed["model"], resumed["progress"].get("ema_updates", 0))
         self.optimizer.load_state_dict(resumed["optimizer"])
         if self.scaler is not None and resumed.get("grad_scaler"):
             self.scaler.load_state_dict(resumed["grad_scaler"])
@@ -404,6 +413,8 @@ class Trainer:
         else:
             self.optimizer.step()
         self.skipped_in_a_row = 0
+        if self.average is not None:
+            self.average.update()
 
     def skip_or_stop(self, state_in) -> None:
         if self.cfg.on_nonfinite == "skip" and self.skipped_in_a_row < MAX_SKIPS_IN_A_ROW:
@@ -497,7 +508,7 @@ class Trainer:
         self.hooks.validating(self)
         compute_dtype, self.model.compute_dtype = self.model.compute_dtype, None
         try:
-            with self.display.validating(scored_chars(len(val), streams, limit), final=self.finishing is not None,
+            with self.averaged(), self.display.validating(scored_chars(len(val), streams, limit), final=self.finishing is not None,
                                          of=len(val) - 1):
                 score = score_ids(self.model, val, streams=streams, chunk=self.cfg.seq_len, device=self.device,
                                   rank=self.dist.rank, world=self.dist.world, limit=limit)
@@ -519,10 +530,15 @@ class Trainer:
             return
         if self.sampler is None:
             self.sampler = Sampler(self.model.config, self.run_.vocab)
-        text = self.sampler(self.model)
+        with self.averaged():
+            text = self.sampler(self.model)
         self.samples.write(self.step, self.last_val, self.last_val_step, text)
         shown = text.replace("\r\n", "\n").replace("\r", "\\r")  # a lone CR would overprint the line
         self.display.message(f"{header(self.step, self.last_val, self.last_val_step)}\n{shown}")
+
+    def averaged(self):
+        """A context in which the model holds the weights a user gets (--ema's averages, else as trained)."""
+        return self.average.applied() if self.average is not None else contextlib.nullcontext()
 
     def stop_on_signal(self, code: int, saved: bool) -> None:
         if not saved:
@@ -571,7 +587,8 @@ class Trainer:
             "model_config": to_dict(self.model.config),
             "train_config": to_dict(cfg),
             "vocab": run.vocab.chars,
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "model": self.average.state_dict() if self.average is not None else self.weights(),
+            "train_weights": self.weights() if self.average is not None else None,
             "optimizer": to_cpu(self.optimizer.state_dict()),
             "progress": {
                 "step": self.step,
@@ -583,6 +600,7 @@ class Trainer:
                 "world_size": dist.world,
                 "schedule_steps": self.stop.horizon,
                 "skipped_in_a_row": self.skipped_in_a_row,
+                "ema_updates": self.average.updates if self.average is not None else 0,
                 "stopped_by": self.finishing,  # set in the run's last checkpoint: how it ended
             },
             "hidden": hidden.cpu(),
@@ -594,6 +612,9 @@ class Trainer:
             "torch_version": str(torch.__version__),
             "saved_at": time.time(),
         }
+
+    def weights(self) -> dict:
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
 
     def result(self, stopped_by: str) -> TrainResult:
         return TrainResult(

@@ -17,6 +17,7 @@ SWEEP = {(2, 128): [(100, 2.3), (1000, 1.8), (10000, 1.6)], (2, 512): [(100, 2.0
 @pytest.fixture
 def sweep(monkeypatch):
     monkeypatch.setattr(autosize, "SWEEPS", {10_000: SWEEP})
+    monkeypatch.setattr(autosize, "LARGER", {})
     monkeypatch.setattr(autosize, "CANDIDATES", tuple(sorted(SWEEP)))
 
 
@@ -28,16 +29,37 @@ def test_the_shipped_sweeps_cover_every_candidate_sorted_and_improving_with_step
             steps = [n for n, _ in points]
             assert steps == sorted(steps) and len(steps) >= 3, (chars, size)
             assert points[-1][1] < points[0][1], (chars, size)  # more steps, lower loss
+    assert len(autosize.LARGER) == 2 and min(autosize.LARGER) == max(autosize.SWEEPS)
+    for chars, table in autosize.LARGER.items():
+        assert tuple(sorted(table)) == autosize.CANDIDATES, chars
+        assert len({tuple(n for n, _ in points) for points in table.values()}) == 1  # the same step counts
 
 
 def test_between_corpora_the_prediction_is_linear_in_log_characters(monkeypatch):
     small = {size: [(n, v + 0.5) for n, v in points] for size, points in SWEEP.items()}
     monkeypatch.setattr(autosize, "SWEEPS", {1_000: small, 100_000: SWEEP})
+    monkeypatch.setattr(autosize, "LARGER", {})
     at = autosize.predicted_loss
     assert at((2, 128), 1000, 1_000) == pytest.approx(2.3) and at((2, 128), 1000, 100_000) == pytest.approx(1.8)
     assert at((2, 128), 1000, 10_000) == pytest.approx(2.05)  # halfway in log
     assert at((2, 128), 1000, 10) == pytest.approx(2.3) and at((2, 128), 1000, 10**9) == pytest.approx(1.8)
     assert at((2, 128), 1000) == pytest.approx(1.8)  # no corpus size given: the largest swept
+
+
+def test_past_the_largest_corpus_each_size_gains_what_it_gained_on_the_larger_one(monkeypatch):
+    monkeypatch.setattr(autosize, "SWEEPS", {1_000: {s: [(n, v + 0.5) for n, v in p] for s, p in SWEEP.items()},
+                                             100_000: SWEEP})
+    # the larger corpus's validation split is 0.1 easier for both (the first step count); past it, 2x512 gains
+    # 0.2 more at 10,000 steps and 2x128 nothing
+    small = {(2, 128): [(100, 2.5), (10000, 2.0)], (2, 512): [(100, 2.3), (10000, 1.8)]}
+    large = {(2, 128): [(100, 2.4), (10000, 1.9)], (2, 512): [(100, 2.2), (10000, 1.5)]}
+    monkeypatch.setattr(autosize, "LARGER", {100_000: small, 10_000_000: large})
+    at = autosize.predicted_loss
+    assert at((2, 512), 10000, 100_000) == pytest.approx(1.45)  # up to the largest swept: the sweeps alone
+    assert at((2, 512), 10000, 10**6) == pytest.approx(1.35)  # halfway in log: half the gain
+    assert at((2, 512), 10000, 10**7) == pytest.approx(1.25) and at((2, 512), 10000, 10**9) == pytest.approx(1.25)
+    assert at((2, 128), 10000, 10**9) == pytest.approx(1.6)  # no gain beyond the easier validation text
+    assert at((2, 512), 100, 10**9) == pytest.approx(2.0)  # at the first step count nothing is gained
 
 
 def test_prediction_interpolates_in_log_steps_and_holds_past_the_last_point(sweep):

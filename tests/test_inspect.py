@@ -47,6 +47,7 @@ def test_info_json_describes_the_checkpoint(tiny_run):
     V, H = len(info["vocab"]), 32
     assert info["parameters"] == V * H + 2 * H * H + H * H + 2 * H + H * V + V  # embed, w_hh x2, w_xh, biases, head
     assert info["step"] == 40
+    assert info["weights"].startswith("moving average (--ema 0.995, about the last 200 steps)")  # the default
     assert math.isclose(info["best_val_bpc"], info["best_val_loss"] / math.log(2))
     assert len(info["corpus"]["sha256"]) == 64 and info["corpus"]["chars"] == 8000
     assert info["torch_version"].startswith("2.")
@@ -58,7 +59,7 @@ def test_info_text_and_the_newest_run_under_charrnn_home(home_with_run, tmp_path
     proc = run_cli("info", cwd=tmp_path, env=cli_env(CHARRNN_HOME=home_with_run), check=0)
     text = proc.stdout.decode()
     assert str(home_with_run / "checkpoints" / "tiny" / "latest.pt") in text
-    for label in ("architecture:", "parameters:", "vocabulary:", "steps:", "best val loss:", "corpus sha256:",
+    for label in ("architecture:", "parameters:", "weights:", "vocabulary:", "steps:", "best val loss:", "corpus sha256:",
                   "torch:"):
         assert label in text, label
     assert "tanh RNN, 2 layer(s) x 32 hidden units" in text
