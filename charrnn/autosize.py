@@ -32,7 +32,8 @@ SWEEPS: dict = {
 # past the largest corpus in SWEEPS, each size gains what it gained on a corpus with more text to give: the Python
 # source of the installed packages (benchmarks/code_corpus.py), its first 1.1 MB and 100 MB (training splits of
 # 1,003,854 and 90,000,000 characters), the same settings. Its validation splits differ, and so does their difficulty:
-# the offset at the first step count (where neither has repeated its text), the same for every size, is taken out.
+# each size's difference at the first step count (where neither run has repeated its text) is taken out, and no gain
+# is assumed below it.
 LARGER: dict = {
     1_003_854: {
         (2, 128): [(250, 2.3622), (1000, 2.0007), (4000, 1.8836)],
@@ -82,10 +83,11 @@ def predicted_loss(size: tuple, steps: float, train_chars: Optional[float] = Non
     loss = _along(by_corpus, min(chars, corpora[-1]), hold_last=True)
     if chars <= corpora[-1] or not LARGER:
         return loss
-    small, large = sorted(LARGER)
-    offset = sum(LARGER[large][s][0][1] - LARGER[small][s][0][1] for s in LARGER[small]) / len(LARGER[small])
-    gain = _along(LARGER[large][size], steps, True) - _along(LARGER[small][size], steps, True) - offset
-    share = min(1.0, max(0.0, math.log(chars / small)) / math.log(large / small))
+    small, large = (LARGER[c][size] for c in sorted(LARGER))
+    at = max(steps, small[0][0])
+    gain = _along(large, at, True) - _along(small, at, True) - (large[0][1] - small[0][1])
+    low, high = sorted(LARGER)
+    share = min(1.0, max(0.0, math.log(chars / low)) / math.log(high / low))
     return loss + share * gain
 
 
@@ -104,7 +106,7 @@ def choose(budget: float, seconds_per_step: dict, train_chars: Optional[float] =
     shown = ", ".join(f"{L}x{H}: ~{steps[(L, H)]:,.0f} steps -> " + (
         f"{predictions[(L, H)]:.2f}" if math.isfinite(predictions[(L, H)]) else "no whole step")
         for L, H in sorted(predictions))
-    left = f", {budget - spent:.0f} s of it left after start-up" if spent >= 0.5 else ""
+    left = f", {max(0.0, budget - spent):.0f} s of it left after start-up" if spent >= 0.5 else ""
     return best, f"auto for a {budget:g} s budget on this machine{left} ({shown} nats/char predicted)"
 
 

@@ -1,10 +1,10 @@
 """Weight averaging (`--ema`): what a run validates, samples and saves for use is an exponential moving average of
 the weights it trains.
 
-After every optimizer step each average moves toward its weight by 1 - d, with d = min(decay, (1 + n) / (10 + n))
-after n updates, so that the first steps' random weights are forgotten quickly (the warm-up TensorFlow's
-ExponentialMovingAverage uses). At decay 0.995 the average spans the last ~200 steps: late in a run, where the
-learning rate still moves the weights back and forth across a valley, the average sits nearer its floor. On
+At the n-th update (after the n-th optimizer step) each average moves toward its weight by 1 - d, with
+d = min(decay, (1 + n) / (10 + n)), so that the first steps' random weights are forgotten quickly (the warm-up
+TensorFlow's ExponentialMovingAverage uses). At decay 0.995 the average spans the last ~200 steps: late in a run,
+where the learning rate still moves the weights back and forth across a valley, the average sits nearer its floor. On
 tiny-shakespeare (2x512, 2,000 steps) it took 0.017 nats/char off the validation loss (benchmarks/README.md).
 
 A checkpoint's "model" is the average (what `sample`, `eval` and `info` read, and what `best.pt` was chosen by);
@@ -38,19 +38,22 @@ class WeightAverage:
         for avg, p in zip(self.shadow, self.params):
             avg.lerp_(p.detach(), weight)
 
+    @torch.no_grad()
+    def _swap(self) -> None:
+        """Exchange the weights and the averages in place, one tensor at a time (one tensor's copy extra)."""
+        for p, avg in zip(self.params, self.shadow):
+            kept = p.detach().clone()
+            p.copy_(avg)
+            avg.copy_(kept)
+
     @contextlib.contextmanager
     def applied(self):
         """Inside, the model holds the averages; the trained weights come back on the way out, exception or not."""
-        with torch.no_grad():
-            trained = [p.detach().clone() for p in self.params]
-            for p, avg in zip(self.params, self.shadow):
-                p.copy_(avg)
+        self._swap()
         try:
             yield
         finally:
-            with torch.no_grad():
-                for p, kept in zip(self.params, trained):
-                    p.copy_(kept)
+            self._swap()
 
     def state_dict(self) -> dict:
         """The averages, on the CPU, under the model's parameter names (a model's state_dict)."""

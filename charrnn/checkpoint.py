@@ -20,7 +20,10 @@ from .errors import CannotCreateError, CharrnnError, DataError, InputMissingErro
 from .fileio import TEMP_PREFIX, write_bytes
 
 FORMAT = "charrnn-checkpoint"
-VERSION = 1
+# 2: "model" holds --ema's averages and "train_weights" the weights being trained, which a reader of version 1 would
+# not resume from; a checkpoint without "train_weights" is still written as 1, which every version reads
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 LATEST = "latest.pt"
 BEST = "best.pt"
 
@@ -74,7 +77,7 @@ def _serialize(state: dict) -> bytes:
 
     payload = dict(state)
     payload["format"] = FORMAT
-    payload["version"] = VERSION
+    payload["version"] = VERSION if payload.get("train_weights") is not None else 1
     payload.pop("digest", None)
     payload["digest"] = content_digest(payload)
     buffer = io.BytesIO()
@@ -184,8 +187,9 @@ def load_checkpoint(path: str) -> dict:
         raise corrupt from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise corrupt
-    if state.get("version") != VERSION:
-        raise DataError(f"checkpoint {path} has format version {state.get('version')}; this charrnn reads {VERSION}")
+    if state.get("version") not in READABLE_VERSIONS:
+        raise DataError(f"checkpoint {path} has format version {state.get('version')}; this charrnn reads "
+                        f"{' and '.join(map(str, READABLE_VERSIONS))}")
     recorded = state.pop("digest", None)
     try:
         actual = content_digest(state)

@@ -23,7 +23,7 @@ import math
 import os
 from typing import Optional
 
-from .checkpoint import BEST, FORMAT, LATEST, VERSION
+from .checkpoint import BEST, FORMAT, LATEST, READABLE_VERSIONS
 from .metrics import LN2
 
 LOCK = "lock"
@@ -121,7 +121,8 @@ def read_meta(path: str) -> Optional[dict]:
         state = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
     except Exception:  # whatever torch's reader throws on a damaged or foreign file
         return None
-    if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("version") != VERSION:
+    if (not isinstance(state, dict) or state.get("format") != FORMAT
+            or state.get("version") not in READABLE_VERSIONS):
         return None
     keep = ("model_config", "train_config", "progress", "corpus", "saved_at")
     return {key: state.get(key) for key in keep}

@@ -65,11 +65,11 @@ def train(
         resumed = ckpt_io.load_checkpoint(ckpt_io.resolve_checkpoint(resume))
         model_config, cfg = merge_configs(resumed, model_config, cfg, set(explicit or ()), allow_lr_change)
         run_dir = run_dir or os.path.dirname(resumed["path"])
-    model_config.validate(), cfg.validate()
+    for config in (model_config, cfg):
+        config.validate()
     corpus = _corpus_source(corpus, resumed)
-    text = None
-    if not distributed.launched_by_torchrun():  # a bad corpus fails in a blink, before torch is imported
-        text = _load_corpus(corpus, cfg, progress)
+    # a bad corpus fails in a blink, before torch is imported (under torchrun: below, once per node)
+    text = None if distributed.launched_by_torchrun() else _load_corpus(corpus, cfg, progress)
     dist, device = distributed.from_environment(cfg.device)
     together = False  # whether every rank leaves at the same point (then they may meet at a last barrier)
     try:

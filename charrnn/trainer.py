@@ -508,8 +508,8 @@ class Trainer:
         self.hooks.validating(self)
         compute_dtype, self.model.compute_dtype = self.model.compute_dtype, None
         try:
-            with self.averaged(), self.display.validating(scored_chars(len(val), streams, limit), final=self.finishing is not None,
-                                         of=len(val) - 1):
+            with self.averaged(), self.display.validating(scored_chars(len(val), streams, limit),
+                                                          final=self.finishing is not None, of=len(val) - 1):
                 score = score_ids(self.model, val, streams=streams, chunk=self.cfg.seq_len, device=self.device,
                                   rank=self.dist.rank, world=self.dist.world, limit=limit)
         finally:

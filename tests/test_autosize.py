@@ -60,6 +60,10 @@ def test_past_the_largest_corpus_each_size_gains_what_it_gained_on_the_larger_on
     assert at((2, 512), 10000, 10**7) == pytest.approx(1.25) and at((2, 512), 10000, 10**9) == pytest.approx(1.25)
     assert at((2, 128), 10000, 10**9) == pytest.approx(1.6)  # no gain beyond the easier validation text
     assert at((2, 512), 100, 10**9) == pytest.approx(2.0)  # at the first step count nothing is gained
+    # each size's own difference at the first step count is the easier text; below it no gain is assumed
+    large[(2, 128)] = [(100, 2.3), (10000, 1.7)]  # 0.2 easier at 100 steps, and 0.1 more gained by 10,000
+    assert at((2, 128), 10000, 10**9) == pytest.approx(1.5)
+    assert at((2, 128), 10, 10**9) == pytest.approx(at((2, 128), 10, 100_000))
 
 
 def test_prediction_interpolates_in_log_steps_and_holds_past_the_last_point(sweep):
@@ -157,7 +161,7 @@ def test_start_up_already_spent_is_not_counted_as_steps(sweep):
     slow = {(2, 128): 0.05, (2, 512): 0.4}
     assert autosize.choose(60, slow, step_cap=None, spent=0.0)[1].count("~1,140 steps") == 1
     size, why = autosize.choose(60, slow, spent=20.0)
-    assert "~760 steps" in why and "~95 steps" in why and "40 s of it left after start-up" in why
+    assert size == (2, 128) and "~760 steps" in why and "~95 steps" in why and "40 s of it left after start-up" in why
     fast = {(2, 128): 0.01, (2, 512): 0.04}
     assert autosize.choose(600, fast)[0] == (2, 512)
     assert autosize.choose(600, fast, spent=599.99)[0] == (2, 128)  # almost nothing left: fewer than one step each
@@ -167,7 +171,9 @@ def test_a_budget_too_short_for_one_step_takes_the_fastest_candidate(sweep):
     # no extrapolation below one step: a size that cannot take a step learns nothing, whatever its sweep says
     size, why = autosize.choose(0.02, {(2, 128): 0.05, (2, 512): 0.4})
     assert size == (2, 128) and "2x512: ~0 steps -> no whole step" in why
-    assert autosize.choose(0.5, {(2, 128): 0.4, (2, 512): 0.3})[0] == (2, 512)  # equal hopes: the faster one
+    # neither gets a step: equal hopes, and the faster one is taken, whatever its size
+    size, why = autosize.choose(0.5, {(2, 128): 0.6, (2, 512): 0.55})
+    assert size == (2, 512) and why.count("no whole step") == 2
     # one whole step of the small model against none of the big: the small one
     assert autosize.choose(1.1, {(2, 128): 1.0, (2, 512): 8.0})[0] == (2, 128)
 

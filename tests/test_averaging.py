@@ -19,19 +19,20 @@ from conftest import make_corpus
 def test_the_average_warms_up_then_moves_by_one_minus_the_decay():
     model = torch.nn.Linear(3, 2)
     start = [p.detach().clone() for p in model.parameters()]
-    avg = WeightAverage(model, decay=0.9)
-    expected = start
+    avg = WeightAverage(model, decay=0.5)
+    expected, capped = start, 0
     for n in range(1, 40):
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(1.0)  # the optimizer's step
-        d = min(0.9, (1 + n) / (10 + n))  # 0.18 after the first update, 0.9 from the 80th... capped at the decay
+        d = min(0.5, (1 + n) / (10 + n))  # 2/11 at the first update, the decay itself from the 8th on
+        capped += d == 0.5
         expected = [e * d + p.detach() * (1 - d) for e, p in zip(expected, model.parameters())]
         avg.update()
         assert avg.updates == n
         for got, want in zip(avg.shadow, expected):
             torch.testing.assert_close(got, want)
-    assert set(avg.state_dict()) == set(model.state_dict())
+    assert capped == 32 and set(avg.state_dict()) == set(model.state_dict())
 
 
 def test_inside_applied_the_model_holds_the_averages_and_gets_its_weights_back_even_on_an_error():
@@ -41,10 +42,10 @@ def test_inside_applied_the_model_holds_the_averages_and_gets_its_weights_back_e
         model.weight.add_(4.0)
     trained = model.weight.detach().clone()
     avg.update()
+    average = avg.state_dict()["weight"].clone()
     with avg.applied():
-        torch.testing.assert_close(model.weight, avg.shadow[0])
-        assert not torch.equal(model.weight, trained)
-    assert torch.equal(model.weight, trained)
+        assert torch.equal(model.weight, average) and not torch.equal(model.weight, trained)
+    assert torch.equal(model.weight, trained) and torch.equal(avg.state_dict()["weight"], average)
     with pytest.raises(RuntimeError, match="boom"):
         with avg.applied():
             raise RuntimeError("boom")
@@ -72,6 +73,7 @@ def test_checkpoints_hold_the_average_as_the_model_and_the_trained_weights_to_re
                         progress=False)
     ckpt = load_checkpoint(run.latest)
     assert ckpt["train_config"]["ema"] == 0.9 and ckpt["progress"]["ema_updates"] == 20
+    assert ckpt["version"] == 2  # an older charrnn, which would resume from the averages, refuses it
     avg, trained = ckpt["model"], ckpt["train_weights"]
     assert set(avg) == set(trained) and any(not torch.equal(avg[k], trained[k]) for k in avg)
     # the validation loss the run logged is the average's (the weights `sample` and `eval` load)
@@ -81,6 +83,7 @@ def test_checkpoints_hold_the_average_as_the_model_and_the_trained_weights_to_re
                           progress=False)
     ckpt = load_checkpoint(plain.latest)
     assert ckpt["train_weights"] is None and ckpt["progress"]["ema_updates"] == 0
+    assert ckpt["version"] == 1  # nothing a version-1 reader would resume wrongly: every version reads it
     assert checkpoint_info(plain.latest)["weights"] == "as trained"
     assert _val_nats(plain.latest, text) == pytest.approx(plain.last_val_loss, abs=1e-4)
     # the same seed and batches: only what is saved for use differs
@@ -114,3 +117,17 @@ def test_resuming_a_run_saved_without_an_average_keeps_it_without_one_unless_ask
 def test_an_ema_outside_zero_to_one_is_refused(bad):
     with pytest.raises(UsageError, match="--ema"):
         TrainConfig(ema=bad).validate()
+
+
+def test_a_checkpoint_of_a_later_format_is_refused_in_one_line(tmp_path):
+    from charrnn.checkpoint import save_checkpoint
+    from charrnn.errors import DataError
+
+    path = tmp_path / "x.pt"
+    save_checkpoint({"model": {}, "train_weights": {}}, [str(path)])
+    assert load_checkpoint(str(path))["version"] == 2
+    state = torch.load(str(path), weights_only=True)
+    state["version"] = 3
+    torch.save(state, str(path))
+    with pytest.raises(DataError, match="format version 3; this charrnn reads 1 and 2"):
+        load_checkpoint(str(path))

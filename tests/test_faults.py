@@ -105,6 +105,9 @@ def assert_same_training_state(a: Path, b: Path) -> None:
     assert ca["model"].keys() == cb["model"].keys()
     for name in ca["model"]:
         assert torch.equal(ca["model"][name], cb["model"][name]), name
+        if ca["train_weights"] is not None or cb["train_weights"] is not None:  # --ema: "model" is the average
+            assert torch.equal(ca["train_weights"][name], cb["train_weights"][name]), name
+    assert ca["progress"]["ema_updates"] == cb["progress"]["ema_updates"]
     oa, ob = ca["optimizer"], cb["optimizer"]
     assert oa["param_groups"] == ob["param_groups"]
     assert oa["state"].keys() == ob["state"].keys()
