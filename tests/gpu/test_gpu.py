@@ -143,8 +143,10 @@ def test_resume_on_gpu(tmp_path, corpus, kernel, dropout, tol):
     part = charrnn.train(resume=str(tmp_path / "part"), train_config=small(max_steps=20, **flat),
                          explicit={"max_steps"}, progress=False)
     a, b = load_checkpoint(full.latest), load_checkpoint(part.latest)
-    for name in a["model"]:
+    for name in a["model"]:  # --ema's averages, and the weights trained
         torch.testing.assert_close(a["model"][name], b["model"][name], rtol=tol, atol=tol)
+        torch.testing.assert_close(a["train_weights"][name], b["train_weights"][name], rtol=tol, atol=tol)
+    assert a["progress"]["ema_updates"] == b["progress"]["ema_updates"] == 20
     torch.testing.assert_close(a["hidden"], b["hidden"], rtol=tol * 10, atol=tol * 10)
 
 
