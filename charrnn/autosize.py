@@ -83,10 +83,10 @@ def predicted_loss(size: tuple, steps: float, train_chars: Optional[float] = Non
     loss = _along(by_corpus, min(chars, corpora[-1]), hold_last=True)
     if chars <= corpora[-1] or not LARGER:
         return loss
-    small, large = (LARGER[c][size] for c in sorted(LARGER))
+    low, high = sorted(LARGER)
+    small, large = LARGER[low][size], LARGER[high][size]
     at = max(steps, small[0][0])
     gain = _along(large, at, True) - _along(small, at, True) - (large[0][1] - small[0][1])
-    low, high = sorted(LARGER)
     share = min(1.0, max(0.0, math.log(chars / low)) / math.log(high / low))
     return loss + share * gain
 

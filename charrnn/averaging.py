@@ -27,14 +27,11 @@ class WeightAverage:
         self.params = [p for _, p in named]
         self.shadow = [p.detach().clone() for p in self.params]
 
-    def weight(self) -> float:
-        """The share the newest weights get at the next update."""
-        return 1.0 - min(self.decay, (1.0 + self.updates + 1) / (10.0 + self.updates + 1))
-
     @torch.no_grad()
     def update(self) -> None:
-        weight = self.weight()
         self.updates += 1
+        n = self.updates
+        weight = 1.0 - min(self.decay, (1.0 + n) / (10.0 + n))  # the share the newest weights get
         for avg, p in zip(self.shadow, self.params):
             avg.lerp_(p.detach(), weight)
 
