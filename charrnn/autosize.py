@@ -47,6 +47,16 @@ LARGER: dict = {
     },
 }
 
+# where more steps stopped lowering validation loss: training-split characters -> (layers, hidden) -> the step count
+# with the lowest loss, where a longer run of that size did worse. 90,000: from SWEEPS; 1,003,854, 2x512: runs of
+# 4,000, 6,000 and 8,000 steps with the default average (benchmarks/README.md). A size not listed for a corpus was
+# still gaining at the sweep's last point there.
+BEST_STEPS: dict = {
+    90_000: {(2, 256): 500, (2, 512): 250},
+    1_003_854: {(2, 512): 4000},
+}
+SWEEP_CHARS_PER_STEP = 32 * 128  # the sweeps' batch x sequence length
+
 CANDIDATES = tuple(sorted(next(iter(SWEEPS.values()))))  # tried at start-up, smallest first
 PROBE_SHARE = 0.03  # the timing may take at most this share of the budget (and at least one step per size)
 STARTUP_SHARE = 0.05  # the rest of start-up, validations and saves: the share of the budget not spent on steps
@@ -91,15 +101,34 @@ def predicted_loss(size: tuple, steps: float, train_chars: Optional[float] = Non
     return loss + share * gain
 
 
+def useful_steps(size: tuple, train_chars: Optional[float] = None,
+                 chars_per_step: int = SWEEP_CHARS_PER_STEP) -> Optional[int]:
+    """How many steps of `chars_per_step` characters still lower the validation loss of `size` on a training split
+    of `train_chars` characters (None: the largest in SWEEPS): as many passes over the text as its best measured
+    step count made (BEST_STEPS), linear in log(training characters) between the corpora where one was measured and
+    held outside them. None where no sweep saw the size stop gaining."""
+    known = sorted((chars, table[size] * SWEEP_CHARS_PER_STEP / chars)
+                   for chars, table in BEST_STEPS.items() if size in table)
+    if not known:
+        return None
+    chars = max(SWEEPS) if train_chars is None else train_chars
+    passes = _along(known, min(max(chars, known[0][0]), known[-1][0]), hold_last=True)
+    return max(1, math.ceil(passes * chars / chars_per_step))
+
+
 def choose(budget: float, seconds_per_step: dict, train_chars: Optional[float] = None,
-           step_cap: Optional[int] = None, spent: float = 0.0) -> tuple[tuple, str]:
+           step_cap: Optional[int] = None, spent: float = 0.0,
+           chars_per_step: int = SWEEP_CHARS_PER_STEP) -> tuple[tuple, Optional[int], str]:
     """The candidate with the lowest predicted loss after the steps the `budget` seconds left after `spent` allow
-    (at most `step_cap`) on a training split of `train_chars` characters, and why (a log line). A candidate that
-    could not be timed (infinite seconds) is never chosen while another could; one the budget does not afford a
-    whole step of learns nothing, so where no candidate gets a step the fastest is taken."""
+    (at most `step_cap`, and at most its useful_steps: more would overfit) on a training split of `train_chars`
+    characters; without a `step_cap`, the step limit to stop at where the budget affords more steps than are useful
+    (else None); and why (a log line). A candidate that could not be timed (infinite seconds) is never chosen while
+    another could; one the budget does not afford a whole step of learns nothing, so where no candidate gets a
+    step the fastest is taken."""
     usable = max(0.0, budget - spent) * (1.0 - STARTUP_SHARE)
     timed = {size: s for size, s in seconds_per_step.items() if math.isfinite(s)} or seconds_per_step
-    steps = {size: min(usable / s, step_cap or math.inf) for size, s in timed.items()}
+    useful = {size: useful_steps(size, train_chars, chars_per_step) or math.inf for size in timed}
+    steps = {size: min(usable / s, step_cap or math.inf, useful[size]) for size, s in timed.items()}
     predictions = {size: predicted_loss(size, steps[size], train_chars) if steps[size] >= 1 else math.inf
                    for size in timed}
     best = min(predictions, key=lambda size: (predictions[size], timed[size], size))
@@ -107,7 +136,9 @@ def choose(budget: float, seconds_per_step: dict, train_chars: Optional[float] =
         f"{predictions[(L, H)]:.2f}" if math.isfinite(predictions[(L, H)]) else "no whole step")
         for L, H in sorted(predictions))
     left = f", {max(0.0, budget - spent):.0f} s of it left after start-up" if spent >= 0.5 else ""
-    return best, f"auto for a {budget:g} s budget on this machine{left} ({shown} nats/char predicted)"
+    why = f"auto for a {budget:g} s budget on this machine{left} ({shown} nats/char predicted)"
+    limit = int(useful[best]) if step_cap is None and steps[best] == useful[best] < usable / timed[best] else None
+    return best, limit, why
 
 
 def time_steps(step: Callable[[], None], budget: float, sync: Callable[[], None] = lambda: None) -> float:
@@ -155,11 +186,13 @@ def training_step(model_config, cfg, device, plan) -> Callable[[], None]:
 
 def choose_model_size(model_config, cfg, device, dist, plan_for: Callable, train_chars: Optional[float] = None,
                       candidates: Optional[list] = None, step_cap: Optional[int] = None,
-                      budget: Optional[float] = None, elapsed: Callable[[], float] = lambda: 0.0):
-    """(num_layers, hidden_size, why) for this run's time budget: every candidate (default: all) timed here with
-    cfg's batch (the global RNG is left as it was), the times averaged over the ranks so that every rank chooses
-    alike; a candidate whose step fails (out of memory) counts as untimeable. No candidate: the size stays.
-    `elapsed()`: seconds of the budget the command has spent so far (start-up, this timing), not left for steps."""
+                      budget: Optional[float] = None, elapsed: Callable[[], float] = lambda: 0.0,
+                      chars_per_step: int = SWEEP_CHARS_PER_STEP):
+    """(num_layers, hidden_size, step limit or None, why) for this run's time budget (choose): every candidate
+    (default: all) timed here with cfg's batch (the global RNG is left as it was), the times averaged over the ranks
+    so that every rank chooses alike; a candidate whose step fails (out of memory) counts as untimeable. No
+    candidate: the size stays. `elapsed()`: seconds of the budget the command has spent so far (start-up, this
+    timing), not left for steps. `chars_per_step`: the whole batch's, over all ranks."""
     import dataclasses
 
     import torch
@@ -167,7 +200,7 @@ def choose_model_size(model_config, cfg, device, dist, plan_for: Callable, train
     budget = cfg.time_budget if budget is None else budget
     candidates = list(CANDIDATES if candidates is None else candidates)
     if not candidates:
-        return model_config.num_layers, model_config.hidden_size, "as given: no candidate size fits in memory"
+        return model_config.num_layers, model_config.hidden_size, None, "as given: no candidate size fits in memory"
     per_size = PROBE_SHARE * budget / len(candidates)
     if device.type == "cuda":
         sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
@@ -188,5 +221,5 @@ def choose_model_size(model_config, cfg, device, dist, plan_for: Callable, train
         torch.cuda.empty_cache()  # the candidates' blocks, before the run measures free memory
     times = [t / dist.world for t in dist.sum_values([*times, elapsed()])]
     spent = times.pop()
-    (L, H), why = choose(budget, dict(zip(candidates, times)), train_chars, step_cap, spent)
-    return L, H, why
+    (L, H), limit, why = choose(budget, dict(zip(candidates, times)), train_chars, step_cap, spent, chars_per_step)
+    return L, H, limit, why

@@ -188,8 +188,11 @@ def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: Tra
     stop = StopRule.for_run(cfg, len(batcher))
     size_choice = resumed.get("model_size") if resumed is not None else None  # a resumed run keeps its record
     if _chooses_size(model_config, cfg, resumed, explicit):
-        size_choice = _choose_size(model_config, cfg, len(splits.train), stop.total_steps, shard, dist, device,
-                                   memory_check, elapsed)
+        size_choice, limit = _choose_size(model_config, cfg, len(splits.train), stop.total_steps, shard, dist,
+                                          device, memory_check, elapsed)
+        if limit is not None:
+            cfg.max_steps = limit  # where more steps would overfit: recorded, so a resume stops there too
+            stop = StopRule.for_run(cfg, len(batcher))
     if memory_check:  # rank 0's verdict on every rank, so no rank is left waiting for one that refused
         failure = None
         try:
@@ -207,9 +210,12 @@ def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: Tra
 
 
 def _choose_size(model_config: ModelConfig, cfg: TrainConfig, train_chars: int, step_cap: Optional[int], shard,
-                 dist, device, memory_check: bool, elapsed: Callable[[], float] = lambda: 0.0) -> str:
+                 dist, device, memory_check: bool,
+                 elapsed: Callable[[], float] = lambda: 0.0) -> tuple[str, Optional[int]]:
     """Set model_config's size for the time budget (charrnn.autosize), timing this rank's share of the batch;
-    with `memory_check` only candidates that fit are timed. Returns the record of why."""
+    with `memory_check` only candidates that fit are timed. Returns the record of why, and the step limit past
+    which that size would overfit the corpus when the budget affords more steps and no step count was set (--max-steps,
+    --epochs, --schedule-steps), else None."""
     from .autosize import CANDIDATES, choose_model_size
     from .precision import plan_for
 
@@ -222,12 +228,16 @@ def _choose_size(model_config: ModelConfig, cfg: TrainConfig, train_chars: int, 
         except UsageError:
             pass
     share = dataclasses.replace(cfg, batch_size=shard.stop - shard.start)
-    L, H, why = choose_model_size(model_config, share, device, dist, plan_for, train_chars, fits, step_cap,
-                                  elapsed=elapsed)
+    L, H, limit, why = choose_model_size(model_config, share, device, dist, plan_for, train_chars, fits, step_cap,
+                                         elapsed=elapsed, chars_per_step=cfg.batch_size * cfg.seq_len)
     model_config.num_layers, model_config.hidden_size = L, H
+    if cfg.schedule_steps is not None:  # a schedule fixed on purpose: the budget or that decides when it stops
+        limit = None
+    if limit is not None:
+        why += f"; it stops after {limit:,} steps (--max-steps), as more would overfit a corpus this size"
     if dist.is_main:
         log.info(f"model size {L}x{H}: {why}")
-    return why
+    return why, limit
 
 
 # ----------------------------------------------------------------------------------------------------------------

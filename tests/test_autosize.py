@@ -18,6 +18,7 @@ SWEEP = {(2, 128): [(100, 2.3), (1000, 1.8), (10000, 1.6)], (2, 512): [(100, 2.0
 def sweep(monkeypatch):
     monkeypatch.setattr(autosize, "SWEEPS", {10_000: SWEEP})
     monkeypatch.setattr(autosize, "LARGER", {})
+    monkeypatch.setattr(autosize, "BEST_STEPS", {})
     monkeypatch.setattr(autosize, "CANDIDATES", tuple(sorted(SWEEP)))
 
 
@@ -76,11 +77,78 @@ def test_prediction_interpolates_in_log_steps_and_holds_past_the_last_point(swee
 def test_a_slow_machine_or_short_budget_gets_the_small_model_a_fast_one_the_big(sweep):
     # the big model is 8x slower per step: in 60 s this machine makes 1,140 small steps or 142 big ones
     slow = {(2, 128): 0.05, (2, 512): 0.4}
-    (size, why) = autosize.choose(60, slow)
-    assert size == (2, 128) and "60 s budget" in why and "2x512" in why and "steps" in why
+    (size, limit, why) = autosize.choose(60, slow)
+    assert limit is None and size == (2, 128) and "60 s budget" in why and "2x512" in why and "steps" in why
     assert autosize.choose(3000, slow)[0] == (2, 512)  # a long budget affords the big model enough steps
     fast = {(2, 128): 0.01, (2, 512): 0.04}
     assert autosize.choose(60, fast)[0] == (2, 512)
+
+
+def test_useful_steps_are_passes_over_the_text_interpolated_between_corpora_and_held_outside(monkeypatch):
+    per = autosize.SWEEP_CHARS_PER_STEP
+    # 2x512 stopped gaining after 4 passes over 1,000 characters and after 16 over 100,000; 2x128 never did
+    best = {1_000: {(2, 512): 4_000 / per}, 100_000: {(2, 512): 1_600_000 / per}}
+    monkeypatch.setattr(autosize, "BEST_STEPS", best)
+    monkeypatch.setattr(autosize, "SWEEPS", {1_000: SWEEP, 100_000: SWEEP})
+    useful = autosize.useful_steps
+    assert useful((2, 128), 10**6) is None
+    assert useful((2, 512), 1_000) == 1 and useful((2, 512), 100_000) == math.ceil(1_600_000 / per)
+    assert useful((2, 512), 10_000) == math.ceil(10 * 10_000 / per)  # halfway in log: 10 passes
+    assert useful((2, 512), 10**8) == math.ceil(16 * 10**8 / per)  # past the largest: its passes held
+    assert useful((2, 512), 500, chars_per_step=10) == 200  # below the smallest: its 4 passes
+    assert useful((2, 512)) == useful((2, 512), 100_000)  # no corpus size given: the largest swept
+    assert useful((2, 512), 100_000, chars_per_step=per // 2) == math.ceil(2 * 1_600_000 / per)  # half as many chars
+
+
+def test_a_budget_longer_than_is_useful_stops_where_more_steps_would_overfit(sweep, monkeypatch):
+    # 2x512 stops gaining at 5,000 steps on this corpus: a long budget gets no further; the loss predicted there
+    monkeypatch.setattr(autosize, "BEST_STEPS", {10_000: {(2, 512): 5000}})
+    fast = {(2, 128): 0.01, (2, 512): 0.04}
+    size, limit, why = autosize.choose(3000, fast, 10_000)
+    assert (size, limit) == ((2, 512), 5000) and "2x512: ~5,000 steps -> 1.50" in why, why
+    # the small model, never seen to stop gaining, keeps its steps and wins where the big one must stop early
+    monkeypatch.setattr(autosize, "BEST_STEPS", {10_000: {(2, 512): 100}})
+    size, limit, why = autosize.choose(3000, fast, 10_000)
+    assert (size, limit) == ((2, 128), None) and "2x512: ~100 steps -> 2.00" in why
+    # a budget that affords fewer steps than are useful: no limit, the budget ends the run
+    monkeypatch.setattr(autosize, "BEST_STEPS", {10_000: {(2, 512): 5000}})
+    assert autosize.choose(100, fast, 10_000)[:2] == ((2, 512), None)  # 2,375 steps
+    # a step count given on purpose is the user's: the prediction stops at the useful steps, the run does not
+    assert autosize.choose(3000, fast, 10_000, step_cap=5000)[:2] == ((2, 512), None)
+
+
+def test_a_budget_run_stops_at_the_useful_steps_records_them_and_resumes_to_them(tmp_path, monkeypatch):
+    """In the trainer: the limit becomes the run's --max-steps (the log says why), so the cosine ends there and a
+    resume stops there too; a step count given on purpose wins."""
+    import charrnn
+    from conftest import make_corpus
+
+    from charrnn.checkpoint import load_checkpoint
+
+    corpus = make_corpus(tmp_path / "c.txt", 3000)
+    tiny = {(1, 8): [(1, 3.0), (10, 2.9), (100, 2.8)], (1, 16): [(1, 3.0), (10, 2.8), (100, 2.7)]}
+    monkeypatch.setattr(autosize, "SWEEPS", {1_000: tiny})
+    monkeypatch.setattr(autosize, "LARGER", {})
+    monkeypatch.setattr(autosize, "CANDIDATES", tuple(sorted(tiny)))
+    # both sizes stop gaining after one pass: 2,700 training characters at 4x16 a step is 43 steps
+    per = autosize.SWEEP_CHARS_PER_STEP
+    monkeypatch.setattr(autosize, "BEST_STEPS", {1_000: {(1, 8): 1_000 / per, (1, 16): 1_000 / per}})
+    cfg = dict(batch_size=4, seq_len=16, warmup_steps=2, eval_every=1000, time_budget=600, seed=1, ema=0.0,
+               val_frac=0.1, test_frac=0.0)
+    result = charrnn.train(str(corpus), None, TrainConfig(**cfg), run_dir=str(tmp_path / "run"), progress=False,
+                           explicit={"time_budget"})
+    ckpt = load_checkpoint(str(tmp_path / "run" / "latest.pt"))
+    assert ckpt["progress"]["step"] == 43 and ckpt["train_config"]["max_steps"] == 43, ckpt["progress"]
+    assert "it stops after 43 steps (--max-steps)" in ckpt["model_size"] and result is not None
+    # resumed with a longer budget: the recorded limit holds
+    charrnn.train(None, None, TrainConfig(time_budget=900), resume=str(tmp_path / "run"), progress=False,
+                  explicit={"time_budget"})
+    assert load_checkpoint(str(tmp_path / "run" / "latest.pt"))["progress"]["step"] == 43
+    # --max-steps given: the user's count, and no limit of ours
+    charrnn.train(str(corpus), None, TrainConfig(**cfg, max_steps=50), run_dir=str(tmp_path / "mine"),
+                  progress=False, explicit={"time_budget", "max_steps"})
+    mine = load_checkpoint(str(tmp_path / "mine" / "latest.pt"))
+    assert mine["progress"]["step"] == 50 and "stops after" not in mine["model_size"]
 
 
 def test_time_steps_warms_up_then_times_at_least_one_step():
@@ -108,8 +176,8 @@ def test_choosing_times_every_candidate_and_leaves_the_global_rng_alone(sweep):
     torch.manual_seed(123)
     model_config = ModelConfig(vocab_size=20, hidden_size=512, num_layers=2)
     cfg = TrainConfig(batch_size=2, seq_len=8, time_budget=1.0, precision="fp32")
-    L, H, why = autosize.choose_model_size(model_config, cfg, torch.device("cpu"), OneRank, plan_for)
-    assert (L, H) in SWEEP and why.startswith("auto for a 1 s budget")
+    L, H, limit, why = autosize.choose_model_size(model_config, cfg, torch.device("cpu"), OneRank, plan_for)
+    assert limit is None and (L, H) in SWEEP and why.startswith("auto for a 1 s budget")
     assert torch.equal(torch.rand(3), expected)
     assert (model_config.num_layers, model_config.hidden_size) == (2, 512)  # the caller's config untouched
 
@@ -150,7 +218,7 @@ def test_a_step_limit_caps_the_steps_and_an_untimeable_candidate_is_not_chosen(s
     fast = {(2, 128): 0.01, (2, 512): 0.04}
     assert autosize.choose(3000, fast)[0] == (2, 512)
     # --max-steps 100 with the budget: 100 steps each, where the big model is ahead
-    size, why = autosize.choose(3000, {(2, 128): 0.001, (2, 512): 1.0}, step_cap=100)
+    size, _, why = autosize.choose(3000, {(2, 128): 0.001, (2, 512): 1.0}, step_cap=100)
     assert size == (2, 512) and "~100 steps" in why
     # a candidate whose step failed (out of memory) is infinitely slow: never chosen while another was timed
     assert autosize.choose(3000, {(2, 128): 0.05, (2, 512): float("inf")})[0] == (2, 128)
@@ -159,8 +227,8 @@ def test_a_step_limit_caps_the_steps_and_an_untimeable_candidate_is_not_chosen(s
 def test_start_up_already_spent_is_not_counted_as_steps(sweep):
     # 60 s with 20 s gone: the small model's 760 steps beat the big one's 95, where 60 s would give the big its 142
     slow = {(2, 128): 0.05, (2, 512): 0.4}
-    assert autosize.choose(60, slow, step_cap=None, spent=0.0)[1].count("~1,140 steps") == 1
-    size, why = autosize.choose(60, slow, spent=20.0)
+    assert autosize.choose(60, slow, step_cap=None, spent=0.0)[2].count("~1,140 steps") == 1
+    size, _, why = autosize.choose(60, slow, spent=20.0)
     assert size == (2, 128) and "~760 steps" in why and "~95 steps" in why and "40 s of it left after start-up" in why
     fast = {(2, 128): 0.01, (2, 512): 0.04}
     assert autosize.choose(600, fast)[0] == (2, 512)
@@ -169,10 +237,10 @@ def test_start_up_already_spent_is_not_counted_as_steps(sweep):
 
 def test_a_budget_too_short_for_one_step_takes_the_fastest_candidate(sweep):
     # no extrapolation below one step: a size that cannot take a step learns nothing, whatever its sweep says
-    size, why = autosize.choose(0.02, {(2, 128): 0.05, (2, 512): 0.4})
+    size, _, why = autosize.choose(0.02, {(2, 128): 0.05, (2, 512): 0.4})
     assert size == (2, 128) and "2x512: ~0 steps -> no whole step" in why
     # neither gets a step: equal hopes, and the faster one is taken, whatever its size
-    size, why = autosize.choose(0.5, {(2, 128): 0.6, (2, 512): 0.55})
+    size, _, why = autosize.choose(0.5, {(2, 128): 0.6, (2, 512): 0.55})
     assert size == (2, 512) and why.count("no whole step") == 2
     # one whole step of the small model against none of the big: the small one
     assert autosize.choose(1.1, {(2, 128): 1.0, (2, 512): 8.0})[0] == (2, 128)
@@ -185,8 +253,8 @@ def test_choosing_subtracts_what_the_command_spent_before_and_during_the_timing(
     cfg = TrainConfig(batch_size=2, seq_len=8, time_budget=100.0, precision="fp32")
     calls = []
     elapsed = lambda: calls.append(1) or 30.0  # noqa: E731
-    L, H, why = autosize.choose_model_size(model_config, cfg, torch.device("cpu"), OneRank, plan_for,
-                                           elapsed=elapsed)
+    L, H, _, why = autosize.choose_model_size(model_config, cfg, torch.device("cpu"), OneRank, plan_for,
+                                              elapsed=elapsed)
     assert calls == [1] and "70 s of it left after start-up" in why, why
 
 
