@@ -49,11 +49,11 @@ LARGER: dict = {
 
 # where more steps stopped lowering validation loss: training-split characters -> (layers, hidden) -> the step count
 # with the lowest loss, where a longer run of that size did worse. 90,000: from SWEEPS; 1,003,854, 2x512: runs of
-# 4,000, 6,000 and 8,000 steps with the default average (benchmarks/README.md). A size not listed for a corpus was
-# still gaining at the sweep's last point there.
+# 4,000, 6,000 and 8,000 steps with the default average, 1.4790, 1.4753, 1.4829 (benchmarks/README.md). A size not
+# listed for a corpus was still gaining at the sweep's last point there.
 BEST_STEPS: dict = {
     90_000: {(2, 256): 500, (2, 512): 250},
-    1_003_854: {(2, 512): 4000},
+    1_003_854: {(2, 512): 6000},
 }
 SWEEP_CHARS_PER_STEP = 32 * 128  # the sweeps' batch x sequence length
 
