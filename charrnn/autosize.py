@@ -113,7 +113,7 @@ def useful_steps(size: tuple, train_chars: Optional[float] = None,
         return None
     chars = max(SWEEPS) if train_chars is None else train_chars
     passes = _along(known, min(max(chars, known[0][0]), known[-1][0]), hold_last=True)
-    return max(1, math.ceil(passes * chars / chars_per_step))
+    return max(1, math.ceil(round(passes * chars / chars_per_step, 6)))  # the measured count, not one more
 
 
 def choose(budget: float, seconds_per_step: dict, train_chars: Optional[float] = None,

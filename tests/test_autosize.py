@@ -30,6 +30,8 @@ def test_the_shipped_sweeps_cover_every_candidate_sorted_and_improving_with_step
             steps = [n for n, _ in points]
             assert steps == sorted(steps) and len(steps) >= 3, (chars, size)
             assert points[-1][1] < points[0][1], (chars, size)  # more steps, lower loss
+    for chars, table in autosize.BEST_STEPS.items():  # on the corpus it was measured on, the measured count
+        assert chars in autosize.SWEEPS and all(autosize.useful_steps(size, chars) == n for size, n in table.items())
     assert len(autosize.LARGER) == 2 and min(autosize.LARGER) == max(autosize.SWEEPS)
     for chars, table in autosize.LARGER.items():
         assert tuple(sorted(table)) == autosize.CANDIDATES, chars
