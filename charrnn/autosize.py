@@ -129,7 +129,8 @@ def choose(budget: float, seconds_per_step: dict, train_chars: Optional[float] =
     timed = {size: s for size, s in seconds_per_step.items() if math.isfinite(s)} or seconds_per_step
     useful = {size: useful_steps(size, train_chars, chars_per_step) or math.inf for size in timed}
     steps = {size: min(usable / s, step_cap or math.inf, useful[size]) for size, s in timed.items()}
-    predictions = {size: predicted_loss(size, steps[size], train_chars) if steps[size] >= 1 else math.inf
+    per = chars_per_step / SWEEP_CHARS_PER_STEP  # the sweeps' steps are of their batch: compared by characters
+    predictions = {size: predicted_loss(size, steps[size] * per, train_chars) if steps[size] >= 1 else math.inf
                    for size in timed}
     best = min(predictions, key=lambda size: (predictions[size], timed[size], size))
     shown = ", ".join(f"{L}x{H}: ~{steps[(L, H)]:,.0f} steps -> " + (

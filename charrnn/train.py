@@ -185,14 +185,14 @@ def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: Tra
             f"this run was trained with {resumed['progress'].get('world_size', 1)} process(es); resume it with "
             f"the same number (now {dist.world}), because each holds its own share of the streams' state"
         )
-    stop = StopRule.for_run(cfg, len(batcher))
     size_choice = resumed.get("model_size") if resumed is not None else None  # a resumed run keeps its record
+    limit = _resumed_step_limit(resumed, cfg, explicit, dist) if resumed is not None else None
     if _chooses_size(model_config, cfg, resumed, explicit):
-        size_choice, limit = _choose_size(model_config, cfg, len(splits.train), stop.total_steps, shard, dist,
-                                          device, memory_check, elapsed)
+        size_choice, limit = _choose_size(model_config, cfg, len(splits.train), StopRule.for_run(
+            cfg, len(batcher)).total_steps, shard, dist, device, memory_check, elapsed)
         if limit is not None:
             cfg.max_steps = limit  # where more steps would overfit: recorded, so a resume stops there too
-            stop = StopRule.for_run(cfg, len(batcher))
+    stop = StopRule.for_run(cfg, len(batcher))
     if memory_check:  # rank 0's verdict on every rank, so no rank is left waiting for one that refused
         failure = None
         try:
@@ -206,7 +206,26 @@ def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: Tra
     plan = plan_for(device, model_config.cell, model_config.hidden_size, cfg.precision, cfg.kernel)
     return Run(model_config=model_config, cfg=cfg, text=text, vocab=text.vocab, splits=splits, batcher=batcher,
                stop=stop, run_dir="", dist=dist, shard=shard, device=device, plan=plan, resumed=resumed,
-               size_choice=size_choice)
+               size_choice=size_choice, step_limit=limit)
+
+
+def _resumed_step_limit(resumed: dict, cfg: TrainConfig, explicit, dist) -> Optional[int]:
+    """The step limit a resumed run's size choice set (its recorded max_steps), while it holds: --max-steps given
+    now replaces it, --epochs alone lifts it (the epochs and the budget decide); else the run is told it stops
+    there."""
+    limit = resumed["progress"].get("step_limit")
+    if limit is None or cfg.max_steps != limit:
+        return None
+    given = set(explicit or ()) & {"max_steps", "epochs"}
+    if "max_steps" in given:
+        return None
+    if given:
+        cfg.max_steps = None
+        return None
+    if dist.is_main:
+        log.info(f"this run stops after {limit:,} steps, where its size choice found more would overfit the corpus "
+                 f"(--max-steps or --epochs go further)")
+    return limit
 
 
 def _choose_size(model_config: ModelConfig, cfg: TrainConfig, train_chars: int, step_cap: Optional[int], shard,
@@ -234,7 +253,7 @@ def _choose_size(model_config: ModelConfig, cfg: TrainConfig, train_chars: int, 
     if cfg.schedule_steps is not None:  # a schedule fixed on purpose: the budget or that decides when it stops
         limit = None
     if limit is not None:
-        why += f"; it stops after {limit:,} steps (--max-steps), as more would overfit a corpus this size"
+        why += f"; it stops after {limit:,} steps (recorded as its max_steps), as more would overfit a corpus this size"
     if dist.is_main:
         log.info(f"model size {L}x{H}: {why}")
     return why, limit

@@ -121,6 +121,7 @@ class Run:
     on_step: Optional[Callable[[dict], None]] = None
     started: Optional[float] = None  # when the command started, on the hooks' clock (a time budget counts from it)
     size_choice: Optional[str] = None  # why the model has its size, when the run chose it (charrnn.autosize)
+    step_limit: Optional[int] = None  # the max_steps that choice set, where more steps would overfit the corpus
 
 
 @dataclass
@@ -601,6 +602,7 @@ class Trainer:
                 "schedule_steps": self.stop.horizon,
                 "skipped_in_a_row": self.skipped_in_a_row,
                 "ema_updates": self.average.updates if self.average is not None else 0,
+                "step_limit": run.step_limit,
                 "stopped_by": self.finishing,  # set in the run's last checkpoint: how it ended
             },
             "hidden": hidden.cpu(),

@@ -4,6 +4,7 @@ machine's measured speed, and the start-up timing."""
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -119,6 +120,15 @@ def test_a_budget_longer_than_is_useful_stops_where_more_steps_would_overfit(swe
     assert autosize.choose(3000, fast, 10_000, step_cap=5000)[:2] == ((2, 512), None)
 
 
+def test_with_another_batch_the_steps_are_compared_by_characters():
+    # the shipped tables on a 100 KB corpus: 2x512 stops gaining at 250 steps of 32x128, 2x256 at 500; at 4x16 a
+    # step reads 1/64 of the characters, so the same passes take 64 times the steps and the same size is chosen
+    speeds = {(2, 128): 0.001, (2, 256): 0.002, (2, 512): 0.004}
+    assert autosize.choose(600, speeds, 90_000)[:2] == ((2, 512), 250)
+    size, limit, why = autosize.choose(600, speeds, 90_000, chars_per_step=64)
+    assert (size, limit) == ((2, 512), 16_000) and "2x512: ~16,000 steps -> 1.57" in why, why
+
+
 def test_a_budget_run_stops_at_the_useful_steps_records_them_and_resumes_to_them(tmp_path, monkeypatch):
     """In the trainer: the limit becomes the run's --max-steps (the log says why), so the cosine ends there and a
     resume stops there too; a step count given on purpose wins."""
@@ -137,20 +147,33 @@ def test_a_budget_run_stops_at_the_useful_steps_records_them_and_resumes_to_them
     monkeypatch.setattr(autosize, "BEST_STEPS", {1_000: {(1, 8): 1_000 / per, (1, 16): 1_000 / per}})
     cfg = dict(batch_size=4, seq_len=16, warmup_steps=2, eval_every=1000, time_budget=600, seed=1, ema=0.0,
                val_frac=0.1, test_frac=0.0)
-    result = charrnn.train(str(corpus), None, TrainConfig(**cfg), run_dir=str(tmp_path / "run"), progress=False,
-                           explicit={"time_budget"})
-    ckpt = load_checkpoint(str(tmp_path / "run" / "latest.pt"))
+    run = str(tmp_path / "run")
+    charrnn.train(str(corpus), None, TrainConfig(**cfg), run_dir=run, progress=False, explicit={"time_budget"})
+    ckpt = load_checkpoint(os.path.join(run, "latest.pt"))
     assert ckpt["progress"]["step"] == 43 and ckpt["train_config"]["max_steps"] == 43, ckpt["progress"]
-    assert "it stops after 43 steps (--max-steps)" in ckpt["model_size"] and result is not None
-    # resumed with a longer budget: the recorded limit holds
-    charrnn.train(None, None, TrainConfig(time_budget=900), resume=str(tmp_path / "run"), progress=False,
-                  explicit={"time_budget"})
-    assert load_checkpoint(str(tmp_path / "run" / "latest.pt"))["progress"]["step"] == 43
-    # --max-steps given: the user's count, and no limit of ours
-    charrnn.train(str(corpus), None, TrainConfig(**cfg, max_steps=50), run_dir=str(tmp_path / "mine"),
-                  progress=False, explicit={"time_budget", "max_steps"})
-    mine = load_checkpoint(str(tmp_path / "mine" / "latest.pt"))
-    assert mine["progress"]["step"] == 50 and "stops after" not in mine["model_size"]
+    assert ckpt["progress"]["step_limit"] == 43 and "it stops after 43 steps" in ckpt["model_size"]
+    # resumed with a longer budget: the recorded limit holds (a budget of 900 s would otherwise run on)
+    charrnn.train(None, None, TrainConfig(time_budget=900), resume=run, progress=False, explicit={"time_budget"})
+    again = load_checkpoint(os.path.join(run, "latest.pt"))
+    assert again["progress"]["step"] == 43 and again["progress"]["step_limit"] == 43
+    # --epochs on resume lifts it (two passes: 84 steps); --max-steps replaces it
+    charrnn.train(None, None, TrainConfig(epochs=2), resume=run, progress=False, explicit={"epochs"})
+    lifted = load_checkpoint(os.path.join(run, "latest.pt"))
+    assert lifted["progress"]["step"] == 84 and lifted["progress"]["step_limit"] is None, lifted["progress"]
+    # a step count given on purpose: the user's count, and no limit of ours (--max-steps, --epochs)
+    for name, given in (("mine", {"max_steps": 50}), ("epochs", {"epochs": 2})):
+        charrnn.train(str(corpus), None, TrainConfig(**cfg, **given), run_dir=str(tmp_path / name), progress=False,
+                      explicit={"time_budget", *given})
+        mine = load_checkpoint(str(tmp_path / name / "latest.pt"))
+        assert mine["progress"]["step"] == (50 if "max_steps" in given else 84), (name, mine["progress"])
+        assert "stops after" not in mine["model_size"] and mine["progress"]["step_limit"] is None
+    # a schedule fixed on purpose (--schedule-steps): the budget decides when it stops
+    cfg.update(time_budget=4.0, schedule_steps=60)
+    charrnn.train(str(corpus), None, TrainConfig(**cfg), run_dir=str(tmp_path / "fixed"), progress=False,
+                  explicit={"time_budget", "schedule_steps"})
+    fixed = load_checkpoint(str(tmp_path / "fixed" / "latest.pt"))
+    assert fixed["progress"]["step"] > 43 and fixed["progress"]["stopped_by"] == "time_budget", fixed["progress"]
+    assert fixed["progress"]["step_limit"] is None and "stops after" not in fixed["model_size"]
 
 
 def test_time_steps_warms_up_then_times_at_least_one_step():
@@ -179,7 +202,7 @@ def test_choosing_times_every_candidate_and_leaves_the_global_rng_alone(sweep):
     model_config = ModelConfig(vocab_size=20, hidden_size=512, num_layers=2)
     cfg = TrainConfig(batch_size=2, seq_len=8, time_budget=1.0, precision="fp32")
     L, H, limit, why = autosize.choose_model_size(model_config, cfg, torch.device("cpu"), OneRank, plan_for)
-    assert limit is None and (L, H) in SWEEP and why.startswith("auto for a 1 s budget")
+    assert (L, H) in SWEEP and why.startswith("auto for a 1 s budget")
     assert torch.equal(torch.rand(3), expected)
     assert (model_config.num_layers, model_config.hidden_size) == (2, 512)  # the caller's config untouched
 
