@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from browser import browser  # noqa: F401  (the headless Chromium fixture for the browser tests)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # a tiny model trains in a second or two
