@@ -356,3 +356,50 @@ def test_the_module_works_from_another_page(browser, served):
         assert_clean(page, base)
     finally:
         page.close()
+
+
+def test_the_sampling_rule_is_charrnn_samples(browser, served):
+    """charrnn.js's `pick` draws the same ids as charrnn.sample.pick from the same logits and uniforms."""
+    import numpy as np
+
+    from charrnn.sample import pick
+
+    base, _, _ = served
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal((300, 40)) * 2).astype(np.float32)
+    logits[:50, :10] = logits[:50, :1]  # ties: the order among equal probabilities must match too
+    uniforms = 1.0 - rng.random(300)
+    cases = [dict(temperature=1.0), dict(temperature=0.5, topK=3), dict(temperature=1.3, topP=0.9),
+             dict(temperature=0.8, topK=5, topP=0.5), dict(temperature=2.0, topK=1), dict(temperature=0.7, topP=0.05)]
+    page = open_page(browser, f"{base}/site-tanh/index.html", base)
+    try:
+        page.wait_for_selector("body[data-ready=true]")
+        got = page.evaluate("""async ([logits, uniforms, cases]) => {
+            const { pick } = await import('./charrnn.js');
+            return cases.map((o) => logits.map((row, n) => pick(row, uniforms[n], o)));
+        }""", [logits.astype(float).tolist(), uniforms.tolist(), cases])
+        for case, ids in zip(cases, got):
+            expected = pick(logits, uniforms, case["temperature"], case.get("topK"), case.get("topP"))
+            assert ids == expected.tolist(), case
+        assert_clean(page, base)
+    finally:
+        page.close()
+
+
+def test_a_damaged_weights_file_is_one_clear_message(browser, served, trained, tmp_path):
+    base, root, _ = served
+    ckpt, model, vocab = trained["lstm"]
+    from charrnn.export.web import write_web
+
+    write_web(ckpt, model, vocab, str(root / "site-damaged"))
+    with open(root / "site-damaged" / "model.bin", "r+b") as f:
+        f.truncate(1000)
+    page = open_page(browser, f"{base}/site-damaged/index.html", base)
+    try:
+        page.wait_for_selector("#status.error")
+        assert "does not match model.json" in page.text_content("#status")
+        assert page.text_content("#model-name") == "The model could not be loaded"
+        assert not page.is_enabled("#generate")
+        assert_clean(page, base)
+    finally:
+        page.close()

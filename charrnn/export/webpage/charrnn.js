@@ -160,6 +160,64 @@ function pause() {
 
 const now = () => (globalThis.performance ? performance.now() : Date.now());
 
+/** Scratch space for `draw`, made once per generation. */
+function scratch(V) {
+  return { z: new Float64Array(V), p: new Float64Array(V), order: new Int32Array(V), sorted: new Float64Array(V) };
+}
+
+/** The id drawn from logits[0..V) by charrnn's rule (`pick` in charrnn/sample.py) with a uniform u in (0, 1]:
+ * divide by the temperature, keep the logits >= the k-th largest, keep the smallest set of most likely
+ * characters whose probability reaches topP, and take the first id whose cumulative probability reaches u times
+ * the total. Temperature 0 takes the first most likely id. */
+function draw(logits, V, o, u, s) {
+  if (o.temperature === 0) {
+    let best = 0;
+    for (let i = 1; i < V; i++) if (logits[i] > logits[best]) best = i;
+    return best;
+  }
+  const z = s.z, p = s.p;
+  for (let i = 0; i < V; i++) z[i] = logits[i] / o.temperature;
+  if (o.topK != null && o.topK < V) {
+    const sorted = s.sorted;
+    sorted.set(z);
+    sorted.sort();
+    const kth = sorted[V - o.topK];
+    for (let i = 0; i < V; i++) if (z[i] < kth) z[i] = -Infinity;
+  }
+  let max = -Infinity;
+  for (let i = 0; i < V; i++) if (z[i] > max) max = z[i];
+  for (let i = 0; i < V; i++) p[i] = Math.exp(z[i] - max);
+  if (o.topP != null && o.topP < 1) {
+    const order = s.order;
+    for (let i = 0; i < V; i++) order[i] = i;
+    order.sort((a, b) => p[b] - p[a] || a - b); // most likely first, ties by id (a stable sort)
+    let total = 0;
+    for (let i = 0; i < V; i++) total += p[i];
+    let before = 0; // the probability of the more likely characters
+    for (let k = 0; k < V; k++) {
+      const i = order[k], q = p[i] / total;
+      if (before >= o.topP) p[i] = 0;
+      before += q;
+    }
+  }
+  let total = 0;
+  for (let i = 0; i < V; i++) total += p[i];
+  const target = u * total;
+  let cdf = 0, picked = 0;
+  for (let i = 0; i < V; i++) {
+    cdf += p[i];
+    if (cdf < target) picked = i + 1;
+  }
+  return Math.min(picked, V - 1);
+}
+
+/** The id charrnn's sampling rule draws from `logits` (an array of numbers) with the uniform number `u` in (0, 1]
+ * and options {temperature, topK, topP}: what `generate` does at each character, for a caller's own loop. */
+export function pick(logits, u, { temperature = 1, topK = null, topP = null } = {}) {
+  return draw(logits, logits.length, { temperature, topK, topP }, u, scratch(logits.length));
+}
+
+
 // ---------------------------------------------------------------------------------------------------------------
 // the model
 
@@ -236,8 +294,7 @@ class Model {
       h: [], c: [],
       gi: new Float32Array(G), gh: new Float32Array(G),
       logits: new Float32Array(this.V),
-      z: new Float64Array(this.V), p: new Float64Array(this.V), order: new Int32Array(this.V),
-      sorted: new Float64Array(this.V),
+      ...scratch(this.V),
     };
     for (let l = 0; l < L; l++) {
       s.h.push(h.subarray(l * H, (l + 1) * H));
@@ -290,48 +347,9 @@ class Model {
     matvec(s.logits, this.headB, this.headW, x, this.V, H);
   }
 
-  /** Draw the next id from s.logits by charrnn's rule (see `pick` in charrnn/sample.py). */
+  /** Draw the next id from s.logits by charrnn's rule. */
   _pick(s, o, random) {
-    const V = this.V, logits = s.logits;
-    if (o.temperature === 0) {
-      let best = 0;
-      for (let i = 1; i < V; i++) if (logits[i] > logits[best]) best = i;
-      return best;
-    }
-    const z = s.z, p = s.p;
-    for (let i = 0; i < V; i++) z[i] = logits[i] / o.temperature;
-    if (o.topK !== null && o.topK < V) {
-      const sorted = s.sorted;
-      sorted.set(z);
-      sorted.sort();
-      const kth = sorted[V - o.topK];
-      for (let i = 0; i < V; i++) if (z[i] < kth) z[i] = -Infinity;
-    }
-    let max = -Infinity;
-    for (let i = 0; i < V; i++) if (z[i] > max) max = z[i];
-    for (let i = 0; i < V; i++) p[i] = Math.exp(z[i] - max);
-    if (o.topP !== null && o.topP < 1) {
-      const order = s.order;
-      for (let i = 0; i < V; i++) order[i] = i;
-      order.sort((a, b) => p[b] - p[a] || a - b); // most likely first, ties by id (a stable sort)
-      let total = 0;
-      for (let i = 0; i < V; i++) total += p[i];
-      let before = 0;
-      for (let k = 0; k < V; k++) {
-        const i = order[k], q = p[i] / total;
-        if (before >= o.topP) p[i] = 0;
-        before += q;
-      }
-    }
-    let total = 0;
-    for (let i = 0; i < V; i++) total += p[i];
-    const target = random.uniform() * total;
-    let cdf = 0, picked = 0;
-    for (let i = 0; i < V; i++) {
-      cdf += p[i];
-      if (cdf < target) picked = i + 1;
-    }
-    return Math.min(picked, V - 1);
+    return draw(s.logits, this.V, o, o.temperature === 0 ? 1 : random.uniform(), s);
   }
 
   /** The options checked and completed; a mistake throws a RangeError (or TypeError) that names the option. */
@@ -353,7 +371,7 @@ class Model {
       throw new RangeError(`topP must be in (0, 1], not ${o.topP}`);
     if (o.seed === null) o.seed = randomSeed();
     else if (!(typeof o.seed === "bigint" || Number.isSafeInteger(o.seed)))
-      throw new RangeError(`seed must be an integer, not ${o.seed}`);
+      throw new RangeError(`seed must be an integer of at most 2^53 in size (or a BigInt), not ${o.seed}`);
     const unknown = [...new Set(Array.from(o.prime).filter((c) => !this.index.has(c)))];
     if (unknown.length)
       throw new RangeError(`the prime has characters not in the model's vocabulary: ${unknown.map((c) => JSON.stringify(c)).join(" ")}`);
