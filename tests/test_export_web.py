@@ -45,7 +45,7 @@ def trained(tmp_path_factory) -> dict:
         result = charrnn.train(
             str(corpus),
             charrnn.ModelConfig(hidden_size=32, num_layers=2, cell=cell),
-            charrnn.TrainConfig(batch_size=4, seq_len=16, max_steps=30, eval_every=15, warmup_steps=5,
+            charrnn.TrainConfig(batch_size=4, seq_len=16, max_steps=30, eval_every=30, warmup_steps=5,
                                 val_frac=0.1, test_frac=0.1),
             run_dir=str(base / f"run-{cell}"),
             progress=False,

@@ -281,7 +281,6 @@ class Model {
     const table = lookupTable(embed, V, H, this.cell === "tanh" ? null : first.wx, first.bx, G);
     this.rows = [];
     for (let c = 0; c < V; c++) this.rows.push(table.subarray(c * G, (c + 1) * G));
-    this.zeros = new Float32Array(G);
     this.start = this.index.has("\n") ? this.index.get("\n") : 0; // charrnn sample's start without a prime
   }
 
