@@ -16,6 +16,7 @@
 // greedy (the most likely character each time). A seed makes the draws reproducible (a small PRNG of our own).
 
 const FORMAT = "charrnn-web";
+const FORMAT_VERSION = 1;
 const CHUNK_CHARS = 64; // the stream hands over its text (and lets the page breathe) at least this often...
 const CHUNK_MS = 16; // ...and at least this often, in milliseconds
 
@@ -35,6 +36,8 @@ export async function load(url = "./model") {
   const jsonUrl = new URL(metaUrl(url), base);
   const meta = await fetchOk(jsonUrl).then((r) => r.json());
   if (meta.format !== FORMAT) throw new Error(`${jsonUrl} is not a charrnn web model (format ${meta.format})`);
+  if (meta.format_version > FORMAT_VERSION)
+    throw new Error(`${jsonUrl} has format version ${meta.format_version}: this charrnn.js reads ${FORMAT_VERSION}`);
   const weightsUrl = new URL(meta.weights.file, jsonUrl);
   const buffer = await fetchOk(weightsUrl).then((r) => r.arrayBuffer());
   return new Model(meta, buffer);
