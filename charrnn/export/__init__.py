@@ -1,0 +1,1 @@
+"""Exporting a trained model for use outside charrnn: the ONNX and web writers."""
