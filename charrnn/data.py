@@ -265,6 +265,15 @@ class EncodedCorpus:
 CACHE_HINT = " (CHARRNN_CACHE_DIR moves it)"
 
 
+def _no_hook(chars_written: int) -> None:
+    return None
+
+
+# Called after each chunk a first encode writes into the cache, with the characters written so far; does nothing by
+# default. Tests slow the encode or make it fail through it (tests/faults.py: slow_encode, encode_fails).
+encode_hook = _no_hook
+
+
 def cache_dir() -> str:
     from .paths import data_dir
 
@@ -395,6 +404,7 @@ def _encode_to_cache(files: list[str], base: str, size: int, chunk_bytes: int, p
             for points_chunk, read in _decoded_chunks(path, chunk_bytes):
                 out.write(lookup[points_chunk].tobytes())
                 chars += len(points_chunk)
+                encode_hook(chars)
                 bar.update(read - done)
                 done = read
     return {"format": 1, "vocab": vocab.chars, "chars": chars, "dtype": vocab.dtype.name}

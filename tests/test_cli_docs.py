@@ -56,7 +56,7 @@ def test_shell_completion():
     proc = subprocess.run([sys.executable, "-m", "charrnn"], env=cli_env(
         _CHARRNN_COMPLETE="complete_bash", COMP_WORDS="charrnn eval --top", COMP_CWORD="2"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=hang_guard(60))
-    assert set(proc.stdout.decode().split()) == {"--top", "--top-neurons"}
+    assert set(proc.stdout.decode().split()) == {"--top", "--top-neurons"}, (proc.returncode, proc.stdout, proc.stderr)
 
 
 def test_help_does_not_import_torch():
