@@ -18,7 +18,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from .errors import DataError, InputMissingError, UsageError, unreadable
-from .fileio import atomic_write, write_bytes, write_error
+from .fileio import atomic_write, sweep_stale_temps, write_bytes, write_error
 
 BOM = "\ufeff"
 DEMO_SOURCE = "<demo:python-stdlib>"
@@ -349,6 +349,7 @@ def _progress(total: int, desc: str, enabled: bool):
 def _cached_ids(source: str, files: list[str], size: int, chunk_bytes: int, progress: bool) -> EncodedCorpus:
     import json
 
+    sweep_stale_temps(cache_dir(), "corpus cache", "an interrupted encode")
     digest = hashlib.sha256()
     with _progress(size, "hashing corpus", progress) as bar:
         for path in files:
