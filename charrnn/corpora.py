@@ -26,7 +26,7 @@ from typing import Iterator, Optional
 from urllib.parse import urlparse
 
 from .errors import DataError, InputMissingError, UsageError
-from .fileio import atomic_write, write_error
+from .fileio import atomic_write, sweep_stale_temps, write_error
 from .paths import data_dir as default_data_dir
 
 log = logging.getLogger("charrnn")
@@ -151,6 +151,7 @@ def _place_hint(url: str, dest: str, sha256: Optional[str]) -> str:
 def _download(url: str, dest: str, sha256: Optional[str], what: str) -> str:
     """Stream url into dest through fileio.atomic_write: a temp file beside dest, renamed into place only after
     the sha256 matched. Returns the sha256."""
+    sweep_stale_temps(os.path.dirname(os.path.abspath(dest)), "download", "an interrupted download")
     digest = hashlib.sha256()
     with atomic_write(dest, "downloaded corpus") as out:
         for block in _blocks(url, dest, sha256, what):

@@ -18,7 +18,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from .errors import DataError, InputMissingError, UsageError, unreadable
-from .fileio import atomic_write, write_bytes, write_error
+from .fileio import atomic_write, sweep_stale_temps, write_bytes, write_error
 
 BOM = "\ufeff"
 DEMO_SOURCE = "<demo:python-stdlib>"
@@ -265,6 +265,15 @@ class EncodedCorpus:
 CACHE_HINT = " (CHARRNN_CACHE_DIR moves it)"
 
 
+def _no_hook(chars_written: int) -> None:
+    return None
+
+
+# Called after each chunk a first encode writes into the cache, with the characters written so far; does nothing by
+# default. Tests slow the encode or make it fail through it (tests/faults.py: slow_encode, encode_fails).
+encode_hook = _no_hook
+
+
 def cache_dir() -> str:
     from .paths import data_dir
 
@@ -340,6 +349,7 @@ def _progress(total: int, desc: str, enabled: bool):
 def _cached_ids(source: str, files: list[str], size: int, chunk_bytes: int, progress: bool) -> EncodedCorpus:
     import json
 
+    sweep_stale_temps(cache_dir(), "corpus cache", "an interrupted encode")
     digest = hashlib.sha256()
     with _progress(size, "hashing corpus", progress) as bar:
         for path in files:
@@ -395,6 +405,7 @@ def _encode_to_cache(files: list[str], base: str, size: int, chunk_bytes: int, p
             for points_chunk, read in _decoded_chunks(path, chunk_bytes):
                 out.write(lookup[points_chunk].tobytes())
                 chars += len(points_chunk)
+                encode_hook(chars)
                 bar.update(read - done)
                 done = read
     return {"format": 1, "vocab": vocab.chars, "chars": chars, "dtype": vocab.dtype.name}

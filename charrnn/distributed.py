@@ -25,7 +25,44 @@ from typing import Any, Optional
 
 from .errors import UsageError
 
-TIMEOUT = timedelta(seconds=int(os.environ.get("CHARRNN_DIST_TIMEOUT", "300")))
+DEFAULT_TIMEOUT_S = 300
+# How long the other ranks wait while each node's local rank 0 reads, hashes and encodes the corpus into the cache
+# (a first encode of 1 GB took 93 s on a quiet machine and 688 s on a loaded one): the wait is on a process group of
+# its own with this timeout, not on CHARRNN_DIST_TIMEOUT's. A failure there reaches every rank at once.
+PREPARE_TIMEOUT = timedelta(hours=24)
+
+
+def collective_timeout() -> timedelta:
+    """How long a collective across torchrun ranks waits for a peer: CHARRNN_DIST_TIMEOUT seconds (default 300).
+    Read when a process group is made, so a malformed value is one line (exit 2), not a traceback at import."""
+    raw = os.environ.get("CHARRNN_DIST_TIMEOUT")
+    if raw is None or not raw.strip():
+        return timedelta(seconds=DEFAULT_TIMEOUT_S)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not (seconds > 0 and seconds < 10**9):  # nan, inf, 0 and negatives too
+        raise UsageError(f"CHARRNN_DIST_TIMEOUT must be a number of seconds > 0 (default {DEFAULT_TIMEOUT_S}), "
+                         f"not {raw!r}")
+    return timedelta(seconds=seconds)
+
+
+def describe_failure(exc: BaseException) -> tuple[str, int]:
+    """An exception as (one-line message, exit code), the same on every rank: a CharrnnError as it is; an error
+    reading or writing a file, or running out of memory, as a line that says so; anything else with its type."""
+    from .errors import EXIT_FAILURE, EXIT_IO, CharrnnError
+
+    if isinstance(exc, CharrnnError):
+        return exc.message, exc.exit_code
+    if isinstance(exc, MemoryError):
+        return ("out of memory while reading and encoding the corpus (local rank 0 of a node): free memory or "
+                "lower CHARRNN_CACHE_MIN_BYTES so that the corpus is encoded in chunks"), EXIT_FAILURE
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"cannot read or encode the corpus{where}: {exc.strerror or exc}", EXIT_IO
+    text = " ".join(str(exc).split())
+    return f"reading the corpus failed: {type(exc).__name__}{': ' + text if text else ''}", EXIT_FAILURE
 
 
 @dataclass
@@ -132,20 +169,40 @@ class Dist:
 
     def first_on_each_node(self, fn):
         """fn() on each node's local rank 0 first (e.g. reading, downloading and encoding the corpus into the
-        cache), then on the other ranks (which then find the cache). A failure there is every rank's failure."""
+        cache), then on the other ranks (which then find the cache). The others wait on a process group of their
+        own, as long as the encoding takes (PREPARE_TIMEOUT), not CHARRNN_DIST_TIMEOUT. Any exception in fn() on
+        any rank (a CharrnnError, an OSError, a MemoryError, ...) is every rank's failure: all raise the same
+        CharrnnError (the first failing rank's message and exit code; rank 0 alone prints it), none is left
+        waiting."""
         if not self.enabled:
             return fn()
         from .errors import CharrnnError
 
-        result, failure = None, None
-        if self.local_rank == 0:
-            try:
-                result = fn()
-            except CharrnnError as exc:
-                failure = exc
-        if self.sum_values([1.0 if failure is not None else 0.0])[0] > 0:  # also where the others wait
-            raise self.agree_on_failure(failure) or failure or CharrnnError("")
-        return fn() if self.local_rank != 0 else result
+        result = None
+        for leaders_turn in (True, False):
+            failure, cause = None, None
+            if (self.local_rank == 0) == leaders_turn:
+                try:
+                    result = fn()
+                except Exception as exc:  # noqa: BLE001  (every rank must hear of it, whatever it is)
+                    failure, cause = describe_failure(exc), exc
+            first = next((f for f in self.gather_while_preparing(failure) if f is not None), None)
+            if first is not None:
+                error = CharrnnError(first[0])
+                error.exit_code = first[1]
+                raise error from cause
+        return result
+
+    def gather_while_preparing(self, value) -> list:
+        """Every rank's `value` (a small picklable object), in rank order, over a gloo group whose timeout is
+        PREPARE_TIMEOUT (made on first use, by every rank at the same point)."""
+        import torch.distributed as dist
+
+        if getattr(self, "_prepare_group", None) is None:
+            self._prepare_group = dist.new_group(backend="gloo", timeout=PREPARE_TIMEOUT)
+        values = [None] * self.world
+        dist.all_gather_object(values, value, group=self._prepare_group)
+        return values
 
     def broadcast_str(self, value: str) -> str:
         """Rank 0's value on every rank (e.g. a default run directory named after the clock)."""
@@ -198,7 +255,7 @@ def from_environment(device_name: str = "auto"):
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         extra = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend=backend, timeout=TIMEOUT, **extra)
+        dist.init_process_group(backend=backend, timeout=collective_timeout(), **extra)
     return Dist(rank=rank, world=world, local_rank=local_rank, backend=backend, device=device), device
 
 

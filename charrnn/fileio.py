@@ -13,6 +13,11 @@ the final names are untouched; an OSError becomes `write_error(exc, path)`: Cann
 file cannot be created there (permissions, read-only filesystem, missing directory), WriteError (exit 74) when
 writing failed (disk full, quota, I/O error).
 
+While it is written, the temp file is held under an exclusive flock (the kernel drops it when the writer dies):
+`sweep_stale_temps(directory)` removes the temps no live process holds, so a writer killed mid-write (a corpus
+cache or a download, possibly gigabytes) leaves nothing behind for good, and another process's temp in progress is
+never touched. A directory fsync that fails after the rename is a warning, not a failed write: the file is in place.
+
 Tests inject faults through `write_hook` (None in shipped code): called with the open temp file and the final
 path of each atomic write, it returns the file object the caller writes through (e.g. one that is slow, or that
 fails with ENOSPC after N bytes).
@@ -22,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import logging
 import os
 import secrets
 import shutil
@@ -64,25 +71,31 @@ def atomic_write(paths: Union[str, Sequence[str]], what: str = "", hint: str = "
     if any(os.path.dirname(p) != directory for p in names):
         raise ValueError(f"atomic_write: all names must be in one directory: {names}")
     temps: list[str] = []
+    f = None
     try:
         temp, f = _create_temp(directory, names[0])
         temps.append(temp)
-        with f:
-            yield write_hook(f, names[0]) if write_hook is not None else f
-            f.flush()
-            os.fsync(f.fileno())  # the data reaches the disk before any name points at it
+        yield write_hook(f, names[0]) if write_hook is not None else f
+        f.flush()
+        os.fsync(f.fileno())  # the data reaches the disk before any name points at it
         for name in names[1:]:
             temps.append(_second_name(temp, directory, name))
         for temp_name, name in zip(temps, names):
             os.replace(temp_name, name)
         temps.clear()
-        fsync_dir(directory)
+        f.close()  # and with it the flock, held until no temp name was left to sweep
     except OSError as exc:
-        _remove(temps)
+        _close_and_remove(f, temps)
         raise write_error(exc, names[0], what, hint) from None
     except BaseException:
-        _remove(temps)
+        _close_and_remove(f, temps)
         raise
+    try:
+        fsync_dir(directory)
+    except OSError as exc:  # the file is in place; only the durability of its rename is in doubt
+        logging.getLogger("charrnn").warning(
+            f"wrote {names[0]}, but could not fsync its directory ({exc.strerror or exc}): after a power loss "
+            f"the previous version may be back")
 
 
 def write_bytes(paths: Union[str, Sequence[str]], data: bytes, what: str = "", hint: str = "") -> None:
@@ -114,15 +127,67 @@ def _temp_name(directory: str, final: str) -> str:
 
 
 def _create_temp(directory: str, final: str) -> tuple[str, BinaryIO]:
-    """A new, uniquely named file beside `final` (mode 0666 less the umask, like any new file)."""
+    """A new, uniquely named file beside `final` (mode 0666 less the umask, like any new file), held under an
+    exclusive flock until it is closed (see sweep_stale_temps)."""
     for _ in range(100):
         temp = _temp_name(directory, final)
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         except FileExistsError:
             continue
-        return temp, os.fdopen(fd, "wb")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # waits only while a sweeper that took it first removes it
+            if _same_file(temp, fd):
+                return temp, os.fdopen(fd, "wb")
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+                os.close(fd)
+                _remove([temp])
+                raise
+            return temp, os.fdopen(fd, "wb")  # no locks on this filesystem: never swept (temps of the past stay)
+        os.close(fd)  # swept between its creation and the lock: make another
     raise FileExistsError(errno.EEXIST, "no unused temp file name", directory)
+
+
+def _same_file(path: str, fd: int) -> bool:
+    try:
+        return os.path.samestat(os.stat(path, follow_symlinks=False), os.fstat(fd))
+    except OSError:
+        return False
+
+
+def sweep_stale_temps(directory: str, what: str = "", by: str = "") -> list[tuple[str, int]]:
+    """Remove the temp files (TEMP_PREFIX) in `directory` that no live process is writing: those whose flock can
+    be taken at once. Returns (path, size) of each removed, and with `what` logs what it removed, e.g.
+    sweep_stale_temps(d, "corpus cache", "an interrupted encode"). A temp being written (its writer holds the
+    flock), one that cannot be opened for writing (another user's), and anything on a filesystem without locks are
+    left alone; errors are ignored (sweeping is housekeeping)."""
+    removed = []
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(TEMP_PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by its writer while it lives
+            if _same_file(path, fd):
+                size = os.fstat(fd).st_size
+                os.unlink(path)  # under the lock: a writer that just made it sees it gone and makes another
+                removed.append((path, size))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    if removed and what:
+        mb = sum(size for _, size in removed) / 1e6
+        logging.getLogger("charrnn").info(f"removed {len(removed)} unfinished {what} file(s) ({mb:,.1f} MB) left in "
+                                          f"{directory} by {by or 'an interrupted write'}")
+    return removed
 
 
 def _second_name(temp: str, directory: str, final: str) -> str:
@@ -148,6 +213,15 @@ def _second_name(temp: str, directory: str, final: str) -> str:
     return copy
 
 
+def _close_and_remove(f: Optional[BinaryIO], paths: list[str]) -> None:
+    _remove(paths)  # before the close: the names go while the flock still keeps sweepers off
+    if f is not None:
+        try:
+            f.close()
+        except OSError:
+            pass
+
+
 def _remove(paths: list[str]) -> None:
     for path in paths:
         try:
@@ -156,4 +230,5 @@ def _remove(paths: list[str]) -> None:
             pass
 
 
-__all__ = ["atomic_write", "write_bytes", "write_text", "write_error", "fsync_dir", "write_hook", "TEMP_PREFIX"]
+__all__ = ["atomic_write", "write_bytes", "write_text", "write_error", "fsync_dir", "write_hook", "TEMP_PREFIX",
+           "sweep_stale_temps"]

@@ -74,7 +74,9 @@ def train(
     together = False  # whether every rank leaves at the same point (then they may meet at a last barrier)
     try:
         if text is None:  # under torchrun: one process per node reads (and downloads, encodes) the corpus first
+            together = True  # a failure there is every rank's, raised by all at this point
             text = dist.first_on_each_node(lambda: _load_corpus(corpus, cfg, progress and dist.local_rank == 0))
+            together = False
         spent = lambda: hooks.clock() - started  # noqa: E731  (of the time budget, before the first step)
         run = _make_run(text, resumed, model_config, cfg, dist, device, memory_check, explicit, spent)
         run.progress, run.on_step, run.started = progress and dist.is_main, on_step, started

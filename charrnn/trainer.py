@@ -408,13 +408,18 @@ class Trainer:
         return Agreed(True, None, signals.code)
 
     def optimizer_step(self) -> None:
+        stepped = True
         if self.scaler is not None:
+            # the scaler skips a step whose gradients overflowed and lowers its scale exactly then; --ema's average
+            # must not move on a step the weights did not take (the step already waits for the scaler's check)
+            scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            stepped = self.scaler.get_scale() >= scale
         else:
             self.optimizer.step()
         self.skipped_in_a_row = 0
-        if self.average is not None:
+        if self.average is not None and stepped:
             self.average.update()
 
     def skip_or_stop(self, state_in) -> None:

@@ -13,6 +13,20 @@ from browser import browser  # noqa: F401  (the headless Chromium fixture for th
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Every hang guard in the suite (a subprocess's timeout, a wait for an event) is a number of seconds that a quiet
+# machine needs far less than, scaled by this one factor: a loaded CI machine gets room, a hang still ends. Read by
+# the tests only (charrnn itself never reads it): CHARRNN_TEST_TIMEOUT_FACTOR=10 for a very slow machine.
+TIMEOUT_FACTOR = float(os.environ.get("CHARRNN_TEST_TIMEOUT_FACTOR", "4"))
+if not TIMEOUT_FACTOR > 0:  # nan or <= 0 would turn every guard into an instant failure
+    raise ValueError(f"CHARRNN_TEST_TIMEOUT_FACTOR must be a positive number, not {TIMEOUT_FACTOR}")
+
+
+def hang_guard(seconds: float) -> float:
+    """`seconds` (what a quiet machine needs with room to spare) scaled by TIMEOUT_FACTOR: how long a test waits
+    before it calls something a hang. Never an assertion about speed."""
+    return seconds * TIMEOUT_FACTOR
+
+
 # a tiny model trains in a second or two
 TINY = ["--hidden-size", "32", "--num-layers", "2", "--batch-size", "4", "--seq-len", "16", "--warmup-steps", "5"]
 
@@ -41,7 +55,8 @@ def cli_env(**extra) -> dict:
 
 
 def run_cli(*args, cwd=None, input=None, env=None, timeout=120, check=None) -> subprocess.CompletedProcess:
-    """Run `python -m charrnn ARGS` for real; returns the CompletedProcess with bytes stdout/stderr."""
+    """Run `python -m charrnn ARGS` for real; returns the CompletedProcess with bytes stdout/stderr. `timeout` is a
+    hang guard in quiet-machine seconds (scaled by TIMEOUT_FACTOR)."""
     proc = subprocess.run(
         [sys.executable, "-m", "charrnn", *map(str, args)],
         cwd=cwd,
@@ -49,7 +64,7 @@ def run_cli(*args, cwd=None, input=None, env=None, timeout=120, check=None) -> s
         env=env or cli_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        timeout=timeout,
+        timeout=hang_guard(timeout),
     )
     if check is not None:
         assert proc.returncode == check, (proc.returncode, proc.stderr.decode(errors="replace"))

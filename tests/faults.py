@@ -16,6 +16,12 @@ or kills: pass `{"hooks": {NAME: VALUE}}` to the fork server (tests/forkserver.p
     crash_at: {"rank": 1, "step": 15}
                             that rank dies without a word (os._exit(3)) after that step
     step_delay: SECONDS     every step takes SECONDS longer (for saves by wall-clock time)
+    slow_encode: {"seconds": S, "local_rank": 0}
+                            a first encode into the corpus cache takes S seconds longer (after its first chunk),
+                            on that local rank (every process when "local_rank" is absent)
+    encode_fails: {"error": "memory" or "oserror", "local_rank": 0}
+                            a first encode into the corpus cache raises MemoryError (or an OSError, ENOSPC) after
+                            its first chunk
 """
 
 from __future__ import annotations
@@ -121,7 +127,35 @@ def _set(name: str, value) -> None:
     setattr(_train_faults(), name, value)
 
 
+def _on_local_rank(value: dict) -> bool:
+    return "local_rank" not in value or int(os.environ.get("LOCAL_RANK", "0")) == int(value["local_rank"])
+
+
+def _encode_hook(hook) -> None:
+    from charrnn import data
+
+    data.encode_hook = hook
+
+
+def slow_encode(value: dict):
+    def hook(chars_written: int) -> None:
+        time.sleep(float(value["seconds"]))
+
+    return hook
+
+
+def encode_fails(value: dict):
+    def hook(chars_written: int) -> None:
+        if value["error"] == "memory":
+            raise MemoryError()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    return hook
+
+
 INSTALLERS = {
+    "slow_encode": lambda value: _on_local_rank(value) and _encode_hook(slow_encode(value)),
+    "encode_fails": lambda value: _on_local_rank(value) and _encode_hook(encode_fails(value)),
     "slow_write": lambda value: _set_write_hook(slow_writes(value)),
     "enospc_after": lambda value: _set_write_hook(disk_full_after(value)),
     "nan_at": _nan_at,

@@ -131,3 +131,37 @@ def test_a_checkpoint_of_a_later_format_is_refused_in_one_line(tmp_path):
     torch.save(state, str(path))
     with pytest.raises(DataError, match="format version 3; this charrnn reads 1 and 2"):
         load_checkpoint(str(path))
+
+
+def test_a_step_the_loss_scaler_skipped_does_not_move_the_average():
+    """fp16 with a GradScaler: a step whose gradients overflowed is skipped by the scaler (the weights stay), and
+    the average stays with them, its update count too. A real GradScaler on the CPU, a real overflow."""
+    from types import SimpleNamespace
+
+    from charrnn.trainer import Trainer
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    me = SimpleNamespace(model=model, optimizer=optimizer, scaler=torch.amp.GradScaler("cpu", init_scale=1024.0),
+                         average=WeightAverage(model, 0.9), skipped_in_a_row=0)
+
+    def step(overflow: bool):
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(torch.randn(2, 4)).square().sum()
+        me.scaler.scale(loss).backward()
+        if overflow:
+            model.weight.grad[0, 0] = float("inf")
+        me.scaler.unscale_(optimizer)
+        Trainer.optimizer_step(me)
+
+    step(overflow=False)
+    assert me.average.updates == 1
+    weights = [p.detach().clone() for p in model.parameters()]
+    averages = [a.clone() for a in me.average.shadow]
+    step(overflow=True)
+    assert me.scaler.get_scale() == 512.0  # the scaler saw the overflow and skipped the step
+    assert all(torch.equal(p, w) for p, w in zip(model.parameters(), weights))
+    assert me.average.updates == 1 and all(torch.equal(a, b) for a, b in zip(me.average.shadow, averages))
+    step(overflow=False)  # the next good step moves both again
+    assert me.average.updates == 2 and not all(torch.equal(a, b) for a, b in zip(me.average.shadow, averages))

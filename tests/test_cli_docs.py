@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, cli_env, run_cli
+from conftest import ROOT, cli_env, hang_guard, run_cli
 
 COMMANDS = ["train", "sample", "eval", "corpora", "plot", "info", "runs"]
 WIDE = cli_env(COLUMNS="250", TERMINAL_WIDTH="250")  # no option name is cut by a narrow terminal
@@ -55,8 +55,8 @@ def test_shell_completion():
     assert "_CHARRNN_COMPLETE" in script and "complete" in script
     proc = subprocess.run([sys.executable, "-m", "charrnn"], env=cli_env(
         _CHARRNN_COMPLETE="complete_bash", COMP_WORDS="charrnn eval --top", COMP_CWORD="2"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
-    assert set(proc.stdout.decode().split()) == {"--top", "--top-neurons"}
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=hang_guard(60))
+    assert set(proc.stdout.decode().split()) == {"--top", "--top-neurons"}, (proc.returncode, proc.stdout, proc.stderr)
 
 
 def test_help_does_not_import_torch():
@@ -64,7 +64,7 @@ def test_help_does_not_import_torch():
             "r = CliRunner().invoke(app, ['train', '--help']); assert r.exit_code == 0, r.output; "
             "r = CliRunner().invoke(app, ['eval', '--help']); assert r.exit_code == 0, r.output; "
             "print('torch' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", code], env=cli_env(), stdout=subprocess.PIPE, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], env=cli_env(), stdout=subprocess.PIPE, timeout=hang_guard(60))
     assert proc.stdout.decode().strip() == "False"
 
 

@@ -13,7 +13,7 @@ import pytest
 
 import charrnn
 from charrnn.data import scan_corpus
-from conftest import TINY, ROOT, assert_one_line_error, cli_env, make_corpus, run_cli
+from conftest import TINY, ROOT, assert_one_line_error, cli_env, hang_guard, make_corpus, run_cli
 
 WIDE = cli_env(COLUMNS="250", TERMINAL_WIDTH="250")
 
@@ -176,7 +176,7 @@ def test_eval_without_file_on_a_run_trained_from_stdin_or_a_fifo_refuses_at_once
     writer = threading.Thread(target=feed, daemon=True)
     writer.start()
     run_cli("train", fifo, "--run-dir", tmp_path / "fifo-run", *run, check=0)
-    writer.join(timeout=10)
+    writer.join(timeout=hang_guard(10))
     for name, what in (("stdin-run", "standard input"), ("fifo-run", f"{fifo} (a FIFO)")):
         for view in ([], ["--show"]):
             proc = run_cli("eval", tmp_path / name, *view, timeout=60)  # used to block forever on the FIFO

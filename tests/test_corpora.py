@@ -212,3 +212,19 @@ def test_cli_corpora_lists_the_named_ones(tmp_path):
     assert names["shakespeare"]["cached"] is False
     text = run_cli("corpora", cwd=tmp_path, env=cli_env(CHARRNN_HOME=tmp_path), check=0).stdout.decode()
     assert "shakespeare" in text and "not downloaded yet" in text
+
+
+def test_a_download_killed_mid_write_leaves_a_temp_the_next_download_removes(server, tmp_path):
+    """A partial download's temp file (its writer killed: nobody holds its lock) is removed before the next
+    download into that directory; a file that is not a temp is not touched."""
+    from charrnn import fileio
+
+    data = tmp_path / "data"
+    data.mkdir()
+    stale = data / (fileio.TEMP_PREFIX + "input-0123456789.txt.deadbeef")
+    stale.write_bytes(b"x" * 4096)
+    other = data / "notes.txt"
+    other.write_text("mine")
+    path = corpora.resolve_corpus(server.url("/corpus/input.txt"), sha256=server.sha, data_dir=str(data))
+    assert sorted(os.listdir(data)) == sorted([os.path.basename(path), "notes.txt"])
+    assert other.read_text() == "mine"

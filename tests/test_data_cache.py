@@ -143,3 +143,49 @@ def test_disk_full_while_caching_is_one_line_74_naming_the_variable_and_leaves_n
     assert os.listdir(cache) == []
     monkeypatch.setattr(fileio, "write_hook", None)
     assert load_ids(str(path), chunk_bytes=64, min_bytes=0, progress=False).ids.shape == (6000,)
+
+
+def test_an_encode_killed_mid_write_leaves_a_temp_the_next_run_removes_and_a_live_one_is_kept(tmp_path, caplog,
+                                                                                              monkeypatch):
+    """SIGKILL while the first encode writes the cache: its partial temp file stays (a kill runs no cleanup), is
+    left alone while its writer lives, and the next run through the cache removes it and says so."""
+    import json
+    import logging
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import faults
+    from charrnn import fileio
+    from conftest import TINY, cli_env, hang_guard, make_corpus
+
+    cache = tmp_path / "cache"
+    corpus = make_corpus(tmp_path / "corpus.txt", n_chars=6000)
+    env = cli_env(CHARRNN_CACHE_DIR=cache, CHARRNN_CACHE_MIN_BYTES=0)
+    hooks = json.dumps({"slow_encode": {"seconds": 3600}})
+    proc = subprocess.Popen([sys.executable, faults.__file__, hooks, "train", str(corpus), *TINY, "--max-steps", "2",
+                             "--run-dir", str(tmp_path / "run"), "-q"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + hang_guard(60)
+        while not (cache.exists() and any(n.startswith(fileio.TEMP_PREFIX) for n in os.listdir(cache))):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.02)
+        temp = [n for n in os.listdir(cache) if n.startswith(fileio.TEMP_PREFIX)]
+        assert fileio.sweep_stale_temps(str(cache)) == [] and os.listdir(cache) == temp  # its writer is alive
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=hang_guard(30))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert sorted(os.listdir(cache)) == temp  # the killed encode's partial file, and nothing else
+    monkeypatch.setenv("CHARRNN_CACHE_DIR", str(cache))
+    monkeypatch.setattr(logging.getLogger("charrnn"), "propagate", True)  # the CLI's setup, if run, turns it off
+    with caplog.at_level(logging.INFO, logger="charrnn"):
+        encoded = load_ids(str(corpus), min_bytes=0, progress=False)
+    assert encoded.chars == 6000
+    assert not [n for n in os.listdir(cache) if n.startswith(fileio.TEMP_PREFIX)]
+    said = [r.getMessage() for r in caplog.records if "unfinished corpus cache file" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("removed 1 unfinished corpus cache file(s)") and str(cache) in said[0]

@@ -29,7 +29,7 @@ from charrnn.distributed import Dist, backend_for
 from charrnn.errors import UsageError
 from charrnn.model import CharRNN
 
-from conftest import make_corpus
+from conftest import hang_guard, make_corpus
 
 COLLECTIVES = ("all_reduce", "all_gather", "broadcast", "broadcast_object_list", "barrier")
 
@@ -240,11 +240,12 @@ def test_ranks_start_from_equal_weights_when_seeds_differ(tmp_path):
     import torch.multiprocessing as mp
 
     context = mp.spawn(_broadcast_worker, args=(str(tmp_path),), nprocs=2, join=False)
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + hang_guard(90)
     try:
         while not context.join(timeout=1):
             if time.monotonic() > deadline:
-                pytest.fail("the two gloo processes did not finish within 90 s (a hang in a collective?)")
+                pytest.fail(f"the two gloo processes did not finish within {hang_guard(90):.0f} s "
+                            "(a hang in a collective?)")
     finally:
         for proc in context.processes:
             if proc.is_alive():

@@ -14,7 +14,7 @@ import torch
 
 from charrnn.checkpoint import load_checkpoint
 
-from conftest import cli_env, make_corpus, run_cli
+from conftest import cli_env, hang_guard, make_corpus, run_cli
 
 FAULTS = Path(__file__).with_name("faults.py")
 SMALL = ["--hidden-size", "16", "--batch-size", "4", "--seq-len", "16", "--eval-every", "10", "-q"]
@@ -25,11 +25,12 @@ def torchrun(*args, cwd, env=None, timeout=150, wait=True, hooks=None):
     entry = [str(FAULTS), json.dumps(hooks)] if hooks else ["-m", "charrnn"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            *entry, *map(str, args)]
-    env = env or cli_env(CHARRNN_DIST_TIMEOUT=60)
+    env = env or cli_env(CHARRNN_DIST_TIMEOUT=round(hang_guard(60)))
     if not wait:
         return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True)
-    return subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+    return subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          timeout=hang_guard(timeout))
 
 
 def losses(path):
@@ -81,7 +82,6 @@ def test_resume_under_ddp_is_exact(tmp_path, corpus):
 
 
 def test_nan_on_one_rank_stops_all_and_a_dead_rank_stops_all(tmp_path, corpus):
-    start = time.monotonic()
     proc = torchrun("train", corpus, *SMALL, "--max-steps", "30", "--run-dir", "nan", cwd=tmp_path,
                     hooks={"nan_at": {"steps": [15], "rank": 1}})
     assert proc.returncode != 0
@@ -92,18 +92,18 @@ def test_nan_on_one_rank_stops_all_and_a_dead_rank_stops_all(tmp_path, corpus):
     proc = torchrun("train", corpus, *SMALL, "--max-steps", "30", "--run-dir", "crash", cwd=tmp_path,
                     hooks={"crash_at": {"rank": 1, "step": 15}})
     assert proc.returncode != 0
-    assert time.monotonic() - start < 120  # no hang: torchrun stops the surviving rank
+    # no hang: torchrun stops the surviving rank (torchrun's hang guard above would raise)
     assert load_checkpoint(str(tmp_path / "crash" / "latest.pt"))["progress"]["step"] == 10
 
 
 def test_sigterm_from_torchrun_saves_once(tmp_path, corpus):
     metrics = tmp_path / "run" / "metrics.jsonl"
     proc = torchrun("train", corpus, *SMALL, "--max-steps", "100000", "--run-dir", "run", cwd=tmp_path, wait=False)
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + hang_guard(90)
     while time.monotonic() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGTERM)  # what a scheduler does to the whole job
-    _, err = proc.communicate(timeout=90)
+    _, err = proc.communicate(timeout=hang_guard(90))
     text = err.decode()
     assert text.count("SIGTERM: stopped after step") == 1, text[-3000:]  # rank 0 alone reports and saves
     ckpt = load_checkpoint(str(tmp_path / "run" / "latest.pt"))
@@ -115,3 +115,67 @@ def test_batch_must_divide_among_ranks(tmp_path, corpus):
                     "--run-dir", "r", "-q", cwd=tmp_path)
     assert proc.returncode != 0
     assert b"--batch-size 5 does not divide among 2 processes" in proc.stderr
+
+
+# -- the corpus cache under torchrun: the others wait for the first encode, and its failure is everyone's ---------
+
+
+def _cache_env(tmp_path, **extra):
+    """A corpus cache of the test's own that every corpus goes through (CHARRNN_CACHE_MIN_BYTES=0)."""
+    return cli_env(CHARRNN_CACHE_DIR=tmp_path / "cache", CHARRNN_CACHE_MIN_BYTES=0, **extra)
+
+
+def _exit_codes(err: str) -> dict:
+    """Each failed rank's exit code, from torchrun's failure report ("rank : 1 (local_rank: 1)", "exitcode : 74")."""
+    import re
+
+    found = re.findall(r"rank\s*:\s*(\d+) \(local_rank.*?\n\s*exitcode\s*:\s*(-?\d+)", err)
+    return {int(rank): int(code) for rank, code in found}
+
+
+def _frames_of_ours(err: str) -> list:
+    """Traceback frames in charrnn's or the tests' code (a rank's traceback; torchrun's own has none)."""
+    return [line for line in err.splitlines()
+            if line.strip().startswith('File "') and ("/charrnn/" in line or "/tests/" in line)]
+
+
+def test_ranks_wait_for_a_first_encode_that_outlasts_the_collective_timeout(tmp_path, corpus):
+    """Local rank 0 encodes the corpus into the cache for longer than CHARRNN_DIST_TIMEOUT (an injected delay,
+    by construction longer): rank 1 waits for it on a group of its own, then finds the cache, and both train."""
+    timeout = round(hang_guard(3))
+    proc = torchrun("train", corpus, *SMALL, "--max-steps", "4", "--run-dir", "slow", cwd=tmp_path,
+                    env=_cache_env(tmp_path, CHARRNN_DIST_TIMEOUT=timeout),
+                    hooks={"slow_encode": {"seconds": timeout + 3, "local_rank": 0}})
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode == 0, err[-3000:]
+    assert load_checkpoint(str(tmp_path / "slow" / "latest.pt"))["progress"]["step"] == 4
+    cached = sorted(p.suffix for p in (tmp_path / "cache").iterdir())
+    assert cached == [".ids", ".json"], cached  # encoded once, and no temp file left
+
+
+@pytest.mark.parametrize("error, needle, code", [("memory", "out of memory while reading and encoding the corpus", 1),
+                                                 ("oserror", "cannot write corpus cache", 74)])
+def test_a_first_encode_that_raises_stops_every_rank_with_one_error(tmp_path, corpus, error, needle, code):
+    """A MemoryError (not a charrnn error) or an OSError while local rank 0 encodes: every rank exits with the
+    same exit code at once (none waits for a collective to time out), rank 0 says why in one line, no traceback,
+    and neither a run directory nor a temp file is left."""
+    proc = torchrun("train", corpus, *SMALL, "--max-steps", "4", "--run-dir", "r", cwd=tmp_path,
+                    env=_cache_env(tmp_path), hooks={"encode_fails": {"error": error, "local_rank": 0}})
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode != 0
+    lines = [line for line in err.splitlines() if line.startswith("charrnn:")]
+    assert len(lines) == 1 and lines[0].startswith("charrnn: error: ") and needle in lines[0], err[-3000:]
+    assert not _frames_of_ours(err), err[-3000:]  # torchrun's own traceback of its ChildFailedError only
+    assert _exit_codes(err) == {0: code, 1: code}, err[-3000:]
+    assert not (tmp_path / "r").exists()
+    assert not any((tmp_path / "cache").iterdir())
+
+
+def test_a_malformed_dist_timeout_is_one_line_under_torchrun(tmp_path, corpus):
+    proc = torchrun("train", corpus, *SMALL, "--max-steps", "4", "--run-dir", "r", cwd=tmp_path,
+                    env=cli_env(CHARRNN_DIST_TIMEOUT="5 minutes"))
+    err = proc.stderr.decode(errors="replace")
+    assert [line for line in err.splitlines() if line.startswith("charrnn:")] == [
+        "charrnn: error: CHARRNN_DIST_TIMEOUT must be a number of seconds > 0 (default 300), not '5 minutes'"], err
+    assert _exit_codes(err) == {0: 2, 1: 2} and not _frames_of_ours(err), err[-3000:]
+    assert not (tmp_path / "r").exists()

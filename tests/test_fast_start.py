@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import cli_env
+from conftest import cli_env, hang_guard
 
 PROBE = """
 import sys
@@ -27,7 +27,7 @@ print("ok")
 @pytest.mark.parametrize("args", [["--help"], ["sample", "--help"], ["train", "--help"], ["eval", "--help"]])
 def test_help_does_not_import_torch(args):
     proc = subprocess.run([sys.executable, "-c", PROBE, *args], env=cli_env(), capture_output=True, text=True,
-                          timeout=60)
+                          timeout=hang_guard(60))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("ok") and "Usage" in proc.stdout
 
@@ -45,5 +45,6 @@ def test_package_names_stay_the_api_after_their_modules_are_imported():
             "with mock.patch.object(charrnn, 'evaluate', 42): assert charrnn.evaluate == 42\n"
             "assert charrnn.evaluate.__name__ == 'evaluate' and 'sample' in dir(charrnn)\n"
             "print('ok')")
-    proc = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True,
+                          timeout=hang_guard(120))
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

@@ -27,7 +27,7 @@ import pytest
 from charrnn.config import TrainConfig
 
 import faults
-from conftest import TINY, assert_one_line_error, cli_env, make_corpus, run_cli
+from conftest import TINY, assert_one_line_error, cli_env, hang_guard, make_corpus, run_cli
 
 # dropout on, so exact resume also has to restore the RNG that dropout draws from; log every step, so every loss
 # is compared
@@ -55,12 +55,12 @@ def _default_sigint() -> None:
 
 def run_with_hooks(hooks: dict, *args, timeout: float = 120) -> subprocess.CompletedProcess:
     proc = popen(*args, hooks=hooks)
-    out, err = proc.communicate(timeout=timeout)
+    out, err = proc.communicate(timeout=hang_guard(timeout))
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + hang_guard(timeout)
     while time.monotonic() < deadline:
         value = predicate()
         if value:
@@ -147,7 +147,7 @@ def test_signal_saves_says_where_and_resume_is_exact(reference_run, exact_corpus
     proc = popen("train", exact_corpus, *EXACT, "--max-steps", "40", "--run-dir", run, hooks={"pause_at": 12})
     wait_for(lambda: (run / "paused").exists(), what="step 12")
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=hang_guard(60))
     proc_result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     line = assert_one_line_error(proc_result, code, name, "saved", str(run / "latest.pt"), "--resume")
     stopped = int(line.split("stopped after step ")[1].split(";")[0])
@@ -181,7 +181,7 @@ def test_second_sigint_during_save_does_not_corrupt_it(exact_corpus, tmp_path):
     wait_for(lambda: any(os.path.exists(t) and os.path.getsize(t) > size for t, size in first) or not temps(run),
              what="the save to write on")
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=hang_guard(60))
     line = assert_one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), 130, "SIGINT")
     stopped = int(line.split("stopped after step ")[1].split(";")[0])
     assert load(run / "latest.pt")["progress"]["step"] == stopped
@@ -214,7 +214,7 @@ class ForkServer:
 
     def close(self) -> None:
         self.proc.stdin.close()
-        self.proc.wait(timeout=30)
+        self.proc.wait(timeout=hang_guard(30))
 
 
 def test_sigkill_at_random_moments_never_loses_the_checkpoint(tmp_path):
@@ -471,7 +471,7 @@ def test_sample_sigint_exits_130_without_traceback(tiny_run):
     proc = popen("sample", tiny_run, "-n", "100000000")
     assert len(proc.stdout.read(200)) == 200  # generating
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=hang_guard(60))
     assert proc.returncode == 130, err
     assert b"Traceback" not in err
     assert len(err.decode().strip().splitlines()) <= 1, err
@@ -483,10 +483,11 @@ def test_sample_into_a_closed_pipe_exits_0_quietly(tiny_run):
     assert len(proc.stdout.read(10)) == 10
     proc.stdout.close()
     err = proc.stderr.read()
-    assert proc.wait(timeout=60) == 0, err
+    assert proc.wait(timeout=hang_guard(60)) == 0, err
     assert err == b"", err
     shell = subprocess.run(
         f"'{sys.executable}' -m charrnn sample '{tiny_run}' -n 100000 | head -c 10; echo \" ${{PIPESTATUS[0]}}\"",
-        shell=True, executable="/bin/bash", env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        shell=True, executable="/bin/bash", env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        timeout=hang_guard(60))
     assert shell.stdout.endswith(b" 0\n") and len(shell.stdout) == 10 + 3, shell.stdout
     assert shell.stderr == b"", shell.stderr

@@ -176,3 +176,90 @@ def test_every_writer_goes_through_fileio():
         offenders += [f"{name}: {word}" for word in ("os.replace(", "os.fsync(", "os.link(", "mkstemp(")
                       if word in text]
     assert offenders == []
+
+
+# -- a killed writer's temp files are swept; a live writer's never ------------------------------------------------
+
+
+def _temps(directory) -> list:
+    return sorted(n for n in os.listdir(directory) if n.startswith(fileio.TEMP_PREFIX))
+
+
+def test_a_failed_directory_fsync_after_the_rename_is_a_warning_not_a_failed_write(tmp_path, monkeypatch, caplog):
+    import logging
+
+    def broken(directory):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(fileio, "fsync_dir", broken)
+    monkeypatch.setattr(logging.getLogger("charrnn"), "propagate", True)  # the CLI's setup, if run, turns it off
+    with caplog.at_level(logging.WARNING, logger="charrnn"):
+        fileio.write_bytes([str(tmp_path / "latest.pt"), str(tmp_path / "best.pt")], b"new", "checkpoint")
+    assert (tmp_path / "latest.pt").read_bytes() == b"new" and (tmp_path / "best.pt").read_bytes() == b"new"
+    assert _temps(tmp_path) == []
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "could not fsync its directory" in warned[0] and "latest.pt" in warned[0], warned
+
+
+def test_a_temp_being_written_is_held_and_never_swept_a_dead_writers_is(tmp_path):
+    import fcntl
+    import subprocess
+    import sys
+
+    from conftest import cli_env, hang_guard
+
+    # a writer in another process, alive and mid-write: its temp survives every sweep
+    code = ("import sys; from charrnn import fileio\n"
+            "with fileio.atomic_write(sys.argv[1]) as f:\n"
+            "    f.write(b'x' * 1000); f.flush(); print('writing', flush=True); sys.stdin.readline()\n"
+            "print('done', flush=True)")
+    live = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "live.bin")], env=cli_env(),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    dead = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "dead.bin")], env=cli_env(),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert live.stdout.readline() == b"writing\n" and dead.stdout.readline() == b"writing\n"
+        assert len(_temps(tmp_path)) == 2
+        dead.kill()  # as SIGKILL or the OOM killer would, mid-write: its partial temp file stays
+        dead.wait(timeout=hang_guard(30))
+        unlocked = tmp_path / (fileio.TEMP_PREFIX + "old.bin.0000")  # a temp nobody holds (an older charrnn's)
+        unlocked.write_bytes(b"y" * 500)
+        [dead_temp] = [n for n in _temps(tmp_path) if n.startswith(fileio.TEMP_PREFIX + "dead.bin.")]
+        removed = fileio.sweep_stale_temps(str(tmp_path))
+        assert sorted((os.path.basename(p), n) for p, n in removed) == [(dead_temp, 1000), (unlocked.name, 500)]
+        left = _temps(tmp_path)
+        assert len(left) == 1 and left[0].startswith(fileio.TEMP_PREFIX + "live.bin.")  # the live writer's, untouched
+        assert fileio.sweep_stale_temps(str(tmp_path)) == []
+        # a temp whose flock another open file holds (as its writer does) is kept too
+        mine = tmp_path / (fileio.TEMP_PREFIX + "mine.bin.0000")
+        with open(mine, "wb") as held:
+            fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+            assert fileio.sweep_stale_temps(str(tmp_path)) == [] and mine.exists()
+        assert fileio.sweep_stale_temps(str(tmp_path)) == [(str(mine), 0)]  # let go of: swept
+        live.stdin.write(b"go\n")
+        live.stdin.flush()
+        assert live.stdout.readline() == b"done\n"
+        assert live.wait(timeout=hang_guard(30)) == 0
+    finally:
+        for proc in (live, dead):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    assert (tmp_path / "live.bin").read_bytes() == b"x" * 1000 and not (tmp_path / "dead.bin").exists()
+    assert _temps(tmp_path) == []
+
+
+def test_a_writer_whose_new_temp_was_swept_before_it_locked_it_makes_another(tmp_path, monkeypatch):
+    import fcntl
+
+    real_flock, swept = fcntl.flock, []
+
+    def flock(fd, op):
+        if not swept and op == fcntl.LOCK_EX:  # a sweeper got there first: it took the lock and removed the file
+            swept.extend(_temps(tmp_path))
+            os.unlink(tmp_path / swept[0])
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    fileio.write_bytes(str(tmp_path / "out.bin"), b"data")
+    assert len(swept) == 1 and (tmp_path / "out.bin").read_bytes() == b"data" and _temps(tmp_path) == []

@@ -17,7 +17,7 @@ import pytest
 from charrnn.checkpoint import load_checkpoint
 from charrnn.info import printable
 from charrnn.report import sparkline, summary_rows
-from conftest import TINY, assert_one_line_error, cli_env, make_corpus, run_cli
+from conftest import TINY, assert_one_line_error, cli_env, hang_guard, make_corpus, run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -90,7 +90,7 @@ def test_plot_without_matplotlib_is_a_one_line_error(tiny_run, tmp_path):
     import subprocess
 
     proc = subprocess.run([sys.executable, "-c", code, "plot", str(tiny_run), "--output", str(tmp_path / "x.png")],
-                          env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+                          env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=hang_guard(60))
     assert_one_line_error(proc, 69, "matplotlib", 'pip install "charrnn[plot]"')
     assert not (tmp_path / "x.png").exists()
 
@@ -149,7 +149,7 @@ def run_on_a_terminal(*args, cwd, columns: int = 200, timeout: float = 120) -> s
         chunks.append(data)
     os.close(master)
     out = proc.stdout.read()
-    proc.wait(timeout=timeout)
+    proc.wait(timeout=hang_guard(timeout))
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, b"".join(chunks).replace(b"\r\n", b"\n"))
 
 
@@ -181,7 +181,8 @@ def test_train_to_a_file_or_pipe_writes_plain_lines_without_frames(tmp_path):
     with open(tmp_path / "err.txt", "wb") as err_file:  # stderr to a file, as with 2>train.log
         proc = subprocess.run([sys.executable, "-m", "charrnn", "train", corpus, *TINY, "--max-steps", "12",
                                "--eval-every", "6", "--log-every", "4", "--run-dir", tmp_path / "run"],
-                              cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=err_file, timeout=120)
+                              cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=err_file,
+                              timeout=hang_guard(120))
     assert proc.returncode == 0 and proc.stdout == b""
     err = (tmp_path / "err.txt").read_bytes().decode()
     assert "\r" not in err and "\x1b" not in err, err
@@ -213,7 +214,7 @@ def test_a_budget_run_off_a_terminal_logs_mid_run_messages_on_their_own_lines(co
     proc = subprocess.run([sys.executable, faults.__file__, hooks, "train", corpus, *TINY, "--time-budget", "1h",
                            "--max-steps", "30", "--eval-every", "5000", "--log-every", "2", "--on-nonfinite", "skip", "--sample-every", "0",
                            "--run-dir", tmp_path / "run"], cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, timeout=120)
+                          stderr=subprocess.PIPE, timeout=hang_guard(120))
     assert proc.returncode == 0, proc.stderr.decode()
     err = proc.stderr.decode()
     assert "\r" not in err

@@ -17,7 +17,7 @@ import pytest
 
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.errors import UsageError
-from conftest import TINY, assert_one_line_error, cli_env, make_corpus, run_cli
+from conftest import TINY, assert_one_line_error, cli_env, hang_guard, make_corpus, run_cli
 
 FAULTS = Path(__file__).with_name("faults.py")
 
@@ -150,7 +150,7 @@ def test_no_memory_check_is_a_train_option(tmp_path):
 
 def with_faults(hooks: dict, *args, home: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(FAULTS), json.dumps(hooks), *map(str, args)], env=env(home),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=hang_guard(timeout))
 
 
 NAN_AT_1 = {"nan_at": {"steps": [1]}}
@@ -225,11 +225,11 @@ def test_a_failed_or_interrupted_resumed_run_keeps_everything(tmp_path):
     proc = subprocess.Popen([sys.executable, str(FAULTS), json.dumps({"pause_at": 5}), "train", "--resume", run,
                              "--max-steps", "100", "-q"], env=env(home), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, preexec_fn=_default_sigint)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + hang_guard(60)
     while not (run / "paused").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=hang_guard(60))
     assert_one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), 130, "SIGINT")
     assert {"latest.pt", "best.pt", "metrics.jsonl"} <= {p.name for p in run.iterdir()}
 

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import TINY, assert_one_line_error, cli_env, make_corpus, run_cli
+from conftest import TINY, assert_one_line_error, cli_env, hang_guard, make_corpus, run_cli
 
 from charrnn.checkpoint import RunLock
 from charrnn.runs import planned_steps, run_state
@@ -109,7 +109,7 @@ def test_a_held_lock_shows_running_and_a_signal_stop_shows_interrupted(tmp_path,
                             env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + hang_guard(120)
         while not (real / "paused").exists():
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
             time.sleep(0.02)
@@ -117,7 +117,7 @@ def test_a_held_lock_shows_running_and_a_signal_stop_shows_interrupted(tmp_path,
         # the trainer pauses after step 12, before that step's save: latest.pt holds step 6
         assert (entry["state"], entry["pid"], entry["step"]) == ("running", proc.pid, 6)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=hang_guard(120))
         assert proc.returncode == 130, err
     finally:
         if proc.poll() is None:

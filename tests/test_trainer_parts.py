@@ -344,23 +344,68 @@ def test_ranks_agree_on_the_mean_loss_a_nonfinite_step_and_which_signal_came():
 
 
 def test_first_on_each_node_reads_on_the_nodes_first_rank_then_the_others():
-    from charrnn.errors import DataError
+    from charrnn.errors import EXIT_IO, CharrnnError, DataError
+
+    def peers(dist, *theirs):
+        """The peer's value in each gather while preparing (rank 1's); this rank's own is recorded in `sent`."""
+        queue, dist.sent = list(theirs), []
+        dist.gather_while_preparing = lambda value: (dist.sent.append(value), [value, queue.pop(0)])[1]
+        return dist
 
     order = []
-    leader = PeerDist([0.0])
+    leader = peers(PeerDist([0.0]), None, None)
     assert leader.first_on_each_node(lambda: order.append("read") or 7) == 7
-    assert order == ["read"] and leader.calls == ["all_reduce"]  # read, then release the others
-    follower = PeerDist([0.0], local_rank=1)
-    follower.all_reduce_sum = lambda t: (order.append("waited"), t)[1]
+    assert order == ["read"] and leader.sent == [None, None] and leader.calls == []  # no CHARRNN_DIST_TIMEOUT wait
+    follower = peers(PeerDist([0.0], local_rank=1), None, None)
+    follower.gather_while_preparing = lambda value, inner=follower.gather_while_preparing: (
+        order.append("waited"), inner(value))[1]
     follower.first_on_each_node(lambda: order.append("read"))
-    assert order == ["read", "waited", "read"]  # the follower reads only after the leader is done
-    failing = PeerDist([0.0])
-    with pytest.raises(DataError, match="bad corpus"):
+    assert order == ["read", "waited", "read", "waited"]  # the follower reads only after the leader is done
+    failing = peers(PeerDist([0.0]), None)
+    with pytest.raises(CharrnnError, match="bad corpus") as info:
         failing.first_on_each_node(lambda: (_ for _ in ()).throw(DataError("bad corpus")))
-    told = PeerDist([1.0], local_rank=1)  # the leader failed: this rank raises too, without reading
-    told.agree_on_failure = lambda failure: DataError("")
-    with pytest.raises(DataError):
+    assert info.value.exit_code == DataError.exit_code and failing.sent == [("bad corpus", DataError.exit_code)]
+    # any exception, not only charrnn's: one line and an exit code, the same on every rank
+    for exc, needle, code in ((MemoryError(), "out of memory", 1), (OSError(28, "No space left on device"),
+                                                                   "No space left on device", EXIT_IO),
+                              (ValueError("odd\nthing"), "ValueError: odd thing", 1)):
+        broken = peers(PeerDist([0.0]), None)
+        with pytest.raises(CharrnnError) as info:
+            broken.first_on_each_node(lambda: (_ for _ in ()).throw(exc))
+        assert needle in info.value.message and "\n" not in info.value.message and info.value.exit_code == code
+        assert broken.sent == [(info.value.message, code)]
+    told = peers(PeerDist([0.0], local_rank=1), ("bad corpus", DataError.exit_code))  # the leader failed
+    with pytest.raises(CharrnnError, match="bad corpus") as info:
         told.first_on_each_node(lambda: pytest.fail("a follower must not read after the leader failed"))
+    assert info.value.exit_code == DataError.exit_code
+    late = peers(PeerDist([0.0]), None, ("cannot read c.txt", 66))  # a follower failed reading after the leader
+    with pytest.raises(CharrnnError, match="cannot read c.txt"):
+        late.first_on_each_node(lambda: 7)
+
+
+def test_a_malformed_dist_timeout_is_a_usage_error_when_used_not_at_import(monkeypatch):
+    import importlib.util
+    import sys
+    from datetime import timedelta
+
+    import charrnn.distributed as cdist
+    from charrnn.errors import UsageError
+
+    for raw in ("soon", "nan", "inf", "0", "-5", "1e99"):
+        monkeypatch.setenv("CHARRNN_DIST_TIMEOUT", raw)
+        # a fresh copy of the module under another name (charrnn.distributed stays as it is): importing it never
+        # reads the variable
+        spec = importlib.util.spec_from_file_location("charrnn._distributed_copy", cdist.__file__)
+        copy = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, copy)
+        spec.loader.exec_module(copy)
+        with pytest.raises(UsageError, match=f"CHARRNN_DIST_TIMEOUT must be a number of seconds > 0.*{raw}"):
+            cdist.collective_timeout()
+    monkeypatch.setenv("CHARRNN_DIST_TIMEOUT", "90")
+    assert cdist.collective_timeout() == timedelta(seconds=90)
+    monkeypatch.delenv("CHARRNN_DIST_TIMEOUT")
+    assert cdist.collective_timeout() == timedelta(seconds=300)
+    assert cdist.PREPARE_TIMEOUT > timedelta(hours=1)  # the wait for the first encode is not that timeout
 
 
 def test_ranks_other_than_0_filter_the_log_without_changing_the_loggers_level():

@@ -21,7 +21,7 @@ import charrnn
 from charrnn.checkpoint import load_checkpoint
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from conftest import cli_env, make_corpus, run_cli  # noqa: E402
+from conftest import cli_env, hang_guard, make_corpus, run_cli  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,
@@ -169,7 +169,8 @@ def test_gpu_checkpoint_samples_and_evaluates_on_cpu(tmp_path, corpus):
 def torchrun(n, *args, cwd):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
            "-m", "charrnn", *map(str, args)]
-    return subprocess.run(cmd, cwd=cwd, env=cli_env(CHARRNN_DIST_TIMEOUT=120), capture_output=True, timeout=300)
+    return subprocess.run(cmd, cwd=cwd, env=cli_env(CHARRNN_DIST_TIMEOUT=120), capture_output=True,
+                          timeout=hang_guard(300))
 
 
 def test_torchrun_nccl_world_size_1_trains_and_resumes(tmp_path, corpus):
