@@ -3,6 +3,22 @@
     python benchmarks/run.py            # full run (about 10 minutes on 2 cores, plus the 1 GB corpus)
     python benchmarks/run.py --quick    # fewer rounds, a 64 MB corpus
     python benchmarks/run.py --precision fp32   # the fp32 route on any CPU (what a CPU without bf16 runs)
+    python benchmarks/run.py --emulate avx512-no-bf16 --only train,cli   # an AVX-512 CPU without bf16, on a
+                                                                          # bf16 CPU (see below)
+
+--emulate KIND re-runs this script with every library held to that kind of CPU, set before torch and numba load:
+
+    avx512-no-bf16 (Skylake-SP, Cascade Lake, Ice Lake: most cloud VMs of the last years):
+        ONEDNN_MAX_CPU_ISA=AVX512_CORE     oneDNN (torch's bf16 products) without avx512_bf16/AMX: it would emulate
+                                           bf16, so `--precision auto` picks fp32 (charrnn/precision.py)
+        ATEN_CPU_CAPABILITY=avx512         torch's own vectorized kernels (avx512 is the highest it has)
+        MKL_ENABLE_INSTRUCTIONS=AVX512     MKL's sgemm (fp32 only, so no bf16 either way)
+        NUMBA_CPU_NAME=skylake-avx512 NUMBA_CPU_FEATURES=   the compiled loop, for that CPU's own features
+    avx2: the same with AVX2, avx2, AVX2 and haswell.
+
+The run prints what each library then reports (oneDNN's ISA and the implementation its bf16 product takes, ATen's
+capability, numba's target, charrnn's bf16 answer), so the emulation is checked, not assumed. MKL_ENABLE_INSTRUCTIONS
+cannot be read back (MKL_VERBOSE does not name the code path, and torch does not export MKL's query).
 
 Each training and sampling row carries the machine's sgemm peak (the best 2048^3 fp32 GEMM rate measured at
 several points of the same run: a shared VM's peak moves from minute to minute), the fraction of it reached, and
@@ -36,6 +52,61 @@ from bench_train import StockRNN, compare, make_charrnn, sgemm_peak, useful_flop
 from floor import big_products, recurrent_products  # noqa: E402
 
 V = 65  # tiny-shakespeare's vocabulary
+
+# --emulate: the environment that holds oneDNN, ATen, MKL and numba to a kind of CPU (see the docstring)
+EMULATIONS = {
+    "avx512-no-bf16": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "ATEN_CPU_CAPABILITY": "avx512",
+                       "MKL_ENABLE_INSTRUCTIONS": "AVX512", "NUMBA_CPU_NAME": "skylake-avx512",
+                       "NUMBA_CPU_FEATURES": ""},
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+             "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": ""},
+}
+
+
+def emulate(kind: str) -> None:
+    """Re-run this script under EMULATIONS[kind] (the variables must be set before torch and numba load), unless
+    this process already runs under them."""
+    env = EMULATIONS[kind]
+    if all(os.environ.get(k) == v for k, v in env.items()):
+        return
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], {**os.environ, **env})
+
+
+ISA_PROBE = """
+import json, sys, torch, numba
+from numba.core.registry import cpu_target
+from charrnn.precision import cpu_bf16_status
+a = torch.randn(64, 256, dtype=torch.bfloat16)
+torch.mm(a, torch.randn(256, 256, dtype=torch.bfloat16))
+sys.stderr.flush()
+codegen = cpu_target.target_context.codegen()
+features = codegen._get_host_cpu_features()
+print(json.dumps({"aten_capability": torch.backends.cpu.get_cpu_capability(),
+                  "numba_cpu": codegen._get_host_cpu_name(),
+                  "numba_avx512bf16": "+avx512bf16" in features.split(","),
+                  "charrnn_bf16": cpu_bf16_status()}))
+"""
+
+
+def isa_report() -> dict:
+    """What each library runs with in this environment (a child process, since oneDNN reports its ISA only in its
+    verbose log): oneDNN's ISA and the implementation a bf16 product takes (emulated: "gemm:jit:bf16"; native:
+    e.g. "brg_matmul:avx512_core_bf16"), ATen's capability, numba's target CPU and whether it may use avx512_bf16,
+    and charrnn's bf16 answer with its reason."""
+    env = dict(os.environ, ONEDNN_VERBOSE="1", PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-c", ISA_PROBE], env=env, capture_output=True, text=True)
+    if proc.returncode:
+        return {"error": proc.stderr.strip().splitlines()[-1:]}
+    out = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("{")))
+    for line in proc.stdout.splitlines() + proc.stderr.splitlines():
+        fields = line.split(",")
+        if ",info,cpu,isa:" in line:
+            out["onednn_isa"] = line.split("isa:", 1)[1]
+        elif ",primitive,exec,cpu,matmul," in line and "bf16" in line:
+            out["onednn_bf16_matmul"] = fields[fields.index("matmul") + 1]
+    out["env"] = {k: os.environ[k] for k in sorted(set().union(*EMULATIONS.values())) if k in os.environ}
+    return out
 
 
 class Peak:
@@ -122,6 +193,7 @@ def bench_training(quick: bool, peak: Peak, precision: str) -> list[dict]:
         floor = products_floor_gflops(L, H, pipeline_workers(contenders["charrnn"]))
         rows.append({
             "model": f"{L}x{H}", "B": 64, "T": 128, "steps_per_round": steps, "route": route(contenders["charrnn"]),
+            "plan": contenders["charrnn"].plan.describe(),
             "charrnn_precision": "bf16" if contenders["charrnn"].compute_dtype is not None else "fp32",
             "charrnn_chars_per_s": med["charrnn"],
             "charrnn_fp32_chars_per_s": med.get("charrnn fp32", med["charrnn"]),
@@ -311,13 +383,20 @@ def main() -> None:
     ap.add_argument("--only", default="train,sample,eval,corpus,help", help="comma-separated parts to run")
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32"),
                     help="charrnn's --precision for the training rows (fp32: the route of a CPU without bf16)")
+    ap.add_argument("--emulate", choices=sorted(EMULATIONS), default=None,
+                    help="hold oneDNN, ATen, MKL and numba to this kind of CPU (see above)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="directory for the JSON")
     args = ap.parse_args()
+    if args.emulate:
+        emulate(args.emulate)  # returns only once running under its variables
     parts = set(args.only.split(","))
     result = {"machine": machine(), "loadavg_start": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "precision": args.precision, "native_bf16": cpu_supports_bf16()}
+              "precision": args.precision, "native_bf16": cpu_supports_bf16(), "emulate": args.emulate,
+              "isa": isa_report()}
     print(f"machine: {result['machine']}  native bf16: {result['native_bf16']}  load average "
           f"{result['loadavg_start']}", flush=True)
+    print(f"emulating: {args.emulate or 'no (this CPU as it is)'}; what the libraries report: {result['isa']}",
+          flush=True)
     peak = Peak()
     if parts & {"train", "sample"}:
         print(f"  sgemm 2048^3: {peak.measure():.1f} GFLOP/s", flush=True)
