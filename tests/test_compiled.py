@@ -145,3 +145,108 @@ def test_model_takes_the_compiled_route_on_cpu(monkeypatch):
     model(ids, None, ids)[1].backward()
     assert calls == []
 
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# forks: a child forked after this process started numba's threads computes the same numbers, on its own thread
+
+FORK_TIMEOUT = 300  # a hang guard only: the child's work takes seconds
+
+
+def _train_tiny(corpus: str, run_dir: str, seed: int = 3) -> tuple:
+    """A tiny run through the library; (its best validation loss, its final weights)."""
+    import charrnn
+    from charrnn.checkpoint import load_checkpoint
+
+    result = charrnn.train(corpus, charrnn.ModelConfig(hidden_size=32, num_layers=2),
+                           charrnn.TrainConfig(max_steps=8, batch_size=4, seq_len=16, warmup_steps=2, eval_every=8,
+                                               val_frac=0.1, test_frac=0.0, seed=seed),
+                           run_dir=run_dir, progress=False)
+    return result.best_val_loss, load_checkpoint(result.latest)["model"]
+
+
+def _in_child(corpus: str, run_dir: str) -> tuple:
+    from charrnn import compiled
+
+    loss, weights = _train_tiny(corpus, run_dir)
+    return loss, {k: v.numpy() for k, v in weights.items()}, bool(compiled._state.get("forked"))
+
+
+def test_a_child_forked_after_training_trains_like_a_fresh_process(tmp_path):
+    """The parent trains (numba's OpenMP threads start), then a multiprocessing worker of the fork context trains
+    the same run: it finishes (no hang, no "Terminating: fork()" SIGTERM taken for a signal, no garbage trained on),
+    on the serial kernel, with the weights and loss of the same run in a fresh process."""
+    import json
+    import multiprocessing
+    import subprocess
+    import sys
+
+    from conftest import ROOT, cli_env, make_corpus
+
+    corpus = str(make_corpus(tmp_path / "c.txt", 4000))
+    parent_loss, _ = _train_tiny(corpus, str(tmp_path / "parent"))
+    import numba
+
+    assert numba.threading_layer()  # the parent's numba threads have started (raises ValueError otherwise)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        loss, weights, forked = pool.apply_async(_in_child, (corpus, str(tmp_path / "child"))).get(FORK_TIMEOUT)
+    assert forked  # the child knew, and ran the serial kernel
+    script = ("import json, sys; sys.path.insert(0, sys.argv[3]); from test_compiled import _train_tiny;"
+              "loss, w = _train_tiny(sys.argv[1], sys.argv[2]); import torch;"
+              "torch.save(w, sys.argv[2] + '.pt'); print(json.dumps(loss))")
+    fresh = subprocess.run([sys.executable, "-c", script, corpus, str(tmp_path / "fresh"), str(ROOT / "tests")],
+                           env=cli_env(), capture_output=True, text=True, timeout=FORK_TIMEOUT)
+    assert fresh.returncode == 0, fresh.stderr
+    fresh_loss = json.loads(fresh.stdout.strip().splitlines()[-1])
+    fresh_weights = torch.load(str(tmp_path / "fresh") + ".pt")
+    assert loss == fresh_loss == parent_loss
+    assert weights.keys() == fresh_weights.keys()
+    for name, w in fresh_weights.items():
+        assert torch.equal(torch.from_numpy(weights[name]), w), name
+
+
+def _recur_in_child(args, backward):
+    from charrnn import compiled
+
+    pre, out, first, w, hs = (t.clone() for t in args)
+    compiled.recurrence(pre, out, first, w, hs, backward=backward)
+    return out.numpy(), bool(compiled._state.get("forked"))
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_the_serial_kernel_of_a_forked_child_gives_the_parallel_numbers(backward):
+    """B = 11: two full blocks of 4 rows and a block of 3, over 2 threads in the parent and on one in the child."""
+    import multiprocessing
+
+    import numba
+
+    T, B, H = 7, 11, 24
+    g = torch.Generator().manual_seed(4)
+    args = [torch.randn(T, B, H, generator=g), torch.empty(T, B, H), torch.randn(B, H, generator=g),
+            torch.randn(H, H, generator=g) * H**-0.5, torch.rand(T, B, H, generator=g) * 2 - 1]
+    if backward:
+        args[1] = args[0].clone()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(max(2, threads))
+        want = _recur_in_child(args, backward)[0]
+    finally:
+        torch.set_num_threads(threads)
+    assert numba.threading_layer()
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got, forked = pool.apply_async(_recur_in_child, (args, backward)).get(FORK_TIMEOUT)
+    assert forked
+    assert (got == want).all()
+
+
+def test_a_parallel_region_that_did_not_run_is_an_error(monkeypatch):
+    """What numba's OpenMP layer does in a forked child (returns without computing) stands in a kernel here: the
+    caller finds blocks not marked done and raises, leaving nothing to be taken for a result."""
+    from charrnn import compiled
+
+    assert compiled.available()
+    monkeypatch.setitem(compiled._state, "recur", lambda *args: None)  # computes nothing, marks nothing
+    monkeypatch.setitem(compiled._state, "forked", False)
+    T, B, H = 2, 5, 3
+    with pytest.raises(RuntimeError, match="computed 0 of its 2 blocks"):
+        compiled.recurrence(torch.zeros(T, B, H), torch.empty(T, B, H), torch.zeros(B, H), torch.zeros(H, H))
