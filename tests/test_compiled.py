@@ -4,6 +4,8 @@ Its float64 equality with autograd on every shape is in tests/test_fused.py (the
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -250,3 +252,116 @@ def test_a_parallel_region_that_did_not_run_is_an_error(monkeypatch):
     T, B, H = 2, 5, 3
     with pytest.raises(RuntimeError, match="computed 0 of its 2 blocks"):
         compiled.recurrence(torch.zeros(T, B, H), torch.empty(T, B, H), torch.zeros(B, H), torch.zeros(H, H))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# inputs: the compiled loop has no bounds checks, so what it must not see is refused before it runs
+
+
+def _good(T=3, B=5, H=4, dtype=torch.float32):
+    g = torch.Generator().manual_seed(1)
+    return dict(pre=torch.randn(T, B, H, generator=g, dtype=dtype), out=torch.full((T, B, H), 7.0, dtype=dtype),
+                first=torch.randn(B, H, generator=g, dtype=dtype), w=torch.randn(H, H, generator=g, dtype=dtype),
+                hs=torch.rand(T, B, H, generator=g, dtype=dtype))
+
+
+BAD = {
+    "pre too short": (lambda a: a.update(pre=a["pre"][:2]), "pre must be (3, 5, 4)"),
+    "pre wider": (lambda a: a.update(pre=torch.zeros(3, 5, 6)), "pre must be (3, 5, 4)"),
+    "first batch": (lambda a: a.update(first=torch.zeros(4, 4)), "first must be (5, 4)"),
+    "first 3-d": (lambda a: a.update(first=torch.zeros(1, 5, 4)), "first must be (5, 4)"),
+    "w rectangular": (lambda a: a.update(w=torch.zeros(4, 8)), "w must be (4, 4)"),
+    "hs short": (lambda a: a.update(hs=torch.zeros(2, 5, 4)), "hs must be (3, 5, 4)"),
+    "hs missing": (lambda a: a.update(hs=None), "needs hs"),
+    "out 2-d": (lambda a: a.update(out=torch.zeros(5, 4)), "out must be (T, B, H)"),
+    "w float64": (lambda a: a.update(w=a["w"].double()), "w is torch.float64"),
+    "pre int": (lambda a: a.update(pre=torch.zeros(3, 5, 4, dtype=torch.int32)), "pre is torch.int32"),
+    "w transposed view": (lambda a: a.update(w=a["w"].t()), "w must be contiguous"),
+    "pre strided": (lambda a: a.update(pre=torch.zeros(3, 5, 8)[..., ::2]), "pre must be contiguous"),
+    "first inside out": (lambda a: a.update(first=a["out"][1]), "first must not share memory with out"),
+    "w a list": (lambda a: a.update(w=[[0.0] * 4] * 4), "w must be a tensor"),
+    "out bf16": (lambda a: a.update(out=a["out"].bfloat16()), "bfloat16"),
+}
+
+
+@pytest.mark.parametrize("backward", [False, True])
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_wrong_inputs_are_refused_before_the_loop_runs(case, backward, monkeypatch):
+    """Each wrong shape, dtype, layout or alias is refused with what is wrong, and the kernel is never called."""
+    from charrnn import compiled
+
+    assert compiled.available()
+    calls = []
+    monkeypatch.setitem(compiled._state, "recur", lambda *a: calls.append(a))
+    monkeypatch.setitem(compiled._state, "serial", lambda *a: calls.append(a))
+    if case.startswith("hs") and not backward:
+        pytest.skip("the forward loop takes no hs")
+    args = _good()
+    change, message = BAD[case]
+    change(args)
+    out_before = args["out"].clone()
+    for prepare in (False, True):
+        call = compiled.prepare if prepare else compiled.recurrence
+        with pytest.raises((ValueError, TypeError, RuntimeError), match=re.escape(message)):
+            call(args["pre"], args["out"], args["first"], args["w"], args["hs"], backward=backward)
+    assert calls == []
+    assert torch.equal(args["out"], out_before)
+
+
+def test_right_inputs_run_and_never_compile_at_call_time():
+    """After `available()`, the kernels take the inputs the checks let through without compiling anything: their
+    dispatchers are closed, so a signature they were not compiled for is an error, never a compile."""
+    import numpy as np
+
+    from charrnn import _kernels, compiled
+
+    assert compiled.available() and compiled.available("float64")
+    before = {k: list(k.signatures) for k in (_kernels.recur, _kernels.recur_serial)}
+    for dtype in (torch.float32, torch.float64):
+        for T, B, H in ((1, 1, 1), (3, 5, 4), (2, 3, 7), (4, 9, 2)):
+            a = _good(T, B, H, dtype)
+            compiled.recurrence(a["pre"], a["out"], a["first"], a["w"])
+            compiled.recurrence(a["out"], a["out"], torch.zeros(B, H, dtype=dtype), a["w"], a["hs"], backward=True)
+            compiled.prepare(a["pre"], a["out"], a["first"], a["w"])()
+    assert {k: list(k.signatures) for k in before} == before
+    x = np.zeros((2, 5, 3), np.int64)
+    with pytest.raises(TypeError):
+        _kernels.recur(x, x, x[0], x[0, :3], x, False, True, np.zeros(2, np.uint8))
+
+
+@pytest.mark.parametrize("backward", [False, True])
+@pytest.mark.parametrize("B", [1, 2, 3, 5, 6, 7, 8])
+def test_every_batch_size_matches_the_torch_loop(B, backward):
+    """B < 4 (one block of only its own rows) and B % 4 != 0 (a last block of 1-3 rows): the compiled loop against
+    the torch loop, float64, forward states and the backward recurrence, on both kernels (parallel and serial)."""
+    from charrnn import compiled
+    from charrnn.fused import _backward_steps
+
+    T, H = 6, 9
+    a = _good(T, B, H, torch.float64)
+    pre, first, w, hs = a["pre"], a["first"], a["w"], torch.tanh(a["pre"])
+    want = torch.empty(T, B, H, dtype=torch.float64)
+    if backward:  # dz_t = (g_t + dz_{t+1} W) * (1 - h_t^2)
+        want.copy_(pre)
+        _backward_steps(want, hs, w, None)
+    else:
+        h = first
+        for t in range(T):
+            h = want[t].copy_(torch.tanh(pre[t] + h @ w.t()))
+    results = []
+    for serial in (False, True):
+        saved = compiled._state.get("forked")
+        compiled._state["forked"] = serial
+        try:
+            if backward:
+                out = pre.clone()
+                compiled.recurrence(out, out, torch.zeros(B, H, dtype=torch.float64), w.t().contiguous(), hs,
+                                    backward=True)
+            else:
+                out = torch.empty(T, B, H, dtype=torch.float64)
+                compiled.recurrence(pre, out, first, w)
+        finally:
+            compiled._state["forked"] = saved
+        assert torch.allclose(out, want, rtol=1e-12, atol=1e-12), (out - want).abs().max()
+        results.append(out)
+    assert torch.equal(*results)
