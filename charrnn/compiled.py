@@ -20,9 +20,10 @@ numba is installed with charrnn but optional at run time: without it (or where i
 `available()` is False and charrnn/fused.py runs its torch loop, the same maths.
 
 Safety: the compiled loop has no bounds checks, so `recurrence` (and `prepare`) refuse any input whose shape,
-dtype, device or layout is not exactly what the kernel was compiled for, before it runs; the kernels compile in
-`available()` and never at call time (numba's dispatcher is closed after the warm-up: a new signature would be an
-error, not a compile). Forks: GNU OpenMP cannot start threads in a process forked from one that had started them
+dtype, device or layout is not exactly what the kernel was compiled for, before it runs; the kernel compiles (or
+loads from numba's cache) in `available()` and never at call time (numba's dispatcher is closed after the warm-up:
+a new signature would be an error, not a compile), the one exception being the fallback below, whose serial
+kernel loads on its first call in a forked child. Forks: GNU OpenMP cannot start threads in a process forked from one that had started them
 (numba's layer then refuses the parallel region; torch's hangs). A child forked after numba's threads started runs
 the same blocks on its own thread (`recur_serial`: the same numbers), torch there is set to one thread, and every
 call checks that each block reports itself done, so a region that did not run raises instead of leaving
@@ -64,23 +65,34 @@ def available(dtype: str = "float32") -> bool:
         if recur is not None:
             import numpy as np
 
-            a = np.zeros((2, 5, 3), dtype)
             try:
                 with _lock:
-                    for kernel in (recur, _state["serial"]):
-                        kernel.disable_compile(False)
-                        try:
-                            for backward in (False, True):
-                                done = np.zeros(2, np.uint8)
-                                _run(kernel, (a, a.copy(), a[0], a[0, :3].copy(), a), backward, dtype == "float32",
-                                     done)
-                        finally:
-                            kernel.disable_compile(True)  # from here on, an unexpected signature fails
+                    # the serial kernel only where this process was forked from one that had started numba's
+                    # threads (it loads there, on its first call: the one compile outside available())
+                    if _state.get("forked"):
+                        _warm_up(_state["serial"], dtype)
+                        _state["serial", dtype] = True
+                    else:
+                        _warm_up(recur, dtype)
                 ok = True
             except Exception:
                 ok = False
         _state[dtype] = ok
     return _state[dtype]
+
+
+def _warm_up(kernel, dtype: str) -> None:
+    """Compile `kernel` for `dtype` (or load it from numba's cache) and run it, then close its dispatcher: from
+    here on a signature it was not compiled for is an error, never a compile."""
+    import numpy as np
+
+    a = np.zeros((2, 5, 3), dtype)
+    kernel.disable_compile(False)
+    try:
+        for backward in (False, True):
+            _run(kernel, (a, a.copy(), a[0], a[0, :3].copy(), a), backward, dtype == "float32", np.zeros(2, np.uint8))
+    finally:
+        kernel.disable_compile(True)
 
 
 def usable(x) -> bool:
@@ -132,15 +144,24 @@ def _run(kernel, arrays, backward: bool, fast: bool, done) -> None:
                            "its threads?)")
 
 
-def _call(arrays, backward: bool, fast: bool, batch: int) -> None:
+def _blocks(batch: int):
+    """The kernel's completion marks: one byte per block of rows, zero."""
     import numpy as np
+
+    return np.zeros(-(-batch // _state["rows"]), np.uint8)
+
+
+def _call(arrays, backward: bool, fast: bool, done) -> None:
     import torch
 
     numba = _state["numba"]
-    done = np.zeros(-(-batch // _state["rows"]), np.uint8)
     with _lock:
         if _state.get("forked"):
             kernel = _state["serial"]
+            dtype = str(arrays[1].dtype)
+            if ("serial", dtype) not in _state:
+                _warm_up(kernel, dtype)
+                _state["serial", dtype] = True
         else:
             kernel = _state["recur"]
             numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
@@ -155,7 +176,7 @@ def recurrence(pre, out, first, w, hs=None, backward: bool = False) -> None:
     RuntimeError where numba cannot run) before the loop runs."""
     _check(pre, out, first, w, hs, backward)
     arrays = [t.detach().numpy() for t in (pre, out, first, w, out if hs is None else hs)]
-    _call(arrays, backward, out.dtype.itemsize == 4, out.shape[1])
+    _call(arrays, backward, out.dtype.itemsize == 4, _blocks(out.shape[1]))
 
 
 def prepare(pre, out, first, w, hs=None, backward: bool = False):
@@ -164,10 +185,11 @@ def prepare(pre, out, first, w, hs=None, backward: bool = False):
     keep their storage (no resize_) while the function is in use."""
     _check(pre, out, first, w, hs, backward)
     arrays = [t.detach().numpy() for t in (pre, out, first, w, out if hs is None else hs)]
-    fast, batch = out.dtype.itemsize == 4, out.shape[1]
+    fast, done = out.dtype.itemsize == 4, _blocks(out.shape[1])
 
     def run() -> None:
-        _call(arrays, backward, fast, batch)
+        done.fill(0)
+        _call(arrays, backward, fast, done)
 
     return run
 

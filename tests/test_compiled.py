@@ -309,13 +309,14 @@ def test_wrong_inputs_are_refused_before_the_loop_runs(case, backward, monkeypat
 
 
 def test_right_inputs_run_and_never_compile_at_call_time():
-    """After `available()`, the kernels take the inputs the checks let through without compiling anything: their
-    dispatchers are closed, so a signature they were not compiled for is an error, never a compile."""
+    """After `available()`, the kernel takes the inputs the checks let through without compiling anything: its
+    dispatcher is closed, so a signature it was not compiled for is an error, never a compile."""
     import numpy as np
 
     from charrnn import _kernels, compiled
 
     assert compiled.available() and compiled.available("float64")
+    assert not compiled._state.get("forked")
     before = {k: list(k.signatures) for k in (_kernels.recur, _kernels.recur_serial)}
     for dtype in (torch.float32, torch.float64):
         for T, B, H in ((1, 1, 1), (3, 5, 4), (2, 3, 7), (4, 9, 2)):
