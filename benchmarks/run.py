@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -246,6 +247,100 @@ def bench_sampling(quick: bool, peak: Peak) -> dict:
     return out
 
 
+# tiny-shakespeare's 65 characters: the CLI's corpus has the vocabulary the in-process loop's models have (V = 65)
+ALPHABET = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def write_corpus(path: str, chars: int = 2_000_000) -> None:
+    """A seeded pseudo-text over ALPHABET (every character present): what it says does not change a step's time."""
+    import random
+
+    rng = random.Random(0)
+    words = ["".join(rng.choice(ALPHABET[13:]) for _ in range(rng.randint(1, 9))) for _ in range(5000)]
+    out, size = [ALPHABET], len(ALPHABET)
+    while size < chars:
+        line = " ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) + rng.choice(ALPHABET[1:13]) + "\n"
+        out.append(line)
+        size += len(line)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("".join(out)[:chars])
+
+
+def charrnn_cli(*args: str, stdout=subprocess.DEVNULL) -> tuple[float, str]:
+    """Run `python -m charrnn ARGS` as a user would; (wall seconds, its stderr)."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "charrnn", *args], env=env, stdout=stdout, stderr=subprocess.PIPE,
+                          text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"charrnn {' '.join(args)}: exit {proc.returncode}: {proc.stderr[-2000:]}")
+    return wall, proc.stderr
+
+
+def bench_cli(quick: bool, precision: str, loop_rows: list, loop_sample: dict, H: int = 128, B: int = 64,
+              T: int = 128, sample_hidden: int = 512, steps: Optional[int] = None,
+              lengths: Optional[tuple] = None) -> dict:
+    """What users run, beside what the loops above measure: `charrnn train` at 2x128 B64 T128 (its time per step
+    from the run's own metrics: the elapsed time between its step-10 and last rows, so start-up and the final
+    evaluation are left out) and `charrnn sample --num-samples 16` at 2x512 (the difference of a long and a short
+    run, so start-up is left out; the long run's whole wall time is recorded too). Each against the in-process
+    loop's rate of the same model from this run (train 2x128's "charrnn" row, sample's 16 streams)."""
+    tmp = tempfile.mkdtemp(prefix="charrnn-bench-cli-", dir="/tmp")
+    corpus = os.path.join(tmp, "corpus.txt")
+    write_corpus(corpus)
+    out: dict = {}
+    try:
+        steps = steps or (60 if quick else 110)
+        rates, routes = [], set()
+        for r in range(2 if quick else 3):
+            run_dir = os.path.join(tmp, f"train{r}")
+            wall, err = charrnn_cli("train", corpus, "--hidden-size", str(H), "--num-layers", "2", "--batch-size",
+                                    str(B), "--seq-len", str(T), "--dropout", "0", "--precision", precision, "--max-steps",
+                                    str(steps), "--eval-every", str(10 * steps), "--sample-every", "0",
+                                    "--run-dir", run_dir)
+            routes.update(line.split("precision:", 1)[1].strip() for line in err.splitlines() if "precision:" in line)
+            with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+                rows = {row["step"]: row for row in map(json.loads, f) if "loss" in row}
+            first, last = rows[10], rows[max(rows)]
+            rates.append((last["step"] - 10) * B * T / (last["elapsed"] - first["elapsed"]))
+        loop = next((row for row in loop_rows if row["model"] == f"2x{H}" and (B, T) == (64, 128)), None)
+        out["train_2x128"] = {"chars_per_s": statistics.median(rates), "rounds": rates, "steps": steps,
+                              "route": sorted(routes),
+                              "loop_chars_per_s": loop["charrnn_chars_per_s"] if loop else None}
+        if loop:
+            out["train_2x128"]["loop_over_cli"] = loop["charrnn_chars_per_s"] / out["train_2x128"]["chars_per_s"]
+        # a 2x512 checkpoint over the same 65 characters (one step: its weights do not change the sampling speed)
+        ckpt = os.path.join(tmp, "sample-model")
+        charrnn_cli("train", corpus, "--hidden-size", str(sample_hidden), "--num-layers", "2", "--batch-size", "4", "--seq-len",
+                    "16", "--max-steps", "1", "--val-frac", "0.001", "--sample-every", "0", "--run-dir", ckpt, "-q")
+        short, long_ = lengths or (200, 2000 if quick else 5000)
+        walls = {short: [], long_: []}
+        for _ in range(3):
+            for length in (short, long_):
+                walls[length].append(charrnn_cli("sample", ckpt, "--num-samples", "16", "--length", str(length),
+                                                 "--seed", "1")[0])
+        rate = 16 * (long_ - short) / (statistics.median(walls[long_]) - statistics.median(walls[short]))
+        loop16 = loop_sample.get("16_streams", {}).get("chars_per_s") if sample_hidden == 512 else None
+        out["sample_2x512_16"] = {"chars_per_s": rate, "walls": {str(k): v for k, v in walls.items()},
+                                  "whole_command_chars_per_s": 16 * long_ / statistics.median(walls[long_]),
+                                  "route": [multi_stream_route()],
+                                  "loop_chars_per_s": loop16}
+        if loop16:
+            out["sample_2x512_16"]["loop_over_cli"] = loop16 / rate
+        t, sm = out["train_2x128"], out["sample_2x512_16"]
+        print(f"  cli train 2x{H} B{B} T{T} ({'; '.join(t['route'])}): {t['chars_per_s']:,.0f} chars/s"
+              + (f"; in-process loop {t['loop_chars_per_s']:,.0f}: loop/CLI {t['loop_over_cli']:.2f}x" if loop else
+                 " (run with train for the loop's rate)"), flush=True)
+        print(f"  cli sample 2x{sample_hidden} --num-samples 16: {sm['chars_per_s']:,.0f} chars/s without start-up "
+              f"({sm['whole_command_chars_per_s']:,.0f} with it, {long_} characters)"
+              + (f"; in-process {loop16:,.0f}: loop/CLI {sm['loop_over_cli']:.2f}x" if loop16 else
+                 " (run with sample for the loop's rate)"), flush=True)
+    finally:
+        subprocess.run(["rm", "-rf", tmp])
+    return out
+
+
 def multi_stream_route() -> str:
     from charrnn import compiled
 
@@ -380,7 +475,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer rounds and a 64 MB corpus")
     ap.add_argument("--corpus-mb", type=int, default=None, help="size of the generated corpus (default 1024)")
-    ap.add_argument("--only", default="train,sample,eval,corpus,help", help="comma-separated parts to run")
+    ap.add_argument("--only", default="train,sample,cli,eval,corpus,help",
+                    help="comma-separated parts to run (cli: `charrnn train` and `charrnn sample` as commands, beside "
+                    "the train and sample loops' rates)")
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32"),
                     help="charrnn's --precision for the training rows (fp32: the route of a CPU without bf16)")
     ap.add_argument("--emulate", choices=sorted(EMULATIONS), default=None,
@@ -409,6 +506,8 @@ def main() -> None:
     if peak.samples:
         print(f"  sgemm 2048^3: {peak.measure():.1f} GFLOP/s", flush=True)
         result["sgemm_gflops_samples"], result["sgemm_peak_gflops"] = peak.samples, peak.best
+    if "cli" in parts:
+        result["cli"] = bench_cli(args.quick, args.precision, result.get("train", []), result.get("sample", {}))
     if "eval" in parts:
         result["eval"] = bench_eval(args.quick)
     if "corpus" in parts:
@@ -443,6 +542,15 @@ def table(r: dict) -> str:
                      f"{row['chars_per_s']:,.0f} | | | {peak:.0f} | {row['gflops']:.1f} ({row['gflops'] / peak:.2f}); "
                      f"weights read at {row['weights_gb_per_s']:.1f} GB/s | {row['product_alone_gflops']:.0f} "
                      f"({row['product_alone_gflops'] / peak:.2f}) | |")
+    cli = r.get("cli", {})
+    for key, what in (("train_2x128", "`charrnn train` 2x128 B64 T128 (chars/s, from its metrics)"),
+                      ("sample_2x512_16", "`charrnn sample --num-samples 16` 2x512 (chars/s, start-up excluded)")):
+        row = cli.get(key)
+        if row:
+            ratio = f"in-process loop {row['loop_chars_per_s']:,.0f}: loop/CLI {row['loop_over_cli']:.2f}x" if \
+                row.get("loop_over_cli") else "no loop rate in this run"
+            lines.append(f"| {what} | {'; '.join(row.get('route', []))} | {row['chars_per_s']:,.0f} | | | | {ratio} "
+                         f"| | |")
     for k, v in r.get("eval", {}).items():
         lines.append(f"| eval 2x512, {k.split('_')[1]} stream(s) (chars/s) | | {v:,.0f} | | | | | | |")
     if "corpus" in r:
