@@ -195,20 +195,22 @@ def prepare(pre, out, first, w, hs=None, backward: bool = False):
 
 
 def _after_fork_in_child() -> None:
-    """In a process forked from this one: where numba's threads had started here, only the serial kernel runs there
-    (GNU OpenMP cannot start threads in the child), and torch runs on one thread (its OpenMP threads would hang
-    there, as torch's DataLoader workers also set). Nothing changes where numba's threads never started."""
+    """In a process forked from this one, once charrnn has computed on the CPU here (this module was consulted):
+    torch runs on one thread there (its GNU OpenMP threads would hang in the child, as torch's DataLoader workers
+    also avoid), and where numba's threads had started, only the serial kernel runs (numba's OpenMP layer refuses
+    a parallel region in the child). A process that never trained, evaluated or sampled here is left alone."""
     global _lock
 
     _lock = threading.Lock()  # another thread may have held it at the fork; it does not exist here
+    if not _state:
+        return
     numba = _state.get("numba")
-    if numba is None:
-        return
-    try:
-        numba.threading_layer()  # raises ValueError until numba's threads have started
-    except ValueError:
-        return
-    _state["forked"] = True
+    if numba is not None:
+        try:
+            numba.threading_layer()  # raises ValueError until numba's threads have started
+            _state["forked"] = True
+        except ValueError:
+            pass
     import torch
 
     torch.set_num_threads(1)

@@ -366,3 +366,21 @@ def test_every_batch_size_matches_the_torch_loop(B, backward):
         assert torch.allclose(out, want, rtol=1e-12, atol=1e-12), (out - want).abs().max()
         results.append(out)
     assert torch.equal(*results)
+
+
+def test_a_forked_child_trains_on_the_torch_loop_too(tmp_path, monkeypatch):
+    """Without numba (the torch loop), a child forked after training still finishes, with the parent's numbers:
+    torch's own OpenMP threads would hang there, so the child runs torch on one thread."""
+    import multiprocessing
+
+    from conftest import make_corpus
+
+    monkeypatch.setattr(compiled, "_state", {"recur": None})  # as _load leaves it when numba fails to import
+    corpus = str(make_corpus(tmp_path / "c.txt", 4000))
+    parent_loss, parent_weights = _train_tiny(corpus, str(tmp_path / "parent"))
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        loss, weights, forked = pool.apply_async(_in_child, (corpus, str(tmp_path / "child"))).get(FORK_TIMEOUT)
+    assert not forked  # no numba threads to fall back from
+    assert loss == parent_loss
+    for name, w in parent_weights.items():
+        assert torch.allclose(torch.from_numpy(weights[name]), w, atol=1e-6), name
