@@ -296,9 +296,9 @@ def bench_cli(quick: bool, precision: str, loop_rows: list, loop_sample: dict, H
         for r in range(2 if quick else 3):
             run_dir = os.path.join(tmp, f"train{r}")
             wall, err = charrnn_cli("train", corpus, "--hidden-size", str(H), "--num-layers", "2", "--batch-size",
-                                    str(B), "--seq-len", str(T), "--dropout", "0", "--precision", precision, "--max-steps",
-                                    str(steps), "--eval-every", str(10 * steps), "--sample-every", "0",
-                                    "--run-dir", run_dir)
+                                    str(B), "--seq-len", str(T), "--dropout", "0", "--precision", precision,
+                                    "--max-steps", str(steps), "--eval-every", str(10 * steps), "--sample-every",
+                                    "0", "--run-dir", run_dir)
             routes.update(line.split("precision:", 1)[1].strip() for line in err.splitlines() if "precision:" in line)
             with open(os.path.join(run_dir, "metrics.jsonl")) as f:
                 rows = {row["step"]: row for row in map(json.loads, f) if "loss" in row}
@@ -312,8 +312,8 @@ def bench_cli(quick: bool, precision: str, loop_rows: list, loop_sample: dict, H
             out["train_2x128"]["loop_over_cli"] = loop["charrnn_chars_per_s"] / out["train_2x128"]["chars_per_s"]
         # a 2x512 checkpoint over the same 65 characters (one step: its weights do not change the sampling speed)
         ckpt = os.path.join(tmp, "sample-model")
-        charrnn_cli("train", corpus, "--hidden-size", str(sample_hidden), "--num-layers", "2", "--batch-size", "4", "--seq-len",
-                    "16", "--max-steps", "1", "--val-frac", "0.001", "--sample-every", "0", "--run-dir", ckpt, "-q")
+        charrnn_cli("train", corpus, "--hidden-size", str(sample_hidden), "--num-layers", "2", "--batch-size", "4",
+                    "--seq-len", "16", "--max-steps", "1", "--val-frac", "0.001", "--sample-every", "0", "--run-dir", ckpt, "-q")
         short, long_ = lengths or (200, 2000 if quick else 5000)
         walls = {short: [], long_: []}
         for _ in range(3):

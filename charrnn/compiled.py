@@ -23,11 +23,13 @@ Safety: the compiled loop has no bounds checks, so `recurrence` (and `prepare`) 
 dtype, device or layout is not exactly what the kernel was compiled for, before it runs; the kernel compiles (or
 loads from numba's cache) in `available()` and never at call time (numba's dispatcher is closed after the warm-up:
 a new signature would be an error, not a compile), the one exception being the fallback below, whose serial
-kernel loads on its first call in a forked child. Forks: GNU OpenMP cannot start threads in a process forked from one that had started them
-(numba's layer then refuses the parallel region; torch's hangs). A child forked after numba's threads started runs
-the same blocks on its own thread (`recur_serial`: the same numbers), torch there is set to one thread, and every
-call checks that each block reports itself done, so a region that did not run raises instead of leaving
-uninitialised memory to train on.
+kernel loads on its first call in a forked child.
+
+Forks: GNU OpenMP cannot start threads in a process forked from one that had started them (numba's layer then
+refuses the parallel region; torch's hangs). A child forked after numba's threads started runs the same blocks on
+its own thread (`recur_serial`: the same numbers), torch there is set to one thread, and every call checks that
+each block reports itself done, so a region that did not run raises instead of leaving uninitialised memory to
+train on.
 """
 
 from __future__ import annotations
@@ -63,8 +65,6 @@ def available(dtype: str = "float32") -> bool:
         ok = False
         recur = _load()
         if recur is not None:
-            import numpy as np
-
             try:
                 with _lock:
                     # the serial kernel only where this process was forked from one that had started numba's
