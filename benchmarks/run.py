@@ -313,7 +313,8 @@ def bench_cli(quick: bool, precision: str, loop_rows: list, loop_sample: dict, H
         # a 2x512 checkpoint over the same 65 characters (one step: its weights do not change the sampling speed)
         ckpt = os.path.join(tmp, "sample-model")
         charrnn_cli("train", corpus, "--hidden-size", str(sample_hidden), "--num-layers", "2", "--batch-size", "4",
-                    "--seq-len", "16", "--max-steps", "1", "--val-frac", "0.001", "--sample-every", "0", "--run-dir", ckpt, "-q")
+                    "--seq-len", "16", "--max-steps", "1", "--val-frac", "0.001", "--sample-every", "0", "--run-dir",
+                    ckpt, "-q")
         short, long_ = lengths or (200, 2000 if quick else 5000)
         walls = {short: [], long_: []}
         for _ in range(3):
