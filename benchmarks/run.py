@@ -3,6 +3,22 @@
     python benchmarks/run.py            # full run (about 10 minutes on 2 cores, plus the 1 GB corpus)
     python benchmarks/run.py --quick    # fewer rounds, a 64 MB corpus
     python benchmarks/run.py --precision fp32   # the fp32 route on any CPU (what a CPU without bf16 runs)
+    python benchmarks/run.py --emulate avx512-no-bf16 --only train,cli   # an AVX-512 CPU without bf16, on a
+                                                                          # bf16 CPU (see below)
+
+--emulate KIND re-runs this script with every library held to that kind of CPU, set before torch and numba load:
+
+    avx512-no-bf16 (Skylake-SP, Cascade Lake, Ice Lake: most cloud VMs of the last years):
+        ONEDNN_MAX_CPU_ISA=AVX512_CORE     oneDNN (torch's bf16 products) without avx512_bf16/AMX: it would emulate
+                                           bf16, so `--precision auto` picks fp32 (charrnn/precision.py)
+        ATEN_CPU_CAPABILITY=avx512         torch's own vectorized kernels (avx512 is the highest it has)
+        MKL_ENABLE_INSTRUCTIONS=AVX512     MKL's sgemm (fp32 only, so no bf16 either way)
+        NUMBA_CPU_NAME=skylake-avx512 NUMBA_CPU_FEATURES=   the compiled loop, for that CPU's own features
+    avx2: the same with AVX2, avx2, AVX2 and haswell.
+
+The run prints what each library then reports (oneDNN's ISA and the implementation its bf16 product takes, ATen's
+capability, numba's target, charrnn's bf16 answer), so the emulation is checked, not assumed. MKL_ENABLE_INSTRUCTIONS
+cannot be read back (MKL_VERBOSE does not name the code path, and torch does not export MKL's query).
 
 Each training and sampling row carries the machine's sgemm peak (the best 2048^3 fp32 GEMM rate measured at
 several points of the same run: a shared VM's peak moves from minute to minute), the fraction of it reached, and
@@ -24,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -36,6 +53,61 @@ from bench_train import StockRNN, compare, make_charrnn, sgemm_peak, useful_flop
 from floor import big_products, recurrent_products  # noqa: E402
 
 V = 65  # tiny-shakespeare's vocabulary
+
+# --emulate: the environment that holds oneDNN, ATen, MKL and numba to a kind of CPU (see the docstring)
+EMULATIONS = {
+    "avx512-no-bf16": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "ATEN_CPU_CAPABILITY": "avx512",
+                       "MKL_ENABLE_INSTRUCTIONS": "AVX512", "NUMBA_CPU_NAME": "skylake-avx512",
+                       "NUMBA_CPU_FEATURES": ""},
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+             "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": ""},
+}
+
+
+def emulate(kind: str) -> None:
+    """Re-run this script under EMULATIONS[kind] (the variables must be set before torch and numba load), unless
+    this process already runs under them."""
+    env = EMULATIONS[kind]
+    if all(os.environ.get(k) == v for k, v in env.items()):
+        return
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], {**os.environ, **env})
+
+
+ISA_PROBE = """
+import json, sys, torch, numba
+from numba.core.registry import cpu_target
+from charrnn.precision import cpu_bf16_status
+a = torch.randn(64, 256, dtype=torch.bfloat16)
+torch.mm(a, torch.randn(256, 256, dtype=torch.bfloat16))
+sys.stderr.flush()
+codegen = cpu_target.target_context.codegen()
+features = codegen._get_host_cpu_features()
+print(json.dumps({"aten_capability": torch.backends.cpu.get_cpu_capability(),
+                  "numba_cpu": codegen._get_host_cpu_name(),
+                  "numba_avx512bf16": "+avx512bf16" in features.split(","),
+                  "charrnn_bf16": cpu_bf16_status()}))
+"""
+
+
+def isa_report() -> dict:
+    """What each library runs with in this environment (a child process, since oneDNN reports its ISA only in its
+    verbose log): oneDNN's ISA and the implementation a bf16 product takes (emulated: "gemm:jit:bf16"; native:
+    e.g. "brg_matmul:avx512_core_bf16"), ATen's capability, numba's target CPU and whether it may use avx512_bf16,
+    and charrnn's bf16 answer with its reason."""
+    env = dict(os.environ, ONEDNN_VERBOSE="1", PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-c", ISA_PROBE], env=env, capture_output=True, text=True)
+    if proc.returncode:
+        return {"error": proc.stderr.strip().splitlines()[-1:]}
+    out = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("{")))
+    for line in proc.stdout.splitlines() + proc.stderr.splitlines():
+        fields = line.split(",")
+        if ",info,cpu,isa:" in line:
+            out["onednn_isa"] = line.split("isa:", 1)[1]
+        elif ",primitive,exec,cpu,matmul," in line and "bf16" in line:
+            out["onednn_bf16_matmul"] = fields[fields.index("matmul") + 1]
+    out["env"] = {k: os.environ[k] for k in sorted(set().union(*EMULATIONS.values())) if k in os.environ}
+    return out
 
 
 class Peak:
@@ -122,6 +194,7 @@ def bench_training(quick: bool, peak: Peak, precision: str) -> list[dict]:
         floor = products_floor_gflops(L, H, pipeline_workers(contenders["charrnn"]))
         rows.append({
             "model": f"{L}x{H}", "B": 64, "T": 128, "steps_per_round": steps, "route": route(contenders["charrnn"]),
+            "plan": contenders["charrnn"].plan.describe(),
             "charrnn_precision": "bf16" if contenders["charrnn"].compute_dtype is not None else "fp32",
             "charrnn_chars_per_s": med["charrnn"],
             "charrnn_fp32_chars_per_s": med.get("charrnn fp32", med["charrnn"]),
@@ -171,6 +244,101 @@ def bench_sampling(quick: bool, peak: Peak) -> dict:
         }
         print(f"  sample 2x512, {streams} stream(s): {rate:,.0f} chars/s, {out[f'{streams}_streams']['gflops']:.1f} "
               f"GFLOP/s, weights read at {out[f'{streams}_streams']['weights_gb_per_s']:.1f} GB/s", flush=True)
+    return out
+
+
+# tiny-shakespeare's 65 characters: the CLI's corpus has the vocabulary the in-process loop's models have (V = 65)
+ALPHABET = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def write_corpus(path: str, chars: int = 2_000_000) -> None:
+    """A seeded pseudo-text over ALPHABET (every character present): what it says does not change a step's time."""
+    import random
+
+    rng = random.Random(0)
+    words = ["".join(rng.choice(ALPHABET[13:]) for _ in range(rng.randint(1, 9))) for _ in range(5000)]
+    out, size = [ALPHABET], len(ALPHABET)
+    while size < chars:
+        line = " ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) + rng.choice(ALPHABET[1:13]) + "\n"
+        out.append(line)
+        size += len(line)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("".join(out)[:chars])
+
+
+def charrnn_cli(*args: str, stdout=subprocess.DEVNULL) -> tuple[float, str]:
+    """Run `python -m charrnn ARGS` as a user would; (wall seconds, its stderr)."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "charrnn", *args], env=env, stdout=stdout, stderr=subprocess.PIPE,
+                          text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"charrnn {' '.join(args)}: exit {proc.returncode}: {proc.stderr[-2000:]}")
+    return wall, proc.stderr
+
+
+def bench_cli(quick: bool, precision: str, loop_rows: list, loop_sample: dict, H: int = 128, B: int = 64,
+              T: int = 128, sample_hidden: int = 512, steps: Optional[int] = None,
+              lengths: Optional[tuple] = None) -> dict:
+    """What users run, beside what the loops above measure: `charrnn train` at 2x128 B64 T128 (its time per step
+    from the run's own metrics: the elapsed time between its step-10 and last rows, so start-up and the final
+    evaluation are left out) and `charrnn sample --num-samples 16` at 2x512 (the difference of a long and a short
+    run, so start-up is left out; the long run's whole wall time is recorded too). Each against the in-process
+    loop's rate of the same model from this run (train 2x128's "charrnn" row, sample's 16 streams)."""
+    tmp = tempfile.mkdtemp(prefix="charrnn-bench-cli-", dir="/tmp")
+    corpus = os.path.join(tmp, "corpus.txt")
+    write_corpus(corpus)
+    out: dict = {}
+    try:
+        steps = steps or (60 if quick else 110)
+        rates, routes = [], set()
+        for r in range(2 if quick else 3):
+            run_dir = os.path.join(tmp, f"train{r}")
+            wall, err = charrnn_cli("train", corpus, "--hidden-size", str(H), "--num-layers", "2", "--batch-size",
+                                    str(B), "--seq-len", str(T), "--dropout", "0", "--precision", precision,
+                                    "--max-steps", str(steps), "--eval-every", str(10 * steps), "--sample-every",
+                                    "0", "--run-dir", run_dir)
+            routes.update(line.split("precision:", 1)[1].strip() for line in err.splitlines() if "precision:" in line)
+            with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+                rows = {row["step"]: row for row in map(json.loads, f) if "loss" in row}
+            first, last = rows[10], rows[max(rows)]
+            rates.append((last["step"] - 10) * B * T / (last["elapsed"] - first["elapsed"]))
+        loop = next((row for row in loop_rows if row["model"] == f"2x{H}" and (B, T) == (64, 128)), None)
+        out["train_2x128"] = {"chars_per_s": statistics.median(rates), "rounds": rates, "steps": steps,
+                              "route": sorted(routes),
+                              "loop_chars_per_s": loop["charrnn_chars_per_s"] if loop else None}
+        if loop:
+            out["train_2x128"]["loop_over_cli"] = loop["charrnn_chars_per_s"] / out["train_2x128"]["chars_per_s"]
+        # a 2x512 checkpoint over the same 65 characters (one step: its weights do not change the sampling speed)
+        ckpt = os.path.join(tmp, "sample-model")
+        charrnn_cli("train", corpus, "--hidden-size", str(sample_hidden), "--num-layers", "2", "--batch-size", "4",
+                    "--seq-len", "16", "--max-steps", "1", "--val-frac", "0.001", "--sample-every", "0", "--run-dir",
+                    ckpt, "-q")
+        short, long_ = lengths or (200, 2000 if quick else 5000)
+        walls = {short: [], long_: []}
+        for _ in range(3):
+            for length in (short, long_):
+                walls[length].append(charrnn_cli("sample", ckpt, "--num-samples", "16", "--length", str(length),
+                                                 "--seed", "1")[0])
+        rate = 16 * (long_ - short) / (statistics.median(walls[long_]) - statistics.median(walls[short]))
+        loop16 = loop_sample.get("16_streams", {}).get("chars_per_s") if sample_hidden == 512 else None
+        out["sample_2x512_16"] = {"chars_per_s": rate, "walls": {str(k): v for k, v in walls.items()},
+                                  "whole_command_chars_per_s": 16 * long_ / statistics.median(walls[long_]),
+                                  "route": [multi_stream_route()],
+                                  "loop_chars_per_s": loop16}
+        if loop16:
+            out["sample_2x512_16"]["loop_over_cli"] = loop16 / rate
+        t, sm = out["train_2x128"], out["sample_2x512_16"]
+        print(f"  cli train 2x{H} B{B} T{T} ({'; '.join(t['route'])}): {t['chars_per_s']:,.0f} chars/s"
+              + (f"; in-process loop {t['loop_chars_per_s']:,.0f}: loop/CLI {t['loop_over_cli']:.2f}x" if loop else
+                 " (run with train for the loop's rate)"), flush=True)
+        print(f"  cli sample 2x{sample_hidden} --num-samples 16: {sm['chars_per_s']:,.0f} chars/s without start-up "
+              f"({sm['whole_command_chars_per_s']:,.0f} with it, {long_} characters)"
+              + (f"; in-process {loop16:,.0f}: loop/CLI {sm['loop_over_cli']:.2f}x" if loop16 else
+                 " (run with sample for the loop's rate)"), flush=True)
+    finally:
+        subprocess.run(["rm", "-rf", tmp])
     return out
 
 
@@ -308,16 +476,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer rounds and a 64 MB corpus")
     ap.add_argument("--corpus-mb", type=int, default=None, help="size of the generated corpus (default 1024)")
-    ap.add_argument("--only", default="train,sample,eval,corpus,help", help="comma-separated parts to run")
+    ap.add_argument("--only", default="train,sample,cli,eval,corpus,help",
+                    help="comma-separated parts to run (cli: `charrnn train` and `charrnn sample` as commands, beside "
+                    "the train and sample loops' rates)")
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32"),
                     help="charrnn's --precision for the training rows (fp32: the route of a CPU without bf16)")
+    ap.add_argument("--emulate", choices=sorted(EMULATIONS), default=None,
+                    help="hold oneDNN, ATen, MKL and numba to this kind of CPU (see above)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="directory for the JSON")
     args = ap.parse_args()
+    if args.emulate:
+        emulate(args.emulate)  # returns only once running under its variables
     parts = set(args.only.split(","))
     result = {"machine": machine(), "loadavg_start": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "precision": args.precision, "native_bf16": cpu_supports_bf16()}
+              "precision": args.precision, "native_bf16": cpu_supports_bf16(), "emulate": args.emulate,
+              "isa": isa_report()}
     print(f"machine: {result['machine']}  native bf16: {result['native_bf16']}  load average "
           f"{result['loadavg_start']}", flush=True)
+    print(f"emulating: {args.emulate or 'no (this CPU as it is)'}; what the libraries report: {result['isa']}",
+          flush=True)
     peak = Peak()
     if parts & {"train", "sample"}:
         print(f"  sgemm 2048^3: {peak.measure():.1f} GFLOP/s", flush=True)
@@ -330,6 +507,8 @@ def main() -> None:
     if peak.samples:
         print(f"  sgemm 2048^3: {peak.measure():.1f} GFLOP/s", flush=True)
         result["sgemm_gflops_samples"], result["sgemm_peak_gflops"] = peak.samples, peak.best
+    if "cli" in parts:
+        result["cli"] = bench_cli(args.quick, args.precision, result.get("train", []), result.get("sample", {}))
     if "eval" in parts:
         result["eval"] = bench_eval(args.quick)
     if "corpus" in parts:
@@ -364,6 +543,15 @@ def table(r: dict) -> str:
                      f"{row['chars_per_s']:,.0f} | | | {peak:.0f} | {row['gflops']:.1f} ({row['gflops'] / peak:.2f}); "
                      f"weights read at {row['weights_gb_per_s']:.1f} GB/s | {row['product_alone_gflops']:.0f} "
                      f"({row['product_alone_gflops'] / peak:.2f}) | |")
+    cli = r.get("cli", {})
+    for key, what in (("train_2x128", "`charrnn train` 2x128 B64 T128 (chars/s, from its metrics)"),
+                      ("sample_2x512_16", "`charrnn sample --num-samples 16` 2x512 (chars/s, start-up excluded)")):
+        row = cli.get(key)
+        if row:
+            ratio = f"in-process loop {row['loop_chars_per_s']:,.0f}: loop/CLI {row['loop_over_cli']:.2f}x" if \
+                row.get("loop_over_cli") else "no loop rate in this run"
+            lines.append(f"| {what} | {'; '.join(row.get('route', []))} | {row['chars_per_s']:,.0f} | | | | {ratio} "
+                         f"| | |")
     for k, v in r.get("eval", {}).items():
         lines.append(f"| eval 2x512, {k.split('_')[1]} stream(s) (chars/s) | | {v:,.0f} | | | | | | |")
     if "corpus" in r:

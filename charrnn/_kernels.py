@@ -3,8 +3,11 @@ takes a moment to import). See compiled.py for what they compute and why.
 
 Threads: numba's default layer here is GNU OpenMP (no tbb installed). Its fork-safe "workqueue" layer made a 2x128
 training step 25 % slower than the torch loop (302k against 414k chars/s with OpenMP, benchmarks/compiled_ab.py),
-and a child forked after the parent computed cannot use torch's own OpenMP threads either (torch 2.13 hangs
-there), so the default stays."""
+so the default stays; a process forked from one whose numba threads started runs `recur_serial` instead (the same
+block function on the calling thread: the same numbers), and compiled.py checks `done` after every call, so a
+parallel region that did not run (numba's OpenMP layer refuses one in such a child: it prints "Terminating: fork()
+called from a process already using GNU OpenMP", raises SIGTERM and returns without computing) is an error, never
+a result."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ _CLAMP16 = 9.01 / 16
 _FAST = {"reassoc", "contract"}  # no NaN/infinity assumptions: a diverging run must still show NaN
 # error_model="numpy": a float division by zero gives inf/NaN as in numpy instead of raising, which keeps the check
 # (a branch) out of the loops so that LLVM can vectorize them (the tanh loop ran 7x slower with it)
+ROWS = 4  # batch rows per block: one block is one unit of work for a thread, for all T steps
 
 
 @numba.njit(fastmath=_FAST, cache=True, nogil=True, error_model="numpy")
@@ -52,25 +56,27 @@ def _tanh_fast(row):  # pragma: no cover
         row[j] = r if v >= 0 else -r
 
 
-@numba.njit(parallel=True, fastmath=_FAST, cache=True, nogil=True, error_model="numpy")
-def recur(pre, out, first, w, hs, backward, fast):  # pragma: no cover
+@numba.njit(fastmath=_FAST, cache=True, nogil=True, error_model="numpy")
+def _block(pre, out, first, w, hs, backward, fast, i0):  # pragma: no cover
+    """Rows i0 .. i0+3 (those that exist) for all T steps. Four rows: outputs (4 rows) x (2 columns) as dot products
+    over k, 8 FMA chains. Fewer (the last block when B % 4 != 0, the whole batch when B < 4): each real row alone,
+    4 columns at a time, so B = 1..3 do only their own rows' work."""
     T, B, H = out.shape
     zero = out.dtype.type(0)
     one = out.dtype.type(1)
-    for blk in numba.prange((B + 3) // 4):
-        # rows past the end repeat the last row: the same thread writes the same values to it, and every value of
-        # a step is read before any is written, so a repeated row (or column) changes nothing
-        i0 = blk * 4
-        i1, i2, i3 = min(i0 + 1, B - 1), min(i0 + 2, B - 1), min(i0 + 3, B - 1)
-        for n in range(T):
-            t = T - 1 - n if backward else n
-            if n == 0:
-                src = first
-            elif backward:
-                src = out[t + 1]
-            else:
-                src = out[t - 1]
-            for j in range(0, H, 2):  # outputs (i0..i3) x (j, j1) as dot products over k: 8 FMA chains
+    rows = min(ROWS, B - i0)
+    for n in range(T):
+        t = T - 1 - n if backward else n
+        if n == 0:
+            src = first
+        elif backward:
+            src = out[t + 1]
+        else:
+            src = out[t - 1]
+        if rows == ROWS:
+            i1, i2, i3 = i0 + 1, i0 + 2, i0 + 3
+            for j in range(0, H, 2):
+                # a repeated last column (odd H) gets the same value twice: every value is read before any write
                 j1 = min(j + 1, H - 1)
                 s0a = s1a = s2a = s3a = s0b = s1b = s2b = s3b = zero
                 for k in range(H):
@@ -89,13 +95,43 @@ def recur(pre, out, first, w, hs, backward, fast):  # pragma: no cover
                 v2b, v3b = pre[t, i2, j1] + s2b, pre[t, i3, j1] + s3b
                 out[t, i0, j], out[t, i1, j], out[t, i2, j], out[t, i3, j] = v0a, v1a, v2a, v3a
                 out[t, i0, j1], out[t, i1, j1], out[t, i2, j1], out[t, i3, j1] = v0b, v1b, v2b, v3b
-            for i in range(i0, min(i0 + 4, B)):  # the activation, over the block's real rows only
-                row = out[t, i]
-                if backward:
-                    h = hs[t, i]
-                    for j in range(H):
-                        row[j] *= one - h[j] * h[j]
-                elif fast:
-                    _tanh_fast(row)
-                else:
-                    _tanh_exact(row)
+        else:
+            for i in range(i0, i0 + rows):
+                for j in range(0, H, 4):  # one row x 4 columns: 4 FMA chains
+                    j1, j2, j3 = min(j + 1, H - 1), min(j + 2, H - 1), min(j + 3, H - 1)
+                    s0 = s1 = s2 = s3 = zero
+                    for k in range(H):
+                        p = src[i, k]
+                        s0 += p * w[j, k]
+                        s1 += p * w[j1, k]
+                        s2 += p * w[j2, k]
+                        s3 += p * w[j3, k]
+                    v0, v1, v2, v3 = pre[t, i, j] + s0, pre[t, i, j1] + s1, pre[t, i, j2] + s2, pre[t, i, j3] + s3
+                    out[t, i, j], out[t, i, j1], out[t, i, j2], out[t, i, j3] = v0, v1, v2, v3
+        for i in range(i0, i0 + rows):  # the activation, over the block's rows
+            row = out[t, i]
+            if backward:
+                h = hs[t, i]
+                for j in range(H):
+                    row[j] *= one - h[j] * h[j]
+            elif fast:
+                _tanh_fast(row)
+            else:
+                _tanh_exact(row)
+
+
+@numba.njit(parallel=True, fastmath=_FAST, cache=True, nogil=True, error_model="numpy")
+def recur(pre, out, first, w, hs, backward, fast, done):  # pragma: no cover
+    """All blocks of ROWS rows over numba's threads; done[blk] = 1 once block blk is computed (done: one uint8 per
+    block, zeroed by the caller, which checks it)."""
+    for blk in numba.prange(done.shape[0]):
+        _block(pre, out, first, w, hs, backward, fast, blk * ROWS)
+        done[blk] = 1
+
+
+@numba.njit(fastmath=_FAST, cache=True, nogil=True, error_model="numpy")
+def recur_serial(pre, out, first, w, hs, backward, fast, done):  # pragma: no cover
+    """`recur` on the calling thread alone (each block the same compiled function: the same numbers)."""
+    for blk in range(done.shape[0]):
+        _block(pre, out, first, w, hs, backward, fast, blk * ROWS)
+        done[blk] = 1

@@ -4,8 +4,10 @@ One function, `plan_precision`, decides from (device type, whether the device ha
 --precision, --kernel); training, `charrnn info` and the benchmarks all use it, so what the log says is what ran.
 
 Facts it rests on:
-- CPU: bf16 products are native only with avx512_bf16 or AMX; elsewhere they are emulated, hundreds of times
-  slower. Below width 256 they gain nothing (a 64x128x128 product is dispatch-bound).
+- CPU: bf16 products are native only with avx512_bf16 or AMX-BF16 (x86) or the bf16 feature (aarch64), and only
+  where oneDNN is not capped below its bf16 ISAs (ONEDNN_MAX_CPU_ISA); elsewhere (e.g. AVX-512 without
+  avx512_bf16: Skylake-SP, Cascade Lake, Ice Lake) oneDNN emulates them, far slower. Below width 256 they gain
+  nothing (a 64x128x128 product is dispatch-bound).
 - CUDA: torch's autocast casts a cuDNN RNN/GRU/LSTM's input, state and weights to fp16 whatever dtype autocast was
   given (aten/src/ATen/autocast_mode.cpp, the cudnn_rnn rule). So "bf16 autocast" around cuDNN is fp16 without
   loss scaling. Here bf16 runs only where it really runs in bf16: the head (a plain linear) under bf16 autocast,
@@ -65,9 +67,9 @@ def resolve_kernel(device_type: str, cell: str, kernel: str) -> str:
 
 def plan_precision(device_type: str, cell: str, hidden: int, request: str = "auto", kernel: str = "auto", *,
                    bf16_supported: bool = False, tf32: bool = False) -> Plan:
-    """What runs in which dtype. `bf16_supported`: the device multiplies bf16 natively (CPU: avx512_bf16/AMX;
-    CUDA: torch.cuda.is_bf16_supported()). `tf32`: cuDNN may use TF32 for fp32 (CUDA only). Raises UsageError
-    for a request the device cannot honour."""
+    """What runs in which dtype. `bf16_supported`: the device multiplies bf16 natively (CPU: `cpu_supports_bf16`,
+    avx512_bf16/AMX-BF16/Arm bf16 with oneDNN not capped below them; CUDA: torch.cuda.is_bf16_supported()).
+    `tf32`: cuDNN may use TF32 for fp32 (CUDA only). Raises UsageError for a request the device cannot honour."""
     if request not in PRECISIONS:
         raise UsageError(f"--precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, not {request!r}")
     kernel = resolve_kernel(device_type, cell, kernel)
@@ -90,7 +92,7 @@ def _cpu_plan(cell: str, hidden: int, request: str, kernel: str, bf16_supported:
     if cell == "tanh" and kernel != "fused":
         problem = f"needs --kernel fused or auto for --cell tanh, not {kernel}"
     elif not bf16_supported:
-        problem = "needs a CPU with bf16 instructions (avx512_bf16 or AMX); this one has none"
+        problem = "needs a CPU with bf16 instructions (avx512_bf16 or AMX-BF16, or Arm bf16); this one has none"
     if request == "bf16" and problem:
         raise UsageError(f"--precision bf16 on CPU {problem}; use --precision fp32 or auto")
     if request == "auto" and (problem or hidden < CPU_BF16_MIN_HIDDEN):
@@ -120,13 +122,97 @@ def _cuda_plan(request: str, kernel: str, bf16_supported: bool, fp32: Plan) -> P
     return Plan(kernel=kernel, core="fp32", head="bf16", autocast="bf16", core_outside_autocast=True, tf32=fp32.tf32)
 
 
-def cpu_supports_bf16() -> bool:
+# oneDNN's ISA names (ONEDNN_MAX_CPU_ISA / DNNL_MAX_CPU_ISA, x86-64) below its bf16 ISAs: capped at one of these,
+# oneDNN runs bf16 products without bf16 instructions (emulated: far slower, and rounded differently)
+_ONEDNN_CAPS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
+def onednn_isa_cap(environ=None) -> Optional[str]:
+    """The ISA the user capped oneDNN at (ONEDNN_MAX_CPU_ISA, else its older name DNNL_MAX_CPU_ISA), upper-case;
+    None where neither is set."""
+    import os
+
+    env = os.environ if environ is None else environ
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):  # oneDNN reads the ONEDNN_ name first
+        value = env.get(name, "").strip()
+        if value:
+            return value.upper()
+    return None
+
+
+def cpu_bf16_check(caps: dict, environ=None, onednn_bf16: bool = True) -> tuple[bool, str]:
+    """Whether bf16 products run natively on a CPU with these features, and why (one phrase). `caps`: the CPU's
+    feature flags as torch.cpu.get_capabilities() names them ("architecture", "avx512_bf16", "amx_bf16"; on aarch64
+    "bf16"); `environ`: where to read a cap on oneDNN (default os.environ); `onednn_bf16`: torch's own check that
+    it routes bf16 products through oneDNN at all. Pure: the unit tests fake each kind of CPU through it."""
+    arch = str(caps.get("architecture", "")).lower()
+    if arch in ("x86_64", "amd64", "x86", "i686", "i386"):
+        if not (caps.get("avx512_bf16") or caps.get("amx_bf16")):
+            kind = "AVX-512 without avx512_bf16" if caps.get("avx512_f") else "no AVX-512"
+            return False, f"no bf16 instructions ({kind}; oneDNN would emulate bf16)"
+        cap = onednn_isa_cap(environ)
+        if cap in _ONEDNN_CAPS_WITHOUT_BF16:
+            return False, f"oneDNN capped below its bf16 ISAs (ONEDNN_MAX_CPU_ISA={cap})"
+        if not onednn_bf16:
+            return False, "torch does not run bf16 products through oneDNN here"
+        return True, "avx512_bf16" if caps.get("avx512_bf16") else "AMX-BF16"
+    if arch in ("aarch64", "arm64"):
+        if not caps.get("bf16"):
+            return False, "no bf16 instructions (Arm bf16 feature missing)"
+        if not onednn_bf16:
+            return False, "torch does not run bf16 products through oneDNN here"
+        return True, "Arm bf16"
+    return False, f"no known bf16 instructions on {arch or 'this architecture'}"
+
+
+def cpu_capabilities() -> dict:
+    """This CPU's features: torch's cpuinfo-based table where torch has it, else the flags in /proc/cpuinfo."""
+    import platform
+
+    import torch
+
+    caps: dict = {}
+    try:
+        caps = dict(torch.cpu.get_capabilities())
+    except (AttributeError, RuntimeError):
+        pass
+    if "architecture" not in caps:
+        caps["architecture"] = platform.machine()
+    if not any(k in caps for k in ("avx512_bf16", "amx_bf16", "bf16")):
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    key, _, value = line.partition(":")
+                    if key.strip() in ("flags", "Features"):  # x86, aarch64
+                        flags = set(value.split())
+                        caps.update(avx512_f="avx512f" in flags, avx512_bf16="avx512_bf16" in flags,
+                                    amx_bf16="amx_bf16" in flags, bf16="bf16" in flags)
+                        break
+        except OSError:
+            pass
+    return caps
+
+
+def cpu_bf16_status() -> tuple[bool, str]:
+    """(native bf16 here, why): the CPU's own features (avx512_bf16 or AMX-BF16 on x86, bf16 on aarch64), a cap on
+    oneDNN, and torch's route for bf16 products (oneDNN)."""
+    return cpu_bf16_check(cpu_capabilities(), onednn_bf16=onednn_routes_bf16())
+
+
+def onednn_routes_bf16() -> bool:
+    """torch's own check: it runs bf16 products on CPU through oneDNN (true on any AVX-512 CPU, bf16 or not)."""
     import torch
 
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (see `cpu_bf16_status`). torch's mkldnn check alone says yes on
+    every AVX-512 CPU, including those without avx512_bf16 where oneDNN emulates bf16."""
+    return cpu_bf16_status()[0]
 
 
 def device_supports_bf16(device) -> bool:

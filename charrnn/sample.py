@@ -79,7 +79,9 @@ class TanhStepper:
         if self.jit:  # the compiled call reads W_hh untransposed, and writes next to the state it reads
             self.w_hh = [w.detach().contiguous() for w in model.w_hh]
             self.fresh = torch.empty(1, batch_size, H)
-            self.recurrence = compiled.recurrence
+            # checked once here, run on these buffers at every step
+            self.recurrence = [compiled.prepare(self.pre[None], self.fresh, self.state[layer], self.w_hh[layer])
+                               for layer in range(L)]
         # numpy views of the same memory (no copies)
         self.np = {name: [t.numpy() for t in getattr(self, name)] for name in ("w_hh_t", "w_xh_t", "bias")}
         self.np_table, self.np_head_t, self.np_head_b = self.table.numpy(), self.head_t.numpy(), self.head_b.numpy()
@@ -121,7 +123,7 @@ class TanhStepper:
             if layer > 0:
                 torch.addmm(self.bias[layer], state[layer - 1], self.w_xh_t[layer - 1], out=pre)
             if self.jit:
-                self.recurrence(pre[None], self.fresh, state[layer], self.w_hh[layer])
+                self.recurrence[layer]()  # fresh = tanh(pre + state[layer] W_hh^T)
                 state[layer].copy_(self.fresh[0])
                 continue
             pre.addmm_(state[layer], self.w_hh_t[layer])  # z = W_xh x + b + W_hh h

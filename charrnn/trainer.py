@@ -295,6 +295,9 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
+        from .allocator import keep_freed_memory
+
+        keep_freed_memory()  # each step reuses the last step's memory instead of faulting in fresh pages
         self.model.train()
         start = self.clock()
         self.startup = self.dist.sum_values([start - self.command_started])[0] / self.dist.world

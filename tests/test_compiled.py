@@ -4,6 +4,8 @@ Its float64 equality with autograd on every shape is in tests/test_fused.py (the
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -163,3 +165,240 @@ def test_model_takes_the_compiled_route_on_cpu(monkeypatch):
     model(ids, None, ids)[1].backward()
     assert calls == []
 
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# forks: a child forked after this process started numba's threads computes the same numbers, on its own thread
+
+FORK_TIMEOUT = 300  # a hang guard only: the child's work takes seconds
+
+
+def _train_tiny(corpus: str, run_dir: str, seed: int = 3) -> tuple:
+    """A tiny run through the library; (its best validation loss, its final weights)."""
+    import charrnn
+    from charrnn.checkpoint import load_checkpoint
+
+    result = charrnn.train(corpus, charrnn.ModelConfig(hidden_size=32, num_layers=2),
+                           charrnn.TrainConfig(max_steps=8, batch_size=4, seq_len=16, warmup_steps=2, eval_every=8,
+                                               val_frac=0.1, test_frac=0.0, seed=seed),
+                           run_dir=run_dir, progress=False)
+    return result.best_val_loss, load_checkpoint(result.latest)["model"]
+
+
+def _in_child(corpus: str, run_dir: str) -> tuple:
+    from charrnn import compiled
+
+    loss, weights = _train_tiny(corpus, run_dir)
+    return loss, {k: v.numpy() for k, v in weights.items()}, bool(compiled._state.get("forked"))
+
+
+def test_a_child_forked_after_training_trains_like_a_fresh_process(tmp_path):
+    """The parent trains (numba's OpenMP threads start), then a multiprocessing worker of the fork context trains
+    the same run: it finishes (no hang, no "Terminating: fork()" SIGTERM taken for a signal, no garbage trained on),
+    on the serial kernel, with the weights and loss of the same run in a fresh process."""
+    import json
+    import multiprocessing
+    import subprocess
+    import sys
+
+    from conftest import ROOT, cli_env, make_corpus
+
+    corpus = str(make_corpus(tmp_path / "c.txt", 4000))
+    parent_loss, _ = _train_tiny(corpus, str(tmp_path / "parent"))
+    import numba
+
+    assert numba.threading_layer()  # the parent's numba threads have started (raises ValueError otherwise)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        loss, weights, forked = pool.apply_async(_in_child, (corpus, str(tmp_path / "child"))).get(FORK_TIMEOUT)
+    assert forked  # the child knew, and ran the serial kernel
+    script = ("import json, sys; sys.path.insert(0, sys.argv[3]); from test_compiled import _train_tiny;"
+              "loss, w = _train_tiny(sys.argv[1], sys.argv[2]); import torch;"
+              "torch.save(w, sys.argv[2] + '.pt'); print(json.dumps(loss))")
+    fresh = subprocess.run([sys.executable, "-c", script, corpus, str(tmp_path / "fresh"), str(ROOT / "tests")],
+                           env=cli_env(), capture_output=True, text=True, timeout=FORK_TIMEOUT)
+    assert fresh.returncode == 0, fresh.stderr
+    fresh_loss = json.loads(fresh.stdout.strip().splitlines()[-1])
+    fresh_weights = torch.load(str(tmp_path / "fresh") + ".pt")
+    assert loss == fresh_loss == parent_loss
+    assert weights.keys() == fresh_weights.keys()
+    for name, w in fresh_weights.items():
+        assert torch.equal(torch.from_numpy(weights[name]), w), name
+
+
+def _recur_in_child(args, backward):
+    from charrnn import compiled
+
+    pre, out, first, w, hs = (t.clone() for t in args)
+    compiled.recurrence(pre, out, first, w, hs, backward=backward)
+    return out.numpy(), bool(compiled._state.get("forked"))
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_the_serial_kernel_of_a_forked_child_gives_the_parallel_numbers(backward):
+    """B = 11: two full blocks of 4 rows and a block of 3, over 2 threads in the parent and on one in the child."""
+    import multiprocessing
+
+    import numba
+
+    T, B, H = 7, 11, 24
+    g = torch.Generator().manual_seed(4)
+    args = [torch.randn(T, B, H, generator=g), torch.empty(T, B, H), torch.randn(B, H, generator=g),
+            torch.randn(H, H, generator=g) * H**-0.5, torch.rand(T, B, H, generator=g) * 2 - 1]
+    if backward:
+        args[1] = args[0].clone()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(max(2, threads))
+        want = _recur_in_child(args, backward)[0]
+    finally:
+        torch.set_num_threads(threads)
+    assert numba.threading_layer()
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got, forked = pool.apply_async(_recur_in_child, (args, backward)).get(FORK_TIMEOUT)
+    assert forked
+    assert (got == want).all()
+
+
+def test_a_parallel_region_that_did_not_run_is_an_error(monkeypatch):
+    """What numba's OpenMP layer does in a forked child (returns without computing) stands in a kernel here: the
+    caller finds blocks not marked done and raises, leaving nothing to be taken for a result."""
+    from charrnn import compiled
+
+    assert compiled.available()
+    monkeypatch.setitem(compiled._state, "recur", lambda *args: None)  # computes nothing, marks nothing
+    monkeypatch.setitem(compiled._state, "forked", False)
+    T, B, H = 2, 5, 3
+    with pytest.raises(RuntimeError, match="computed 0 of its 2 blocks"):
+        compiled.recurrence(torch.zeros(T, B, H), torch.empty(T, B, H), torch.zeros(B, H), torch.zeros(H, H))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# inputs: the compiled loop has no bounds checks, so what it must not see is refused before it runs
+
+
+def _good(T=3, B=5, H=4, dtype=torch.float32):
+    g = torch.Generator().manual_seed(1)
+    return dict(pre=torch.randn(T, B, H, generator=g, dtype=dtype), out=torch.full((T, B, H), 7.0, dtype=dtype),
+                first=torch.randn(B, H, generator=g, dtype=dtype), w=torch.randn(H, H, generator=g, dtype=dtype),
+                hs=torch.rand(T, B, H, generator=g, dtype=dtype))
+
+
+BAD = {
+    "pre too short": (lambda a: a.update(pre=a["pre"][:2]), "pre must be (3, 5, 4)"),
+    "pre wider": (lambda a: a.update(pre=torch.zeros(3, 5, 6)), "pre must be (3, 5, 4)"),
+    "first batch": (lambda a: a.update(first=torch.zeros(4, 4)), "first must be (5, 4)"),
+    "first 3-d": (lambda a: a.update(first=torch.zeros(1, 5, 4)), "first must be (5, 4)"),
+    "w rectangular": (lambda a: a.update(w=torch.zeros(4, 8)), "w must be (4, 4)"),
+    "hs short": (lambda a: a.update(hs=torch.zeros(2, 5, 4)), "hs must be (3, 5, 4)"),
+    "hs missing": (lambda a: a.update(hs=None), "needs hs"),
+    "out 2-d": (lambda a: a.update(out=torch.zeros(5, 4)), "out must be (T, B, H)"),
+    "w float64": (lambda a: a.update(w=a["w"].double()), "w is torch.float64"),
+    "pre int": (lambda a: a.update(pre=torch.zeros(3, 5, 4, dtype=torch.int32)), "pre is torch.int32"),
+    "w transposed view": (lambda a: a.update(w=a["w"].t()), "w must be contiguous"),
+    "pre strided": (lambda a: a.update(pre=torch.zeros(3, 5, 8)[..., ::2]), "pre must be contiguous"),
+    "first inside out": (lambda a: a.update(first=a["out"][1]), "first must not share memory with out"),
+    "w a list": (lambda a: a.update(w=[[0.0] * 4] * 4), "w must be a tensor"),
+    "out bf16": (lambda a: a.update(out=a["out"].bfloat16()), "bfloat16"),
+}
+
+
+@pytest.mark.parametrize("backward", [False, True])
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_wrong_inputs_are_refused_before_the_loop_runs(case, backward, monkeypatch):
+    """Each wrong shape, dtype, layout or alias is refused with what is wrong, and the kernel is never called."""
+    from charrnn import compiled
+
+    assert compiled.available()
+    calls = []
+    monkeypatch.setitem(compiled._state, "recur", lambda *a: calls.append(a))
+    monkeypatch.setitem(compiled._state, "serial", lambda *a: calls.append(a))
+    if case.startswith("hs") and not backward:
+        pytest.skip("the forward loop takes no hs")
+    args = _good()
+    change, message = BAD[case]
+    change(args)
+    out_before = args["out"].clone()
+    for prepare in (False, True):
+        call = compiled.prepare if prepare else compiled.recurrence
+        with pytest.raises((ValueError, TypeError, RuntimeError), match=re.escape(message)):
+            call(args["pre"], args["out"], args["first"], args["w"], args["hs"], backward=backward)
+    assert calls == []
+    assert torch.equal(args["out"], out_before)
+
+
+def test_right_inputs_run_and_never_compile_at_call_time():
+    """After `available()`, the kernel takes the inputs the checks let through without compiling anything: its
+    dispatcher is closed, so a signature it was not compiled for is an error, never a compile."""
+    import numpy as np
+
+    from charrnn import _kernels, compiled
+
+    assert compiled.available() and compiled.available("float64")
+    assert not compiled._state.get("forked")
+    before = {k: list(k.signatures) for k in (_kernels.recur, _kernels.recur_serial)}
+    for dtype in (torch.float32, torch.float64):
+        for T, B, H in ((1, 1, 1), (3, 5, 4), (2, 3, 7), (4, 9, 2)):
+            a = _good(T, B, H, dtype)
+            compiled.recurrence(a["pre"], a["out"], a["first"], a["w"])
+            compiled.recurrence(a["out"], a["out"], torch.zeros(B, H, dtype=dtype), a["w"], a["hs"], backward=True)
+            compiled.prepare(a["pre"], a["out"], a["first"], a["w"])()
+    assert {k: list(k.signatures) for k in before} == before
+    x = np.zeros((2, 5, 3), np.int64)
+    with pytest.raises(TypeError):
+        _kernels.recur(x, x, x[0], x[0, :3], x, False, True, np.zeros(2, np.uint8))
+
+
+@pytest.mark.parametrize("backward", [False, True])
+@pytest.mark.parametrize("B", [1, 2, 3, 5, 6, 7, 8])
+def test_every_batch_size_matches_the_torch_loop(B, backward):
+    """B < 4 (one block of only its own rows) and B % 4 != 0 (a last block of 1-3 rows): the compiled loop against
+    the torch loop, float64, forward states and the backward recurrence, on both kernels (parallel and serial)."""
+    from charrnn import compiled
+    from charrnn.fused import _backward_steps
+
+    T, H = 6, 9
+    a = _good(T, B, H, torch.float64)
+    pre, first, w, hs = a["pre"], a["first"], a["w"], torch.tanh(a["pre"])
+    want = torch.empty(T, B, H, dtype=torch.float64)
+    if backward:  # dz_t = (g_t + dz_{t+1} W) * (1 - h_t^2)
+        want.copy_(pre)
+        _backward_steps(want, hs, w, None)
+    else:
+        h = first
+        for t in range(T):
+            h = want[t].copy_(torch.tanh(pre[t] + h @ w.t()))
+    results = []
+    for serial in (False, True):
+        saved = compiled._state.get("forked")
+        compiled._state["forked"] = serial
+        try:
+            if backward:
+                out = pre.clone()
+                compiled.recurrence(out, out, torch.zeros(B, H, dtype=torch.float64), w.t().contiguous(), hs,
+                                    backward=True)
+            else:
+                out = torch.empty(T, B, H, dtype=torch.float64)
+                compiled.recurrence(pre, out, first, w)
+        finally:
+            compiled._state["forked"] = saved
+        assert torch.allclose(out, want, rtol=1e-12, atol=1e-12), (out - want).abs().max()
+        results.append(out)
+    assert torch.equal(*results)
+
+
+def test_a_forked_child_trains_on_the_torch_loop_too(tmp_path, monkeypatch):
+    """Without numba (the torch loop), a child forked after training still finishes, with the parent's numbers:
+    torch's own OpenMP threads would hang there, so the child runs torch on one thread."""
+    import multiprocessing
+
+    from conftest import make_corpus
+
+    monkeypatch.setattr(compiled, "_state", {"recur": None})  # as _load leaves it when numba fails to import
+    corpus = str(make_corpus(tmp_path / "c.txt", 4000))
+    parent_loss, parent_weights = _train_tiny(corpus, str(tmp_path / "parent"))
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        loss, weights, forked = pool.apply_async(_in_child, (corpus, str(tmp_path / "child"))).get(FORK_TIMEOUT)
+    assert not forked  # no numba threads to fall back from
+    assert loss == parent_loss
+    for name, w in parent_weights.items():
+        assert torch.allclose(torch.from_numpy(weights[name]), w, atol=1e-6), name

@@ -14,7 +14,7 @@ from charrnn.errors import UsageError
 from charrnn.precision import (CPU_BF16_MIN_HIDDEN, PRECISIONS, Plan, cpu_supports_bf16, plan_for, plan_precision,
                                resolve_kernel, torch_dtype)
 
-from conftest import ROOT
+from conftest import ROOT, TINY, assert_one_line_error, cli_env, make_corpus, run_cli
 
 DEVICES = ("cpu", "cuda", "mps")
 CELLS = ("tanh", "gru", "lstm")
@@ -272,3 +272,94 @@ def test_benchmarks_use_the_same_policy(monkeypatch):
         assert model.compute_dtype == torch_dtype(model.plan.fused_dtype)
         assert model.core_outside_autocast == model.plan.core_outside_autocast
     assert len(calls) == 2
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# which CPUs have native bf16: each kind of CPU faked through its feature flags (torch.cpu.get_capabilities()'s
+# names) and a cap on oneDNN, and what `--precision auto` then picks at a width where bf16 would pay
+
+BF16_NATIVE = {"architecture": "x86_64", "avx2": True, "avx512_f": True, "avx512_bf16": True, "amx_bf16": False}
+AMX = dict(BF16_NATIVE, avx512_bf16=False, amx_bf16=True)  # the AMX tiles alone also multiply bf16
+AVX512_NO_BF16 = dict(BF16_NATIVE, avx512_bf16=False)  # Skylake-SP, Cascade Lake, Ice Lake
+AVX2_ONLY = dict(AVX512_NO_BF16, avx512_f=False)
+ARM_BF16 = {"architecture": "aarch64", "bf16": True}
+ARM_NO_BF16 = {"architecture": "aarch64", "bf16": False}
+
+
+@pytest.mark.parametrize("caps, env, native", [
+    (BF16_NATIVE, {}, True),
+    (AMX, {}, True),
+    (AVX512_NO_BF16, {}, False),
+    (AVX2_ONLY, {}, False),
+    (BF16_NATIVE, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}, False),  # how the benchmarks emulate the second kind
+    (BF16_NATIVE, {"ONEDNN_MAX_CPU_ISA": "avx2"}, False),
+    (BF16_NATIVE, {"DNNL_MAX_CPU_ISA": "AVX512_CORE_VNNI"}, False),  # oneDNN's older name for the cap
+    (BF16_NATIVE, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, True),  # a cap at or above bf16 leaves it
+    (BF16_NATIVE, {"ONEDNN_MAX_CPU_ISA": "ALL", "DNNL_MAX_CPU_ISA": "AVX2"}, True),  # the ONEDNN_ name wins
+    (AVX512_NO_BF16, {"ONEDNN_MAX_CPU_ISA": "ALL"}, False),  # no cap gives a CPU instructions it lacks
+    (ARM_BF16, {}, True),
+    (ARM_NO_BF16, {}, False),
+    ({"architecture": "riscv64"}, {}, False),
+], ids=["avx512_bf16", "amx", "avx512-no-bf16", "avx2-only", "capped-avx512_core", "capped-avx2",
+        "capped-dnnl-name", "cap-at-bf16", "onednn-name-first", "cap-cannot-add", "arm-bf16", "arm-no-bf16",
+        "other-arch"])
+def test_each_kind_of_cpu_and_what_auto_picks(monkeypatch, caps, env, native):
+    """torch's mkldnn check says yes on every AVX-512 CPU (true here under ONEDNN_MAX_CPU_ISA=AVX512_CORE too), so
+    the decision rests on the CPU's own flags and the cap; `--precision auto` follows it for the fused tanh kernel
+    and torch's GRU at 2x512, and `--precision bf16` is refused where the CPU lacks bf16."""
+    import charrnn.precision as precision
+
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(precision, "cpu_capabilities", lambda: dict(caps))
+    monkeypatch.setattr(precision, "onednn_routes_bf16", lambda: True)  # as torch answers on any AVX-512 CPU
+    got, why = precision.cpu_bf16_status()
+    assert got is native, why
+    assert precision.cpu_supports_bf16() is native
+    cpu = torch.device("cpu")
+    for cell in ("tanh", "gru"):
+        plan = plan_for(cpu, cell, 512, "auto")
+        assert (plan.core, plan.head) == (("bf16", "bf16") if native else ("fp32", "fp32"))
+        assert plan.kernel == ("fused" if cell == "tanh" else "nn")
+        if not native:
+            with pytest.raises(UsageError, match="bf16 instructions"):
+                plan_for(cpu, cell, 512, "bf16")
+    assert plan_for(cpu, "tanh", 128, "auto").core == "fp32"  # below the width where bf16 pays, whatever the CPU
+
+
+def test_no_bf16_where_torch_does_not_route_it_through_onednn():
+    from charrnn.precision import cpu_bf16_check
+
+    assert cpu_bf16_check(BF16_NATIVE, environ={})[0]
+    assert not cpu_bf16_check(BF16_NATIVE, environ={}, onednn_bf16=False)[0]
+
+
+def test_this_cpu_is_read_from_its_own_flags():
+    """The real machine: the answer agrees with /proc/cpuinfo's flags (avx512_bf16 / amx_bf16 on x86) and the cap."""
+    import os
+    import platform
+
+    from charrnn.precision import _ONEDNN_CAPS_WITHOUT_BF16, cpu_bf16_status, onednn_isa_cap
+
+    if platform.machine() != "x86_64" or not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("reads x86 flags from /proc/cpuinfo")
+    with open("/proc/cpuinfo") as f:
+        flags = set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
+    want = bool(flags & {"avx512_bf16", "amx_bf16"}) and onednn_isa_cap() not in _ONEDNN_CAPS_WITHOUT_BF16
+    assert cpu_bf16_status()[0] is want
+
+
+def test_a_cap_on_onednn_reaches_the_cli(tmp_path):
+    """`ONEDNN_MAX_CPU_ISA=AVX512_CORE` (how the benchmarks emulate an AVX-512 CPU without bf16) makes `charrnn
+    train --precision bf16` a one-line refusal on any x86 CPU, before anything is written."""
+    import platform
+
+    if platform.machine() != "x86_64":
+        pytest.skip("the cap names x86 ISAs")
+    corpus = make_corpus(tmp_path / "c.txt", 2000)
+    proc = run_cli("train", corpus, *TINY, "--max-steps", "1", "--precision", "bf16", "--run-dir", tmp_path / "run",
+                   env=cli_env(ONEDNN_MAX_CPU_ISA="AVX512_CORE"), cwd=tmp_path)
+    assert_one_line_error(proc, 2, "bf16 instructions")
+    assert not (tmp_path / "run").exists()
