@@ -18,7 +18,7 @@ import typer
 from . import report  # light: rich is imported only when the summary is printed
 from .config import (TOP_NEURONS, VIEW_MAX_CHARS, ModelConfig, TrainConfig, default_of, parse_dropout,
                      parse_duration, parse_val_chars)
-from .errors import EXIT_SIGINT, CharrnnError, Interrupted
+from .errors import EXIT_SIGINT, CharrnnError, Interrupted, StartupInterrupted
 
 app = typer.Typer(
     name="charrnn",
@@ -86,7 +86,7 @@ def _run(fn):
     """Call fn, turning a user's mistake into one line on stderr and its exit code."""
     try:
         return fn()
-    except Interrupted as exc:
+    except (Interrupted, StartupInterrupted) as exc:
         if exc.message:  # under torchrun only rank 0 speaks
             sys.stderr.write(f"charrnn: {exc.message}\n")
         raise typer.Exit(exc.exit_code)
@@ -184,7 +184,8 @@ def train(
     device: Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.", rich_help_panel="Run")] = _t("device"),
     kernel: Annotated[str, typer.Option(help="tanh cell implementation: auto (fused on CPU, torch's RNN on GPU), fused or nn.", rich_help_panel="Run")] = _t("kernel"),
     precision: Annotated[str, typer.Option(help="auto (CPU: bf16 products on CPUs with bf16 instructions for width >= 256; else fp32, on CUDA with cuDNN's TF32), fp32, bf16 or fp16 (CUDA, with loss scaling).", rich_help_panel="Run")] = _t("precision"),
-    run_dir: Annotated[Optional[str], typer.Option(help="Where checkpoints and metrics go (default: checkpoints/NAME-TIME).", rich_help_panel="Run", show_default=False)] = None,
+    run_dir: Annotated[Optional[str], typer.Option(help="Where checkpoints and metrics go (default: a new checkpoints/NAME-TIME).", rich_help_panel="Run", show_default=False)] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="NAME of the new run directory checkpoints/NAME-TIME (default: the corpus's name), e.g. lr-0.003 in a sweep.", rich_help_panel="Run", show_default=False)] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the run in this directory or checkpoint file.", rich_help_panel="Run")] = None,
     allow_lr_change: Annotated[bool, typer.Option("--allow-lr-change", help="With --resume: accept a changed --lr, --min-lr-frac, --warmup-steps, --schedule-steps or --grad-clip.", rich_help_panel="Run")] = False,
     no_memory_check: Annotated[bool, typer.Option("--no-memory-check", help="Train even when the model, its optimizer state and one batch look too big for the memory available (refused by default, with the estimate).", rich_help_panel="Run")] = False,
@@ -220,13 +221,16 @@ def train(
             return write_config(save_config, model_config, train_config, explicit)
         return train_fn(resolve_corpus(corpus, sha256=sha256), model_config, train_config, run_dir=run_dir,
                         resume=resume, explicit=explicit, progress=not quiet, allow_lr_change=allow_lr_change,
-                        memory_check=not no_memory_check, started=_command_started())
+                        memory_check=not no_memory_check, started=_command_started(), name=name)
 
-    result = _run(go)
-    if save_config is not None:
-        logging.getLogger("charrnn").info(f"wrote {result}: train with `charrnn train CORPUS --config {result}`")
-    elif not quiet and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone sums up
-        report.print_summary(result)
+    from .train import startup_signals
+
+    with startup_signals():  # until the loop's own handlers: a signal stops start-up at once, with one line
+        result = _run(go)
+        if save_config is not None:
+            logging.getLogger("charrnn").info(f"wrote {result}: train with `charrnn train CORPUS --config {result}`")
+        elif not quiet and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone sums up
+            report.print_summary(result)
 
 
 @app.command()

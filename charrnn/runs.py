@@ -89,25 +89,56 @@ def _run_mtime(directory: str) -> Optional[float]:
 
 def lock_holder(directory: str) -> Optional[int]:
     """The PID written in the run directory's lock if a live process holds its flock (0 if the PID cannot be
-    read), else None. Taking a shared flock without blocking and letting go at once tells whether the exclusive
-    one RunLock takes is held: it is held exactly while its process lives (the kernel drops it at exit)."""
+    read), else None. The probe never takes the lock, so a trainer starting at that moment is never refused:
+    on Linux it reads the kernel's table of locks (/proc/locks) for the lock file's inode; elsewhere it falls back
+    to taking a shared flock without blocking and letting go at once."""
     path = os.path.join(directory, LOCK)
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                return None
-            text = os.pread(fd, 64, 0).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else 0
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
+        held = _flock_held(os.fstat(fd))
+        if held is None:  # no /proc/locks: the shared-flock probe
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as exc:
+                held = exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                held = False
+        if not held:
+            return None
+        text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else 0
     finally:
         os.close(fd)
+
+
+PROC_LOCKS = "/proc/locks"
+
+
+def _flock_held(st: os.stat_result, table: str = PROC_LOCKS) -> Optional[bool]:
+    """Whether the kernel's lock table lists a flock held on the file `st` describes; None where there is no such
+    table to read. Lines read like `1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF` (device major:minor in hex,
+    then the inode); a waiter's line has `->` after the number and holds nothing."""
+    try:
+        with open(table) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    want = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        try:
+            major, minor, inode = fields[5].split(":")
+            if (int(major, 16), int(minor, 16), int(inode)) == want:
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def read_meta(path: str) -> Optional[dict]:
