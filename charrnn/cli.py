@@ -238,7 +238,7 @@ def sample(
     checkpoint: Annotated[Optional[str], typer.Argument(
         help="Checkpoint file or run directory (default: the newest run under checkpoints/).", show_default=False)] = None,
     length: Annotated[int, typer.Option("--length", "-n", help="Characters to generate after the prime.")] = 1000,
-    temperature: Annotated[float, typer.Option("--temperature", "-t", help="Softmax temperature, 0.001 to 10: lower is more conservative.")] = 1.0,
+    temperature: Annotated[float, typer.Option("--temperature", "-t", help="Softmax temperature, 0.001 to 10: lower is more conservative; 0 always takes the most likely character (no randomness).")] = 1.0,
     top_k: Annotated[Optional[int], typer.Option(help="Sample only from the k most likely characters.")] = None,
     top_p: Annotated[Optional[float], typer.Option(help="Sample only from the smallest set of characters whose probability reaches p.")] = None,
     prime: Annotated[str, typer.Option(help="Text to start from (printed first).")] = "",
@@ -288,7 +288,7 @@ def _quiet_broken_pipe() -> None:
 def eval_(
     ctx: typer.Context,
     checkpoint: Annotated[Optional[str], typer.Argument(
-        help="Checkpoint file or run directory (default: the newest run under checkpoints/).", show_default=False)] = None,
+        help="Checkpoint file or run directory (default: the newest run under checkpoints/; a text file alone is FILE, scored by the newest run).", show_default=False)] = None,
     file: Annotated[Optional[str], typer.Argument(
         help="Text to score, or - for stdin (default: the run's test split, else its validation split).",
         show_default=False)] = None,
@@ -305,11 +305,16 @@ def eval_(
 ):
     """Measure how well a model predicts text: nats/char, bits/char and perplexity; or show what it learned.
 
+    With one text file, the newest run scores it; otherwise the checkpoint comes first.
+
+    Example: charrnn eval held_out.txt
+
     Example: charrnn eval checkpoints/my-run/best.pt held_out.txt --json
 
     Example: charrnn eval checkpoints/my-run held_out.txt --neuron 17 --html neuron17.html
     """
     _setup_logging(False)
+    checkpoint, file = _eval_arguments(checkpoint, file)
     _check_view_options(_explicit(ctx), show or neuron is not None or top_neurons is not None or html is not None,
                         neuron, layer, top_neurons)
     if show or neuron is not None or top_neurons is not None or html is not None:
@@ -338,6 +343,34 @@ def eval_(
             lines.append(f"skipped:       {result['skipped_unknown']} characters not in the vocabulary")
         sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()
+
+
+def _is_text(path: str) -> bool:
+    """Whether an argument names text rather than a model: `-` (stdin), or a file whose start reads as text (a
+    checkpoint is a zip archive; a directory is a run)."""
+    if path == "-":
+        return True
+    if not os.path.isfile(path):
+        return False
+    from .checkpoint import _looks_like_text
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8192)
+    except OSError:
+        return False
+    return bool(head) and _looks_like_text(head)
+
+
+def _eval_arguments(checkpoint: Optional[str], file: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+    """`eval FILE` scores FILE with the newest run, as `sample`, `info` and `plot` default to it; `eval CHECKPOINT
+    FILE` stays. A text file first and a second argument: the order is wrong, and the error says which it is."""
+    if checkpoint is None or not _is_text(checkpoint):
+        return checkpoint, file
+    if file is None:
+        return None, checkpoint
+    _fail(f"{checkpoint} is text, not a checkpoint: the checkpoint comes first (charrnn eval CHECKPOINT FILE), or "
+          f"pass the text alone to score it with the newest run (charrnn eval FILE)", 2)
 
 
 def _check_view_options(explicit: set, view: bool, neuron, layer, top_neurons) -> None:
@@ -519,7 +552,40 @@ def main() -> None:
             sys.stdout.reconfigure(encoding="utf-8")
         except (AttributeError, ValueError):
             pass  # not a TextIOWrapper (embedded): leave it
-    app(prog_name="charrnn")
+    try:  # Typer (0.29) raises the exceptions of the click it carries inside; older ones, click's own
+        from typer import _click as click
+    except ImportError:
+        import click
+
+    try:
+        result = app(prog_name="charrnn", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # `charrnn` alone: the help, as usage (exit 2)
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(exc)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:  # click's own usage errors: an unknown option, an extra argument, a bad type
+        sys.exit(_usage_error(exc))
+    except typer.Abort:
+        sys.stderr.write("charrnn: interrupted\n")
+        sys.exit(EXIT_SIGINT)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+def _usage_error(exc) -> int:
+    """A usage error click found, in charrnn's form: `charrnn: error: MESSAGE` and at most one line more, the
+    command's usage (not Typer's boxed panel). Returns the exit code (2)."""
+    message = " ".join(exc.format_message().split())
+    if _speaks():
+        ctx = getattr(exc, "ctx", None)
+        hint = ""
+        if ctx is not None:
+            usage = " ".join(ctx.get_usage().split())
+            usage = usage[len("Usage: "):] if usage.startswith("Usage: ") else usage
+            hint = f"usage: {usage} (see {ctx.command_path} --help)\n"
+        sys.stderr.write(f"charrnn: error: {message}\n{hint}")
+        sys.stderr.flush()
+    return exc.exit_code
 
 
 if __name__ == "__main__":
