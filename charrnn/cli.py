@@ -505,15 +505,18 @@ def runs(
         metavar="DIR", help="Directory of run directories (or one run directory); default: $CHARRNN_HOME/checkpoints.",
         show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list (with --best: the best run's object).")] = False,
-    best: Annotated[bool, typer.Option("--best", help="Print only the path of best.pt of the run with the lowest best val loss (exit 66 if there is none).")] = False,
+    best: Annotated[bool, typer.Option("--best", help="Print only the path of best.pt of the run with the lowest best val loss among the runs trained on the newest run's corpus (or --corpus); exit 66 if there is none.")] = False,
+    corpus: Annotated[Optional[str], typer.Option("--corpus", help="With --best: compare the runs trained on this corpus (its path or file name as recorded, or its sha256).", show_default=False)] = None,
 ):
-    """List training runs, newest first: corpus, model, steps, training time, best val loss, state, size on disk.
+    """List training runs, newest first: corpus, model, the options in which the listed runs differ (lr, dropout, batch, ...), steps, training time, best val loss, state, size on disk.
 
     State: running (a live process holds the run's lock); finished (latest.pt says the run ended at its step limit, from its max steps or epochs, or at its time budget); interrupted (it stopped short of that: a signal, a crash, a kill or a non-finite loss); unreadable (latest.pt cannot be read).
 
     Example: charrnn runs checkpoints --json
     """
     _setup_logging(False)
+    if corpus is not None and not best:
+        _fail("--corpus applies to --best: pass --best, or leave --corpus out", 2)
 
     def go():
         from .runs import list_runs
@@ -527,9 +530,10 @@ def runs(
     if best:
         from .runs import best_run
 
-        top = best_run(found)
+        top = best_run(found, corpus)
         if top is None:
-            _fail(f"no run with a best.pt and a validation loss under {where}", 66)
+            on = f" trained on {corpus}" if corpus is not None else ""
+            _fail(f"no run{on} with a best.pt and a validation loss under {where}", 66)
         sys.stdout.write((json.dumps(top, ensure_ascii=False) if as_json else top["best"]) + "\n")
     elif as_json:
         sys.stdout.write(json.dumps(found, ensure_ascii=False) + "\n")
