@@ -532,7 +532,11 @@ def _stem(source: Optional[str]) -> str:
 def _create_run_dir(stem: str, base: Optional[str] = None) -> tuple[str, str]:
     """Create a new run directory BASE/STEM-TIME exclusively (os.mkdir: of runs started in the same second each
     gets its own, the later ones with a suffix -2, -3, ...). Returns (its path, the topmost directory made)."""
-    first = default_run_dir(stem, base)
+    if base is None:
+        from .paths import runs_dir
+
+        base = runs_dir()
+    first = os.path.join(base, f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     parent = os.path.dirname(first)
     made = _first_missing(parent)
     try:
