@@ -226,11 +226,14 @@ def train(
     from .train import startup_signals
 
     with startup_signals():  # until the loop's own handlers: a signal stops start-up at once, with one line
-        result = _run(go)
-        if save_config is not None:
-            logging.getLogger("charrnn").info(f"wrote {result}: train with `charrnn train CORPUS --config {result}`")
-        elif not quiet and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone sums up
-            report.print_summary(result)
+        _train_done(_run(go), save_config, quiet)
+
+
+def _train_done(result, save_config: Optional[str], quiet: bool) -> None:
+    if save_config is not None:
+        logging.getLogger("charrnn").info(f"wrote {result}: train with `charrnn train CORPUS --config {result}`")
+    elif not quiet and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone sums up
+        report.print_summary(result)
 
 
 @app.command()
@@ -556,19 +559,18 @@ def main() -> None:
             sys.stdout.reconfigure(encoding="utf-8")
         except (AttributeError, ValueError):
             pass  # not a TextIOWrapper (embedded): leave it
-    try:  # Typer (0.29) raises the exceptions of the click it carries inside; older ones, click's own
-        from typer import _click as click
-    except ImportError:
-        import click
-
     try:
         result = app(prog_name="charrnn", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as exc:  # `charrnn` alone: the help, as usage (exit 2)
-        from typer import rich_utils
+    except Exception as exc:  # click's own usage errors: an unknown option, an extra argument, a bad type
+        # Typer 0.29 raises the exceptions of the click it carries inside, older Typers click's: known by name
+        kinds = {kind.__name__ for kind in type(exc).__mro__}
+        if "ClickException" not in kinds:
+            raise
+        if "NoArgsIsHelpError" in kinds:  # `charrnn` alone: the help, as usage (exit 2)
+            from typer import rich_utils
 
-        rich_utils.rich_format_error(exc)
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:  # click's own usage errors: an unknown option, an extra argument, a bad type
+            rich_utils.rich_format_error(exc)
+            sys.exit(exc.exit_code)
         sys.exit(_usage_error(exc))
     except typer.Abort:
         sys.stderr.write("charrnn: interrupted\n")

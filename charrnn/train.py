@@ -53,30 +53,21 @@ def train(
     `on_step`, if given, is called after every optimizer step with a dict (step, epoch, loss, lr). The configs
     passed in are not changed: what the run decides is recorded in its checkpoints. `memory_check`: refuse what
     will not fit in memory (UsageError). `started`: the command's start, on the hooks' clock (default: now).
-    `name`: the prefix of the new run directory under $CHARRNN_HOME/checkpoints (default: the corpus's name).
-    The run directory is created (exclusively, so runs started together never share one) and locked before the
-    corpus is read. A run that fails before its first checkpoint removes what it created (the run directory, if it
-    made it); SIGINT/SIGTERM before training begins raise StartupInterrupted.
+    `name`: the new run directory's prefix (default: the corpus's name). The run directory is created (exclusively:
+    runs started together never share one) and locked before the corpus is read. A run that fails before its first
+    checkpoint removes what it created; SIGINT/SIGTERM before training begins raise StartupInterrupted.
     """
     from . import distributed, trainer as trainer_mod
 
     with startup_signals() as guard:
         hooks = hooks or trainer_mod.hooks
         started = hooks.clock() if started is None else started  # start-up, the end's validation and save: in the budget
-        # the run's own copies: decisions made at run time never write back into the caller's configs
-        model_config = dataclasses.replace(model_config or ModelConfig())
-        cfg = dataclasses.replace(train_config or TrainConfig())
         check_run_name(name, run_dir, resume)
-        resumed = None
-        if resume is not None:
-            resumed = ckpt_io.load_checkpoint(ckpt_io.resolve_checkpoint(resume))
-            model_config, cfg = merge_configs(resumed, model_config, cfg, set(explicit or ()), allow_lr_change)
-            run_dir = run_dir or os.path.dirname(resumed["path"])
-        for config in (model_config, cfg):
-            config.validate()
+        model_config, cfg, resumed, run_dir = _configs(model_config, train_config, resume, run_dir, explicit,
+                                                       allow_lr_change)
         corpus = _corpus_source(corpus, resumed)
         torchrun = distributed.launched_by_torchrun()
-        lock, dist, together = None, None, False  # together: whether every rank leaves at the same point
+        lock, dist, together, began = None, None, False, False  # together: every rank leaves at the same point
         if not torchrun:  # what can refuse the run comes first: the run directory, before the corpus is read
             lock, run_dir = _prepare_run_dir(run_dir, resumed, corpus, name)
         try:
@@ -84,27 +75,19 @@ def train(
             text = None if torchrun else _load_corpus(corpus, cfg, progress)
             dist, device = distributed.from_environment(cfg.device)
             if torchrun:
-                failure = None
-                if dist.is_main:
-                    try:
-                        lock, run_dir = _prepare_run_dir(run_dir, resumed, corpus, name)
-                    except CharrnnError as exc:
-                        failure = exc
-                failure = dist.agree_on_failure(failure)  # rank 0's verdict, on every rank (also the barrier)
-                if failure is not None:
-                    together = True
-                    raise failure
-                run_dir = dist.broadcast_str(run_dir or "")  # the name rank 0 created
+                together = True  # a refusal of the run directory is agreed: every rank raises it
+                lock, run_dir = _prepare_run_dir_on_rank_0(dist, run_dir, resumed, corpus, name)
+                together = False
                 # one process per node reads (and downloads, encodes) the corpus first
                 text = dist.first_on_each_node(lambda: _load_corpus(corpus, cfg, progress and dist.local_rank == 0))
             spent = lambda: hooks.clock() - started  # noqa: E731  (of the time budget, before the first step)
             run = _make_run(text, resumed, model_config, cfg, dist, device, memory_check, explicit, spent)
-            run.progress, run.on_step, run.started = progress and dist.is_main, on_step, started
-            run.run_dir = run_dir
+            run.progress, run.on_step, run.started, run.run_dir = progress and dist.is_main, on_step, started, run_dir
             if not dist.is_main:
                 log.addFilter(_quiet_rank)  # one voice: rank 0 reports (removed again below)
-            if dist.is_main:  # every refusal is behind: say what was read
+            else:  # every refusal is behind: say what was read
                 log.info(text.summary())
+            began = True
             try:
                 result = _out_of_memory_as_error(lambda: trainer_mod.Trainer(run, hooks).run())
                 together = True
@@ -114,8 +97,8 @@ def train(
                 together = isinstance(exc, (Interrupted, NonFiniteLossError, WriteError))
                 raise
         except BaseException as exc:
-            if lock is not None:
-                _discard_unsaved(run_dir, lock, exc)
+            if lock is not None:  # before the trainer, the directory made a moment ago goes without a word
+                _discard_unsaved(run_dir, lock, exc, say=began)
             raise
         finally:
             guard.done = True
@@ -196,6 +179,36 @@ def check_run_name(name: Optional[str], run_dir: Optional[str], resume: Optional
                          f"{'--run-dir' if run_dir is not None else '--resume'}")
     if not name or name in (".", "..") or "/" in name or os.sep in name or "\0" in name or not name.isprintable():
         raise UsageError(f"--name must be a plain directory-name prefix (no '/'), not {name!r}")
+
+
+def _configs(model_config, train_config, resume, run_dir, explicit, allow_lr_change):
+    """The run's own copies of the configs (decisions made at run time never write back into the caller's), merged
+    with the resumed checkpoint's (and its run directory), validated. Returns (model, train, resumed, run_dir)."""
+    model_config = dataclasses.replace(model_config or ModelConfig())
+    cfg = dataclasses.replace(train_config or TrainConfig())
+    resumed = None
+    if resume is not None:
+        resumed = ckpt_io.load_checkpoint(ckpt_io.resolve_checkpoint(resume))
+        model_config, cfg = merge_configs(resumed, model_config, cfg, set(explicit or ()), allow_lr_change)
+        run_dir = run_dir or os.path.dirname(resumed["path"])
+    for config in (model_config, cfg):
+        config.validate()
+    return model_config, cfg, resumed, run_dir
+
+
+def _prepare_run_dir_on_rank_0(dist, run_dir, resumed, corpus, name):
+    """Under torchrun: rank 0 creates and locks the run directory; its refusal is raised on every rank, and the
+    directory it created is every rank's. Returns (the lock on rank 0, else None; the run directory)."""
+    lock, failure = None, None
+    if dist.is_main:
+        try:
+            lock, run_dir = _prepare_run_dir(run_dir, resumed, corpus, name)
+        except CharrnnError as exc:
+            failure = exc
+    failure = dist.agree_on_failure(failure)  # rank 0's verdict, on every rank (also the barrier)
+    if failure is not None:
+        raise failure
+    return lock, dist.broadcast_str(run_dir or "")
 
 
 def _corpus_source(corpus: Optional[str], resumed: Optional[dict]) -> Optional[str]:
@@ -462,7 +475,7 @@ def _out_of_memory_as_error(fn):
 # a run that fails before its first checkpoint leaves nothing behind
 
 
-def _discard_unsaved(run_dir: str, lock: "ckpt_io.RunLock", exc: BaseException) -> None:
+def _discard_unsaved(run_dir: str, lock: "ckpt_io.RunLock", exc: BaseException, say: bool = True) -> None:
     """After a failure: if the run saved no checkpoint, remove what it created (the run directory if it made it;
     else only its own files: lock, metrics.jsonl, samples.txt) and say so in the error's message (or a log line
     for an exception without one, e.g. Ctrl-C)."""
@@ -496,6 +509,8 @@ def _discard_unsaved(run_dir: str, lock: "ckpt_io.RunLock", exc: BaseException) 
             what = f"removed this run's {', '.join(removed)} from {run_dir}"
     except OSError as err:
         log.warning(f"could not clean up {run_dir} after the failure: {err.strerror or err}")
+        return
+    if not say:
         return
     if isinstance(exc, (CharrnnError, StartupInterrupted)) and exc.message:
         said = "no checkpoint was saved" in exc.message or "nothing was" in exc.message  # it says so already
