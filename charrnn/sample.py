@@ -219,6 +219,7 @@ def sample(checkpoint: Optional[str] = None, length: int = 1000, temperature: fl
            seed: Optional[int] = None, num_samples: int = 1,
            write: Optional[Callable[[str], None]] = None) -> list[str]:
     """Generate text from a checkpoint (file, run directory, or None for the newest run under checkpoints/).
+    `temperature` 0 always takes the most likely character (no randomness: the seed changes nothing).
 
     Returns the samples (each the prime followed by the generated text). If `write` is given, the first sample is
     streamed to it as it is generated and each further sample is written when complete, separated by a blank line.

@@ -295,3 +295,42 @@ def test_the_bar_reads_like_the_summary_with_one_clock():
 
 def test_a_finished_run_leaves_no_lock(tiny_run):
     assert (tiny_run / "latest.pt").is_file() and not (tiny_run / "lock").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 8. the README and the program say the same
+
+
+def test_plot_without_matplotlib_and_the_readme_name_the_same_install(monkeypatch):
+    import builtins
+
+    from conftest import ROOT
+
+    from charrnn.errors import MissingDependencyError
+    from charrnn.plot import _pyplot
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(MissingDependencyError) as caught:
+        _pyplot()
+    install = re.search(r"pip install \S+", caught.value.message).group(0)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    plot_section = readme[readme.index("### plot"):readme.index("### runs")]
+    assert install in plot_section, (install, plot_section)
+
+
+def test_the_readme_says_what_help_shows():
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "ends with an example" not in readme  # the example is near the top of --help
+    for command in ("train", "sample", "eval", "runs"):
+        text = run_cli(command, "--help", env=cli_env(COLUMNS="200"), check=0).stdout.decode()
+        assert "Example: charrnn " + command in text
+    assert "Each command's `--help` lists its options with an example" in readme
