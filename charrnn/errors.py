@@ -76,10 +76,11 @@ class Interrupted(CharrnnError):
         self.exit_code = exit_code
 
 
-class StartupInterrupted(BaseException):
+class StartupInterrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM before training began: nothing was trained or saved; exit code 130 or 143. A
-    BaseException, like KeyboardInterrupt, so that no `except Exception` on the way (a corpus or checkpoint
-    reader's) mistakes it for that reader's own failure."""
+    KeyboardInterrupt (so a BaseException), so that no `except Exception` on the way (a corpus or checkpoint
+    reader's) mistakes it for that reader's own failure, and a library caller's `except KeyboardInterrupt` still
+    catches Ctrl-C during start-up."""
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
