@@ -271,7 +271,8 @@ def _mtime(path: str) -> float:
 
 class RunLock:
     """An exclusive flock on RUN_DIR/lock holding the owner's PID. The kernel drops it when the process dies,
-    so a lock left by a killed run is simply taken over."""
+    so a lock left by a killed run is simply taken over. A run that ends (normally, or stopped by an error or a
+    signal it handled) removes the file: only a killed run leaves it behind."""
 
     def __init__(self, directory: str):
         self.path = os.path.join(directory, "lock")
@@ -282,28 +283,39 @@ class RunLock:
         self.had: set = set()
 
     def acquire(self) -> "RunLock":
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise CannotCreateError(f"cannot create {self.path}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        while True:
             try:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            finally:
-                os.close(fd)
-            raise CannotCreateError(
-                f"run directory {os.path.dirname(self.path)} is in use by another charrnn train (PID {holder})"
-            ) from None
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise CannotCreateError(f"cannot create {self.path}: {exc.strerror or exc}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                try:
+                    holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                finally:
+                    os.close(fd)
+                raise CannotCreateError(
+                    f"run directory {os.path.dirname(self.path)} is in use by another charrnn train (PID {holder})"
+                ) from None
+            if _same_file(fd, self.path):
+                break
+            # the run that held it removed the file as it ended, after we opened it: lock the file there now
+            os.close(fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
         return self
 
-    def release(self) -> None:
+    def release(self, remove: bool = True) -> None:
+        """Let go of the lock; with `remove` (the default) delete the file first, while it is still held."""
         if self.fd is not None:
             try:
+                if remove and _same_file(self.fd, self.path):
+                    try:
+                        os.unlink(self.path)
+                    except OSError:
+                        pass
                 fcntl.flock(self.fd, fcntl.LOCK_UN)
             finally:
                 os.close(self.fd)
@@ -314,3 +326,12 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """Whether `path` still names the file open as `fd`."""
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)

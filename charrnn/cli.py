@@ -18,7 +18,7 @@ import typer
 from . import report  # light: rich is imported only when the summary is printed
 from .config import (TOP_NEURONS, VIEW_MAX_CHARS, ModelConfig, TrainConfig, default_of, parse_dropout,
                      parse_duration, parse_val_chars)
-from .errors import EXIT_SIGINT, CharrnnError, Interrupted
+from .errors import EXIT_SIGINT, CharrnnError, Interrupted, StartupInterrupted
 
 app = typer.Typer(
     name="charrnn",
@@ -86,7 +86,7 @@ def _run(fn):
     """Call fn, turning a user's mistake into one line on stderr and its exit code."""
     try:
         return fn()
-    except Interrupted as exc:
+    except (Interrupted, StartupInterrupted) as exc:
         if exc.message:  # under torchrun only rank 0 speaks
             sys.stderr.write(f"charrnn: {exc.message}\n")
         raise typer.Exit(exc.exit_code)
@@ -184,7 +184,8 @@ def train(
     device: Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.", rich_help_panel="Run")] = _t("device"),
     kernel: Annotated[str, typer.Option(help="tanh cell implementation: auto (fused on CPU, torch's RNN on GPU), fused or nn.", rich_help_panel="Run")] = _t("kernel"),
     precision: Annotated[str, typer.Option(help="auto (CPU: bf16 products on CPUs with bf16 instructions for width >= 256; else fp32, on CUDA with cuDNN's TF32), fp32, bf16 or fp16 (CUDA, with loss scaling).", rich_help_panel="Run")] = _t("precision"),
-    run_dir: Annotated[Optional[str], typer.Option(help="Where checkpoints and metrics go (default: checkpoints/NAME-TIME).", rich_help_panel="Run", show_default=False)] = None,
+    run_dir: Annotated[Optional[str], typer.Option(help="Where checkpoints and metrics go (default: a new checkpoints/NAME-TIME).", rich_help_panel="Run", show_default=False)] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="NAME of the new run directory checkpoints/NAME-TIME (default: the corpus's name), e.g. lr-0.003 in a sweep.", rich_help_panel="Run", show_default=False)] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the run in this directory or checkpoint file.", rich_help_panel="Run")] = None,
     allow_lr_change: Annotated[bool, typer.Option("--allow-lr-change", help="With --resume: accept a changed --lr, --min-lr-frac, --warmup-steps, --schedule-steps or --grad-clip.", rich_help_panel="Run")] = False,
     no_memory_check: Annotated[bool, typer.Option("--no-memory-check", help="Train even when the model, its optimizer state and one batch look too big for the memory available (refused by default, with the estimate).", rich_help_panel="Run")] = False,
@@ -220,9 +221,15 @@ def train(
             return write_config(save_config, model_config, train_config, explicit)
         return train_fn(resolve_corpus(corpus, sha256=sha256), model_config, train_config, run_dir=run_dir,
                         resume=resume, explicit=explicit, progress=not quiet, allow_lr_change=allow_lr_change,
-                        memory_check=not no_memory_check, started=_command_started())
+                        memory_check=not no_memory_check, started=_command_started(), name=name)
 
-    result = _run(go)
+    from .train import startup_signals
+
+    with startup_signals():  # until the loop's own handlers: a signal stops start-up at once, with one line
+        _train_done(_run(go), save_config, quiet)
+
+
+def _train_done(result, save_config: Optional[str], quiet: bool) -> None:
     if save_config is not None:
         logging.getLogger("charrnn").info(f"wrote {result}: train with `charrnn train CORPUS --config {result}`")
     elif not quiet and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone sums up
@@ -234,7 +241,7 @@ def sample(
     checkpoint: Annotated[Optional[str], typer.Argument(
         help="Checkpoint file or run directory (default: the newest run under checkpoints/).", show_default=False)] = None,
     length: Annotated[int, typer.Option("--length", "-n", help="Characters to generate after the prime.")] = 1000,
-    temperature: Annotated[float, typer.Option("--temperature", "-t", help="Softmax temperature, 0.001 to 10: lower is more conservative.")] = 1.0,
+    temperature: Annotated[float, typer.Option("--temperature", "-t", help="Softmax temperature, 0.001 to 10: lower is more conservative; 0 always takes the most likely character (no randomness).")] = 1.0,
     top_k: Annotated[Optional[int], typer.Option(help="Sample only from the k most likely characters.")] = None,
     top_p: Annotated[Optional[float], typer.Option(help="Sample only from the smallest set of characters whose probability reaches p.")] = None,
     prime: Annotated[str, typer.Option(help="Text to start from (printed first).")] = "",
@@ -284,7 +291,7 @@ def _quiet_broken_pipe() -> None:
 def eval_(
     ctx: typer.Context,
     checkpoint: Annotated[Optional[str], typer.Argument(
-        help="Checkpoint file or run directory (default: the newest run under checkpoints/).", show_default=False)] = None,
+        help="Checkpoint file or run directory (default: the newest run under checkpoints/; a text file alone is FILE, scored by the newest run).", show_default=False)] = None,
     file: Annotated[Optional[str], typer.Argument(
         help="Text to score, or - for stdin (default: the run's test split, else its validation split).",
         show_default=False)] = None,
@@ -301,11 +308,16 @@ def eval_(
 ):
     """Measure how well a model predicts text: nats/char, bits/char and perplexity; or show what it learned.
 
+    With one text file, the newest run scores it; otherwise the checkpoint comes first.
+
+    Example: charrnn eval held_out.txt
+
     Example: charrnn eval checkpoints/my-run/best.pt held_out.txt --json
 
     Example: charrnn eval checkpoints/my-run held_out.txt --neuron 17 --html neuron17.html
     """
     _setup_logging(False)
+    checkpoint, file = _eval_arguments(checkpoint, file)
     _check_view_options(_explicit(ctx), show or neuron is not None or top_neurons is not None or html is not None,
                         neuron, layer, top_neurons)
     if show or neuron is not None or top_neurons is not None or html is not None:
@@ -334,6 +346,34 @@ def eval_(
             lines.append(f"skipped:       {result['skipped_unknown']} characters not in the vocabulary")
         sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()
+
+
+def _is_text(path: str) -> bool:
+    """Whether an argument names text rather than a model: `-` (stdin), or a file whose start reads as text (a
+    checkpoint is a zip archive; a directory is a run)."""
+    if path == "-":
+        return True
+    if not os.path.isfile(path):
+        return False
+    from .checkpoint import _looks_like_text
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8192)
+    except OSError:
+        return False
+    return bool(head) and _looks_like_text(head)
+
+
+def _eval_arguments(checkpoint: Optional[str], file: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+    """`eval FILE` scores FILE with the newest run, as `sample`, `info` and `plot` default to it; `eval CHECKPOINT
+    FILE` stays. A text file first and a second argument: the order is wrong, and the error says which it is."""
+    if checkpoint is None or not _is_text(checkpoint):
+        return checkpoint, file
+    if file is None:
+        return None, checkpoint
+    _fail(f"{checkpoint} is text, not a checkpoint: the checkpoint comes first (charrnn eval CHECKPOINT FILE), or "
+          f"pass the text alone to score it with the newest run (charrnn eval FILE)", 2)
 
 
 def _check_view_options(explicit: set, view: bool, neuron, layer, top_neurons) -> None:
@@ -468,15 +508,18 @@ def runs(
         metavar="DIR", help="Directory of run directories (or one run directory); default: $CHARRNN_HOME/checkpoints.",
         show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list (with --best: the best run's object).")] = False,
-    best: Annotated[bool, typer.Option("--best", help="Print only the path of best.pt of the run with the lowest best val loss (exit 66 if there is none).")] = False,
+    best: Annotated[bool, typer.Option("--best", help="Print only the path of best.pt of the run with the lowest best val loss among the runs trained on the newest run's corpus (or --corpus); exit 66 if there is none.")] = False,
+    corpus: Annotated[Optional[str], typer.Option("--corpus", help="With --best: compare the runs trained on this corpus (its path or file name as recorded, or its sha256).", show_default=False)] = None,
 ):
-    """List training runs, newest first: corpus, model, steps, training time, best val loss, state, size on disk.
+    """List training runs, newest first: corpus, model, the options in which the listed runs differ (lr, dropout, batch, ...), steps, training time, best val loss, state, size on disk.
 
     State: running (a live process holds the run's lock); finished (latest.pt says the run ended at its step limit, from its max steps or epochs, or at its time budget); interrupted (it stopped short of that: a signal, a crash, a kill or a non-finite loss); unreadable (latest.pt cannot be read).
 
     Example: charrnn runs checkpoints --json
     """
     _setup_logging(False)
+    if corpus is not None and not best:
+        _fail("--corpus applies to --best: pass --best, or leave --corpus out", 2)
 
     def go():
         from .runs import list_runs
@@ -490,9 +533,10 @@ def runs(
     if best:
         from .runs import best_run
 
-        top = best_run(found)
+        top = best_run(found, corpus)
         if top is None:
-            _fail(f"no run with a best.pt and a validation loss under {where}", 66)
+            on = f" trained on {corpus}" if corpus is not None else ""
+            _fail(f"no run{on} with a best.pt and a validation loss under {where}", 66)
         sys.stdout.write((json.dumps(top, ensure_ascii=False) if as_json else top["best"]) + "\n")
     elif as_json:
         sys.stdout.write(json.dumps(found, ensure_ascii=False) + "\n")
@@ -515,7 +559,39 @@ def main() -> None:
             sys.stdout.reconfigure(encoding="utf-8")
         except (AttributeError, ValueError):
             pass  # not a TextIOWrapper (embedded): leave it
-    app(prog_name="charrnn")
+    try:
+        result = app(prog_name="charrnn", standalone_mode=False)
+    except Exception as exc:  # click's own usage errors: an unknown option, an extra argument, a bad type
+        # Typer 0.29 raises the exceptions of the click it carries inside, older Typers click's: known by name
+        kinds = {kind.__name__ for kind in type(exc).__mro__}
+        if "ClickException" not in kinds:
+            raise
+        if "NoArgsIsHelpError" in kinds:  # `charrnn` alone: the help, as usage (exit 2)
+            from typer import rich_utils
+
+            rich_utils.rich_format_error(exc)
+            sys.exit(exc.exit_code)
+        sys.exit(_usage_error(exc))
+    except typer.Abort:
+        sys.stderr.write("charrnn: interrupted\n")
+        sys.exit(EXIT_SIGINT)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+def _usage_error(exc) -> int:
+    """A usage error click found, in charrnn's form: `charrnn: error: MESSAGE` and at most one line more, the
+    command's usage (not Typer's boxed panel). Returns the exit code (2)."""
+    message = " ".join(exc.format_message().split())
+    if _speaks():
+        ctx = getattr(exc, "ctx", None)
+        hint = ""
+        if ctx is not None:
+            usage = " ".join(ctx.get_usage().split())
+            usage = usage[len("Usage: "):] if usage.startswith("Usage: ") else usage
+            hint = f"usage: {usage} (see {ctx.command_path} --help)\n"
+        sys.stderr.write(f"charrnn: error: {message}\n{hint}")
+        sys.stderr.flush()
+    return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -74,3 +74,14 @@ class Interrupted(CharrnnError):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class StartupInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM before training began: nothing was trained or saved; exit code 130 or 143. A
+    KeyboardInterrupt (so a BaseException), so that no `except Exception` on the way (a corpus or checkpoint
+    reader's) mistakes it for that reader's own failure, and a library caller's `except KeyboardInterrupt` still
+    catches Ctrl-C during start-up."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.message, self.exit_code = message, exit_code

@@ -102,6 +102,27 @@ def _dropout(info: dict) -> str:
     return "auto: not decided yet at this checkpoint (trained without dropout so far)"
 
 
+# what the training options are called on the command line, where that is not the field's name
+_OPTION_NAMES = {"beta1": None, "beta2": None}  # not options: AdamW's betas are fixed
+
+
+def training_options(train_config: dict) -> str:
+    """The run's training options as command-line text (`--lr 0.003 --batch-size 32 ...`), the ones set to nothing
+    left out; a time budget in seconds."""
+    parts = []
+    for key, value in (train_config or {}).items():
+        if key in _OPTION_NAMES and _OPTION_NAMES[key] is None or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif key == "time_budget":
+            parts.append(f"{flag} {value:g}s")
+        else:
+            parts.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+    return " ".join(parts)
+
+
 def format_info(info: dict) -> str:
     """The human-readable form: one `label: value` line each."""
     arch = info["architecture"]
@@ -121,6 +142,7 @@ def format_info(info: dict) -> str:
         ("corpus", f"{corpus['source']} ({corpus['chars']:,} characters)" if corpus["chars"] is not None
                    else str(corpus["source"])),
         ("corpus sha256", str(corpus["sha256"])),
+        ("training options", training_options(info.get("train_config")) or "not recorded"),
         ("precision", info["precision"] or "not recorded (a checkpoint from an earlier version)"),
         ("torch", str(info["torch_version"])),
         ("saved at", str(info["saved_at"])),

@@ -1,7 +1,7 @@
 """The progress display on stderr while training. Rank 0 alone shows it.
 
-On a terminal: a tqdm bar (steps of the step limit with its ETA, or seconds of the time budget) and a postfix with
-step, epoch, loss, val, lr and chars/s; messages (the charrnn logger's lines, samples) are written above the bar
+On a terminal: a bar (steps of the step limit, or elapsed of the time budget) and beside it the run's own reading,
+like its summary: step (of the limit), elapsed (of the budget), chars/s, val, loss, epoch, lr; no tqdm clocks or rates; messages (the charrnn logger's lines, samples) are written above the bar
 through tqdm, so they never land on a bar frame. Off a terminal (a file, a pipe): no bar frames at all, but one
 plain line every --log-every steps (step, epoch, loss, val, lr, chars/s, elapsed) and each message on its own line.
 Validations say what they are scoring while they run. `charrnn eval` shows how far it got through a long text
@@ -53,15 +53,18 @@ class ProgressDisplay:
             terminal = bool(getattr(self.stream, "isatty", lambda: False)())
         self.enabled, self.terminal, self.log_every = enabled, terminal, max(1, log_every)
         self.by_steps, self.total_steps, self.budget = total_steps is not None, total_steps, budget
+        # the bar shows how far the run is (steps of the step limit, or elapsed of the budget); the text after it
+        # is the run's own reading (self.status): one clock, the run's, and no tqdm rates or ETAs
         self.bar = tqdm(
             total=total_steps if self.by_steps else (int(budget) if budget else None),
             initial=initial_step if self.by_steps else 0,
-            unit="step" if self.by_steps else "s",
             disable=not (enabled and terminal),
             file=self.stream,
             dynamic_ncols=True,
             leave=True,
+            bar_format="{percentage:3.0f}%|{bar}| {desc}" if (total_steps or budget) else "{desc}",
         )
+        self._status, self._doing = "", ""  # the run's reading and what it is doing now (a validation)
         self._swapped: list[tuple[logging.Handler, logging.Handler]] = []
         if self.showing_bar:
             self._log_above_the_bar()
@@ -88,17 +91,23 @@ class ProgressDisplay:
             if step % self.log_every == 0:
                 self.message(self.line(step, epoch, elapsed, loss, val, lr, rate))
             return
-        postfix = {"step": step, "epoch": epoch, "loss": f"{loss:.3f}" if loss is not None else "-"}
-        if val is not None:
-            postfix["val"] = f"{val:.3f}"
-        postfix["lr"] = f"{lr:.2e}"
-        postfix["chars/s"] = f"{rate:,.0f}"
-        self.bar.set_postfix(postfix, refresh=False)
+        self._status = self.status(step, epoch, elapsed, loss, val, lr, rate)
+        self._describe(refresh=False)
         if self.by_steps:
             self.bar.update(step - self.bar.n)
         else:
             self.bar.n = min(int(elapsed), self.bar.total or int(elapsed))
             self.bar.refresh()
+
+    def status(self, step: int, epoch: int, elapsed: float, loss: Optional[float], val: Optional[float], lr: float,
+               rate: float) -> str:
+        """The text beside the bar, read like the run's summary: step (of the limit), elapsed (of the budget),
+        chars/s, the last validation loss, then loss, epoch and lr."""
+        of = f" of {self.total_steps:,}" if self.by_steps else ""
+        parts = [f"step {step:,}{of}", f"{duration(elapsed)}" + (f" of {duration(self.budget)}" if self.budget else ""),
+                 f"{rate:,.0f} chars/s" if rate > 0 else "- chars/s", f"val {val:.3f}" if val is not None else "val -",
+                 f"loss {loss:.3f}" if loss is not None else "loss -", f"epoch {epoch}", f"lr {lr:.1e}"]
+        return "  ".join(parts)
 
     def line(self, step: int, epoch: int, elapsed: float, loss: Optional[float], val: Optional[float], lr: float,
              rate: float) -> str:
@@ -128,14 +137,20 @@ class ProgressDisplay:
         whole = of is None or of <= chars
         what = f"{'final ' if final else ''}validation on {chars:,}{'' if whole else f' of {of:,}'} characters"
         if self.showing_bar:
-            self.bar.set_description_str(what, refresh=True)
+            self._doing = what
+            self._describe(refresh=True)
         else:
             self.message(f"{what} ...")
         try:
             yield
         finally:
             if self.showing_bar:
-                self.bar.set_description_str("", refresh=False)
+                self._doing = ""
+                self._describe(refresh=False)
+
+    def _describe(self, refresh: bool) -> None:
+        text = "  ".join(part for part in (self._status, self._doing and f"({self._doing})") if part)
+        self.bar.set_description_str(text, refresh=refresh)
 
     def close(self) -> None:
         self.bar.close()

@@ -58,11 +58,53 @@ def list_runs(directory: Optional[str] = None) -> list[dict]:
     return [describe_run(run) for run, _ in found]
 
 
-def best_run(runs: list[dict]) -> Optional[dict]:
-    """The run with the lowest best validation loss that has a best.pt, or None."""
+def best_run(runs: list[dict], corpus: Optional[str] = None) -> Optional[dict]:
+    """The run with the lowest best validation loss that has a best.pt, among the runs trained on one corpus (losses
+    on different texts do not compare): `corpus` (its recorded source, that source's file name, or its sha256),
+    else the newest run's (runs are listed newest first). None if there is none."""
     scored = [r for r in runs if r["best_val_loss"] is not None and r["best"] is not None
               and math.isfinite(r["best_val_loss"])]
+    if corpus is not None:
+        scored = [r for r in scored if _same_corpus(r, corpus)]
+    else:
+        known = [r for r in runs if r.get("corpus_sha256")]
+        if known:
+            scored = [r for r in scored if r.get("corpus_sha256") == known[0]["corpus_sha256"]]
     return min(scored, key=lambda r: r["best_val_loss"]) if scored else None
+
+
+def _same_corpus(run: dict, corpus: str) -> bool:
+    source = run.get("corpus") or ""
+    if corpus in (source, run.get("corpus_sha256")):
+        return True
+    if os.path.exists(corpus) and source and os.path.abspath(corpus) == os.path.abspath(source):
+        return True
+    return bool(source) and _corpus_name(source) == corpus
+
+
+# the options a run's table shows where the listed runs differ in them (model: cell, layers, width are shown
+# anyway), in this order, with their column names
+OPTION_COLUMNS = {"lr": "lr", "dropout": "dropout", "batch_size": "batch", "seq_len": "seq-len",
+                  "recurrent_init": "init", "weight_decay": "wd", "grad_clip": "clip", "ema": "ema",
+                  "warmup_steps": "warmup", "min_lr_frac": "min-lr", "schedule_steps": "sched-steps",
+                  "max_steps": "max-steps", "epochs": "epochs", "time_budget": "budget", "precision": "precision",
+                  "kernel": "kernel", "val_frac": "val-frac", "test_frac": "test-frac", "seed": "seed"}
+
+
+def run_options(meta: Optional[dict]) -> dict:
+    """The options of OPTION_COLUMNS the run was trained with (model and training configs), as recorded."""
+    if not meta:
+        return {}
+    merged = {**(meta.get("train_config") or {}), **(meta.get("model_config") or {})}
+    return {key: merged.get(key) for key in OPTION_COLUMNS if key in merged}
+
+
+def differing_options(runs: list[dict]) -> list[str]:
+    """The options in which the runs that record them differ (none for a single run)."""
+    recorded = [r["options"] for r in runs if r.get("options")]
+    if len(recorded) < 2:
+        return []
+    return [key for key in OPTION_COLUMNS if len({repr(o.get(key)) for o in recorded}) > 1]
 
 
 def _is_dir(entry: os.DirEntry) -> bool:
@@ -89,25 +131,56 @@ def _run_mtime(directory: str) -> Optional[float]:
 
 def lock_holder(directory: str) -> Optional[int]:
     """The PID written in the run directory's lock if a live process holds its flock (0 if the PID cannot be
-    read), else None. Taking a shared flock without blocking and letting go at once tells whether the exclusive
-    one RunLock takes is held: it is held exactly while its process lives (the kernel drops it at exit)."""
+    read), else None. The probe never takes the lock, so a trainer starting at that moment is never refused:
+    on Linux it reads the kernel's table of locks (/proc/locks) for the lock file's inode; elsewhere it falls back
+    to taking a shared flock without blocking and letting go at once."""
     path = os.path.join(directory, LOCK)
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                return None
-            text = os.pread(fd, 64, 0).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else 0
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
+        held = _flock_held(os.fstat(fd))
+        if held is None:  # no /proc/locks: the shared-flock probe
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as exc:
+                held = exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                held = False
+        if not held:
+            return None
+        text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else 0
     finally:
         os.close(fd)
+
+
+PROC_LOCKS = "/proc/locks"
+
+
+def _flock_held(st: os.stat_result, table: str = PROC_LOCKS) -> Optional[bool]:
+    """Whether the kernel's lock table lists a flock held on the file `st` describes; None where there is no such
+    table to read. Lines read like `1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF` (device major:minor in hex,
+    then the inode); a waiter's line has `->` after the number and holds nothing."""
+    try:
+        with open(table) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    want = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        try:
+            major, minor, inode = fields[5].split(":")
+            if (int(major, 16), int(minor, 16), int(inode)) == want:
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def read_meta(path: str) -> Optional[dict]:
@@ -198,6 +271,7 @@ def describe_run(directory: str) -> dict:
         "state": state,
         "pid": holder or None,
         "corpus": corpus.get("source"),
+        "corpus_sha256": corpus.get("sha256"),
         "cell": model.get("cell"),
         "num_layers": model.get("num_layers"),
         "hidden_size": model.get("hidden_size"),
@@ -210,6 +284,7 @@ def describe_run(directory: str) -> dict:
         "best": os.path.abspath(best) if os.path.isfile(best) else None,
         "saved_at": datetime.datetime.fromtimestamp(saved_at).isoformat(timespec="seconds") if saved_at else None,
         "size_bytes": disk_usage(directory),
+        "options": run_options(meta),
     }
 
 
@@ -266,6 +341,9 @@ def runs_table(runs: list[dict]):
     table.add_column("model", no_wrap=True)
     for name in ("steps", "time", "val nats/char", "bits/char"):
         table.add_column(name, justify="right", no_wrap=True)
+    differ = differing_options(runs)
+    for key in differ:
+        table.add_column(OPTION_COLUMNS[key], justify="right", no_wrap=True)
     table.add_column("state", no_wrap=True)
     table.add_column("size", justify="right", no_wrap=True)
     for r in runs:
@@ -283,7 +361,18 @@ def runs_table(runs: list[dict]):
             _duration(r["elapsed"]) if r["elapsed"] is not None else "-",
             f"{best:.4f}" if best is not None else "-",
             f"{r['best_val_bpc']:.4f}" if best is not None else "-",
+            *(_option_text(key, (r.get("options") or {}).get(key, "?") if r.get("options") else "?") for key in differ),
             f"[{STATE_STYLE[r['state']]}]{r['state']}[/]" if STATE_STYLE[r["state"]] else r["state"],
             _size(r["size_bytes"]),
         )
     return table
+
+
+def _option_text(key: str, value) -> str:
+    if value is None:
+        return "auto" if key == "dropout" else "-"
+    if key == "time_budget" and isinstance(value, (int, float)):
+        from .report import _duration
+
+        return _duration(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)

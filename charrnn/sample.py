@@ -23,8 +23,7 @@ def check_sampling_options(length: int, temperature: float, top_k: Optional[int]
 
     if length < 0:
         raise UsageError(f"--length must be >= 0, not {length}")
-    check_number("--temperature", temperature, MIN_TEMPERATURE, MAX_TEMPERATURE,
-                 note=" (1 samples as trained; lower is more conservative)")
+    check_temperature(temperature)
     if top_k is not None and top_k <= 0:
         raise UsageError(f"--top-k must be >= 1, not {top_k}")
     if top_p is not None:
@@ -33,6 +32,16 @@ def check_sampling_options(length: int, temperature: float, top_k: Optional[int]
         raise UsageError(f"--num-samples must be >= 1, not {num_samples}")
     if seed is not None:
         check_number("--seed", seed, *INT64, note=" (a 64-bit integer)")
+
+
+def check_temperature(temperature: float, label: str = "--temperature") -> None:
+    """0 (greedy: always the most likely character) or a number from MIN_TEMPERATURE to MAX_TEMPERATURE."""
+    import math
+
+    ok = isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and math.isfinite(temperature)
+    if not (ok and (temperature == 0 or MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE)):
+        raise UsageError(f"{label} must be 0 (always the most likely character) or from {MIN_TEMPERATURE:g} to "
+                         f"{MAX_TEMPERATURE:g}, not {temperature}")
 
 
 def check_prime(vocab, prime: str) -> None:
@@ -151,9 +160,12 @@ def pick(logits, uniforms, temperature: float, top_k: Optional[int], top_p: Opti
     op costs several, and this runs once per generated character. The rule (the same as `filter_logits` in
     tests/reference.py, which the tests compare against): divide by the temperature, keep the logits >= the k-th
     largest, then keep the smallest set of most likely characters whose probability reaches top_p; a character
-    with probability 0 is never drawn (the uniforms exclude 0)."""
+    with probability 0 is never drawn (the uniforms exclude 0). Temperature 0 is greedy: each row's most likely
+    character (the first of equals), whatever the uniforms, top_k and top_p; `serve` calls this too."""
     import numpy as np
 
+    if temperature == 0:
+        return np.asarray(logits).argmax(axis=1)
     z = np.asarray(logits, dtype=np.float64) / temperature  # N, V
     if top_k is not None and top_k < z.shape[1]:
         kth = -np.partition(-z, top_k - 1, axis=1)[:, top_k - 1 : top_k]
@@ -209,6 +221,7 @@ def sample(checkpoint: Optional[str] = None, length: int = 1000, temperature: fl
            seed: Optional[int] = None, num_samples: int = 1,
            write: Optional[Callable[[str], None]] = None) -> list[str]:
     """Generate text from a checkpoint (file, run directory, or None for the newest run under checkpoints/).
+    `temperature` 0 always takes the most likely character (no randomness: the seed changes nothing).
 
     Returns the samples (each the prime followed by the generated text). If `write` is given, the first sample is
     streamed to it as it is generated and each further sample is written when complete, separated by a blank line.

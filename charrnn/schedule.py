@@ -77,7 +77,8 @@ EVAL_SPEEDUP = 3.0
 class EndCost:
     """The seconds a time-budgeted run must still have after a step before it takes another: that step, then the
     final validation and save. Learned from the run's training clock (agreed across ranks, so every rank decides
-    alike): the time between steps, and how much longer an iteration that evaluated (validation, save, sample) took.
+    alike): the time between steps, and how much longer an iteration that evaluated (validation, save, sample) took
+    (the slowest such iteration so far).
     Until an evaluation has been timed, it is guessed: the validation's characters at EVAL_SPEEDUP times the
     training speed, plus `save_guess` seconds."""
 
@@ -102,7 +103,8 @@ class EndCost:
         if busy is None:
             self.step_seconds = took if self.step_seconds is None else 0.7 * self.step_seconds + 0.3 * took
         elif busy == "eval" and self.step_seconds is not None:
-            self.end_seconds = max(0.0, took - self.step_seconds)
+            # the slowest evaluation so far: on a loaded machine the final one may be slower than the last one
+            self.end_seconds = max(self.end_seconds or 0.0, took - self.step_seconds)
 
     def seconds(self, twice: bool = False) -> float:
         """What to keep in hand: a step and the end; `twice`: an evaluation is due now, and after it, one more step

@@ -9,6 +9,7 @@ Everything that can be refused is refused here, before the run directory exists,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -17,8 +18,8 @@ from typing import Callable, Optional
 
 from . import checkpoint as ckpt_io
 from .config import ModelConfig, TrainConfig, auto_val_chars
-from .errors import CannotCreateError, CharrnnError, DataError, Interrupted, NonFiniteLossError, UsageError, \
-    WriteError
+from .errors import CannotCreateError, CharrnnError, DataError, Interrupted, NonFiniteLossError, StartupInterrupted, \
+    UsageError, WriteError
 from .resume import LR_CHANGES, RESUMABLE_CHANGES, merge_configs
 from .schedule import DEFAULT_EPOCHS, learning_rate
 from .trainer import TrainHooks, TrainResult, clip_gradients, make_optimizer, to_cpu
@@ -42,6 +43,7 @@ def train(
     hooks: Optional[TrainHooks] = None,
     memory_check: bool = True,
     started: Optional[float] = None,
+    name: Optional[str] = None,
 ) -> TrainResult:
     """Train a CharRNN on `corpus` (a file, a directory, '-' for stdin, None for the demo corpus).
 
@@ -51,13 +53,138 @@ def train(
     `on_step`, if given, is called after every optimizer step with a dict (step, epoch, loss, lr). The configs
     passed in are not changed: what the run decides is recorded in its checkpoints. `memory_check`: refuse what
     will not fit in memory (UsageError). `started`: the command's start, on the hooks' clock (default: now).
-    A run that fails before its first checkpoint removes what it created (the run directory, if it made it).
+    `name`: the new run directory's prefix (default: the corpus's name). The run directory is created (exclusively:
+    runs started together never share one) and locked before the corpus is read. A run that fails before its first
+    checkpoint removes what it created; SIGINT/SIGTERM before training begins raise StartupInterrupted.
     """
     from . import distributed, trainer as trainer_mod
 
-    hooks = hooks or trainer_mod.hooks
-    started = hooks.clock() if started is None else started  # start-up, the end's validation and save: in the budget
-    # the run's own copies: decisions made at run time never write back into the caller's configs
+    with startup_signals() as guard:
+        hooks = hooks or trainer_mod.hooks
+        started = hooks.clock() if started is None else started  # start-up, the end's validation and save: in the budget
+        check_run_name(name, run_dir, resume)
+        model_config, cfg, resumed, run_dir = _configs(model_config, train_config, resume, run_dir, explicit,
+                                                       allow_lr_change)
+        corpus = _corpus_source(corpus, resumed)
+        torchrun = distributed.launched_by_torchrun()
+        lock, dist, together, began = None, None, False, False  # together: every rank leaves at the same point
+        if not torchrun:  # what can refuse the run comes first: the run directory, before the corpus is read
+            lock, run_dir = _prepare_run_dir(run_dir, resumed, corpus, name)
+        try:
+            # a bad corpus fails in a blink, before torch is imported (under torchrun: below, once per node)
+            text = None if torchrun else _load_corpus(corpus, cfg, progress)
+            dist, device = distributed.from_environment(cfg.device)
+            if torchrun:
+                together = True  # a refusal of the run directory is agreed: every rank raises it
+                lock, run_dir = _prepare_run_dir_on_rank_0(dist, run_dir, resumed, corpus, name)
+                # one process per node reads (and downloads, encodes) the corpus first; a failure there is every
+                # rank's, raised by all at this point
+                text = dist.first_on_each_node(lambda: _load_corpus(corpus, cfg, progress and dist.local_rank == 0))
+                together = False
+            spent = lambda: hooks.clock() - started  # noqa: E731  (of the time budget, before the first step)
+            run = _make_run(text, resumed, model_config, cfg, dist, device, memory_check, explicit, spent)
+            run.progress, run.on_step, run.started, run.run_dir = progress and dist.is_main, on_step, started, run_dir
+            if not dist.is_main:
+                log.addFilter(_quiet_rank)  # one voice: rank 0 reports (removed again below)
+            else:  # every refusal is behind: say what was read
+                log.info(text.summary())
+            began = True
+            try:
+                result = _out_of_memory_as_error(lambda: trainer_mod.Trainer(run, hooks).run())
+                together = True
+                return result
+            except BaseException as exc:
+                # decided on all-reduced values: every rank raises these at the same step
+                together = isinstance(exc, (Interrupted, NonFiniteLossError, WriteError))
+                raise
+        except BaseException as exc:
+            if lock is not None:  # before the trainer, the directory made a moment ago goes without a word
+                _discard_unsaved(run_dir, lock, exc, say=began)
+            raise
+        finally:
+            guard.done = True
+            if lock is not None:
+                lock.release()  # and removes the lock file: only a killed run leaves one
+            log.removeFilter(_quiet_rank)
+            if dist is not None:
+                distributed.shutdown(dist, together)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# signals before the loop: the loop's own handlers (trainer.SignalFlag) finish a step and save; before there is
+# anything to save, a signal stops start-up at once
+
+
+class _StartupSignals:
+    """While active (startup_signals), SIGINT and SIGTERM raise StartupInterrupted: one line, exit 130 / 143,
+    nothing trained or saved (train() removes what it created). A signal the process started with ignored (SIGINT
+    in a shell's background job) stays ignored, here and in the training loop."""
+
+    active: Optional["_StartupSignals"] = None
+
+    def __init__(self):
+        self.done = False  # set when training has run: a signal then no longer means "nothing was trained"
+        self._old: dict = {}
+
+    def install(self) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._old.clear()
+
+    def _handle(self, signum, frame):
+        import signal
+
+        from .errors import EXIT_SIGINT, EXIT_SIGTERM
+
+        name, code = ("SIGINT", EXIT_SIGINT) if signum == signal.SIGINT else ("SIGTERM", EXIT_SIGTERM)
+        if self.done:
+            raise StartupInterrupted(f"{name}: stopped after training had ended", code)
+        raise StartupInterrupted(f"{name} during start-up: nothing was trained or saved", code)
+
+
+@contextlib.contextmanager
+def startup_signals():
+    """SIGINT/SIGTERM raise StartupInterrupted inside (nested uses share the outer one: the CLI installs it as its
+    train command starts, train() for library callers)."""
+    guard = _StartupSignals.active
+    if guard is not None:
+        yield guard
+        return
+    guard = _StartupSignals.active = _StartupSignals()
+    guard.install()
+    try:
+        yield guard
+    finally:
+        guard.restore()
+        _StartupSignals.active = None
+
+
+def check_run_name(name: Optional[str], run_dir: Optional[str], resume: Optional[str]) -> None:
+    """--name: the prefix of a new run directory's name (NAME-YYYYmmdd-HHMMSS), one path component."""
+    if name is None:
+        return
+    if run_dir is not None or resume is not None:
+        raise UsageError(f"--name names a new run directory under checkpoints/; it cannot be combined with "
+                         f"{'--run-dir' if run_dir is not None else '--resume'}")
+    if not name or name in (".", "..") or "/" in name or os.sep in name or "\0" in name or not name.isprintable():
+        raise UsageError(f"--name must be a plain directory-name prefix (no '/'), not {name!r}")
+
+
+def _configs(model_config, train_config, resume, run_dir, explicit, allow_lr_change):
+    """The run's own copies of the configs (decisions made at run time never write back into the caller's), merged
+    with the resumed checkpoint's (and its run directory), validated. Returns (model, train, resumed, run_dir)."""
     model_config = dataclasses.replace(model_config or ModelConfig())
     cfg = dataclasses.replace(train_config or TrainConfig())
     resumed = None
@@ -67,50 +194,22 @@ def train(
         run_dir = run_dir or os.path.dirname(resumed["path"])
     for config in (model_config, cfg):
         config.validate()
-    corpus = _corpus_source(corpus, resumed)
-    # a bad corpus fails in a blink, before torch is imported (under torchrun: below, once per node)
-    text = None if distributed.launched_by_torchrun() else _load_corpus(corpus, cfg, progress)
-    dist, device = distributed.from_environment(cfg.device)
-    together = False  # whether every rank leaves at the same point (then they may meet at a last barrier)
-    try:
-        if text is None:  # under torchrun: one process per node reads (and downloads, encodes) the corpus first
-            together = True  # a failure there is every rank's, raised by all at this point
-            text = dist.first_on_each_node(lambda: _load_corpus(corpus, cfg, progress and dist.local_rank == 0))
-            together = False
-        spent = lambda: hooks.clock() - started  # noqa: E731  (of the time budget, before the first step)
-        run = _make_run(text, resumed, model_config, cfg, dist, device, memory_check, explicit, spent)
-        run.progress, run.on_step, run.started = progress and dist.is_main, on_step, started
-        if not dist.is_main:
-            log.addFilter(_quiet_rank)  # one voice: rank 0 reports (removed again below)
-        run.run_dir = dist.broadcast_str(run_dir or default_run_dir(text.source))
-        lock, failure = None, None
-        if dist.is_main:
-            try:
-                lock = _prepare_run_dir(run.run_dir, resumed)  # remembers what it created, for _discard_unsaved
-            except CharrnnError as exc:
-                failure = exc
-        failure = dist.agree_on_failure(failure)  # rank 0's verdict, on every rank (also the barrier)
-        if failure is not None:
-            together = True
-            raise failure
-        if dist.is_main:  # every refusal is behind: say what was read
-            log.info(text.summary())
+    return model_config, cfg, resumed, run_dir
+
+
+def _prepare_run_dir_on_rank_0(dist, run_dir, resumed, corpus, name):
+    """Under torchrun: rank 0 creates and locks the run directory; its refusal is raised on every rank, and the
+    directory it created is every rank's. Returns (the lock on rank 0, else None; the run directory)."""
+    lock, failure = None, None
+    if dist.is_main:
         try:
-            result = _out_of_memory_as_error(lambda: trainer_mod.Trainer(run, hooks).run())
-            together = True
-            return result
-        except BaseException as exc:
-            # decided on all-reduced values: every rank raises these at the same step
-            together = isinstance(exc, (Interrupted, NonFiniteLossError, WriteError))
-            if lock is not None:
-                _discard_unsaved(run.run_dir, lock, exc)
-            raise
-        finally:
-            if lock is not None:
-                lock.release()
-    finally:
-        log.removeFilter(_quiet_rank)
-        distributed.shutdown(dist, together)
+            lock, run_dir = _prepare_run_dir(run_dir, resumed, corpus, name)
+        except CharrnnError as exc:
+            failure = exc
+    failure = dist.agree_on_failure(failure)  # rank 0's verdict, on every rank (also the barrier)
+    if failure is not None:
+        raise failure
+    return lock, dist.broadcast_str(run_dir or "")
 
 
 def _corpus_source(corpus: Optional[str], resumed: Optional[dict]) -> Optional[str]:
@@ -377,7 +476,7 @@ def _out_of_memory_as_error(fn):
 # a run that fails before its first checkpoint leaves nothing behind
 
 
-def _discard_unsaved(run_dir: str, lock: "ckpt_io.RunLock", exc: BaseException) -> None:
+def _discard_unsaved(run_dir: str, lock: "ckpt_io.RunLock", exc: BaseException, say: bool = True) -> None:
     """After a failure: if the run saved no checkpoint, remove what it created (the run directory if it made it;
     else only its own files: lock, metrics.jsonl, samples.txt) and say so in the error's message (or a log line
     for an exception without one, e.g. Ctrl-C)."""
@@ -412,8 +511,10 @@ def _discard_unsaved(run_dir: str, lock: "ckpt_io.RunLock", exc: BaseException) 
     except OSError as err:
         log.warning(f"could not clean up {run_dir} after the failure: {err.strerror or err}")
         return
-    if isinstance(exc, CharrnnError) and exc.message:
-        said = "no checkpoint was saved" in exc.message  # the non-finite loss message says so already
+    if not say:
+        return
+    if isinstance(exc, (CharrnnError, StartupInterrupted)) and exc.message:
+        said = "no checkpoint was saved" in exc.message or "nothing was" in exc.message  # it says so already
         exc.message = f"{exc.message}; {what}" if said else f"{exc.message}; nothing was saved, so {what}"
         exc.args = (exc.message,)
     else:
@@ -426,13 +527,48 @@ def _quiet_rank(record: logging.LogRecord) -> bool:
 
 
 def default_run_dir(source: str, base: Optional[str] = None) -> str:
+    """The name a new run directory takes first: BASE/STEM-YYYYmmdd-HHMMSS (train() adds -2, -3, ... when a run
+    started in the same second took it)."""
     if base is None:
         from .paths import runs_dir
 
         base = runs_dir()  # $CHARRNN_HOME/checkpoints
-    stem = "demo" if source.startswith("<demo") else ("stdin" if source == "-" else os.path.basename(source.rstrip("/")))
-    stem = os.path.splitext(stem)[0] or "run"
-    return os.path.join(base, f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return os.path.join(base, f"{_stem(source)}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _stem(source: Optional[str]) -> str:
+    from .data import DEMO_SOURCE
+
+    if source is None or source == DEMO_SOURCE or source.startswith("<demo"):
+        return "demo"
+    stem = "stdin" if source == "-" else os.path.basename(source.rstrip("/"))
+    return os.path.splitext(stem)[0] or "run"
+
+
+def _create_run_dir(stem: str, base: Optional[str] = None) -> tuple[str, str]:
+    """Create a new run directory BASE/STEM-TIME exclusively (os.mkdir: of runs started in the same second each
+    gets its own, the later ones with a suffix -2, -3, ...). Returns (its path, the topmost directory made)."""
+    if base is None:
+        from .paths import runs_dir
+
+        base = runs_dir()
+    first = os.path.join(base, f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    parent = os.path.dirname(first)
+    made = _first_missing(parent)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        raise CannotCreateError(f"cannot create run directory {first}: {exc.strerror or exc}") from None
+    for n in range(1, 10_000):
+        path = first if n == 1 else f"{first}-{n}"
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise CannotCreateError(f"cannot create run directory {path}: {exc.strerror or exc}") from None
+        return path, made or os.path.abspath(path)
+    raise CannotCreateError(f"cannot create run directory {first}: too many runs started this second")
 
 
 def _first_missing(path: str) -> Optional[str]:
@@ -445,15 +581,20 @@ def _first_missing(path: str) -> Optional[str]:
     return path
 
 
-def _prepare_run_dir(run_dir: str, resumed: Optional[dict]) -> "ckpt_io.RunLock":
-    """Create the run directory, check it is writable, lock it, and clean up after a killed run. The lock records
-    the directories this run made (`made`: the topmost, or None) and what was in it before (`had`), for
+def _prepare_run_dir(run_dir: Optional[str], resumed: Optional[dict], corpus: Optional[str] = None,
+                     name: Optional[str] = None) -> tuple["ckpt_io.RunLock", str]:
+    """Create the run directory (without `run_dir`: a new one named after `name` or the corpus), check it is
+    writable, lock it, and clean up after a killed run. Returns the lock and the directory. The lock records the
+    directories this run made (`made`: the topmost, or None) and what was in it before (`had`), for
     _discard_unsaved."""
-    made = _first_missing(run_dir)
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-    except OSError as exc:
-        raise CannotCreateError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
+    if run_dir is None:
+        run_dir, made = _create_run_dir(name or _stem(corpus))
+    else:
+        made = _first_missing(run_dir)
+        try:
+            os.makedirs(run_dir, exist_ok=True)
+        except OSError as exc:
+            raise CannotCreateError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise CannotCreateError(f"run directory {run_dir} is not writable")
     had = set() if made else set(os.listdir(run_dir))
@@ -461,7 +602,7 @@ def _prepare_run_dir(run_dir: str, resumed: Optional[dict]) -> "ckpt_io.RunLock"
     lock.made, lock.had = made, had
     same_run = resumed is not None and os.path.realpath(run_dir) == os.path.realpath(os.path.dirname(resumed["path"]))
     if not same_run and os.path.exists(os.path.join(run_dir, ckpt_io.LATEST)):
-        lock.release()
+        lock.release(remove="lock" not in had)
         raise CannotCreateError(
             f"run directory {run_dir} already holds a run: continue it with --resume {run_dir}, "
             f"or pass another --run-dir"
@@ -469,4 +610,4 @@ def _prepare_run_dir(run_dir: str, resumed: Optional[dict]) -> "ckpt_io.RunLock"
     removed = ckpt_io.remove_stale_temps(run_dir)
     if removed:
         log.info(f"removed {removed} unfinished checkpoint file(s) left in {run_dir} by an interrupted save")
-    return lock
+    return lock, run_dir

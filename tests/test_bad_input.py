@@ -292,7 +292,7 @@ def test_prime_outside_vocabulary_exits_65_naming_them(tiny_run):
     assert_one_line_error(proc, 65, "prime", "'Ω'", "'☃'")
 
 
-@pytest.mark.parametrize("option, value", [("--temperature", "0"), ("--temperature", "-1"), ("--top-k", "0"),
+@pytest.mark.parametrize("option, value", [("--temperature", "-0.5"), ("--temperature", "-1"), ("--top-k", "0"),
                                            ("--top-p", "0"), ("--top-p", "1.5"), ("--length", "-1")])
 def test_bad_sampling_option_is_a_usage_error(tiny_run, option, value):
     proc = run_cli("sample", tiny_run, option, value, env=env())

@@ -212,5 +212,5 @@ def test_help_texts_have_no_dangling_period_and_flags_no_type():
             assert not re.search(r" \.( |$)", body), (args, line)
             assert "<bool>" not in body, (args, line)
     assert "--follow-links" in run_cli("train", "--help", env=WIDE, check=0).stdout.decode()
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8") + (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
     assert "--version" in readme and "--no-newline" in readme and "--follow-links" in readme

@@ -160,9 +160,9 @@ def test_train_on_a_terminal_shows_a_bar_with_messages_above_it(corpus, tmp_path
     assert proc.stdout == b""
     err = proc.stderr.decode()
     assert "done: 6 steps in" in err
-    for field in ("6/6", "step=6", "epoch=", "loss=", "val=", "lr=", "chars/s=", "validation on "):
+    for field in ("100%|", "step 6 of 6", "epoch ", "loss ", "val ", "lr ", " chars/s", "validation on "):
         assert field in err, field
-    assert "<00:00" in err  # tqdm's ETA
+    assert "<00:00" not in err and "it/s" not in err  # the run's own clock and rate, not tqdm's
     for label in ("best val loss", "best val bits/char", "steps", "time", "latest checkpoint", "best checkpoint"):
         assert label in err, label
     assert str(tmp_path / "run" / "latest.pt") in err

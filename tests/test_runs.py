@@ -19,7 +19,7 @@ from charrnn.checkpoint import RunLock
 from charrnn.runs import planned_steps, run_state
 
 FIELDS = {"name", "path", "state", "pid", "corpus", "cell", "num_layers", "hidden_size", "step", "planned_steps",
-          "epoch", "elapsed", "best_val_loss", "best_val_bpc", "best", "saved_at", "size_bytes"}
+          "epoch", "elapsed", "best_val_loss", "best_val_bpc", "best", "saved_at", "size_bytes", "corpus_sha256", "options"}
 
 
 def runs(*args, **env) -> subprocess.CompletedProcess:

@@ -74,7 +74,7 @@ def test_temperature_sharpens(tiny_run):
 
 def test_library_errors(tiny_run):
     with pytest.raises(UsageError):
-        charrnn.sample(str(tiny_run), temperature=0)
+        charrnn.sample(str(tiny_run), temperature=-1)  # 0 is greedy (tests/test_newcomer.py)
     with pytest.raises(DataError, match="'Z'"):
         charrnn.sample(str(tiny_run), prime="Zebra")
 
@@ -90,7 +90,7 @@ def test_cli_stdout_is_prime_plus_generated_text_only(tiny_run):
 
 
 def test_cli_sample_errors(tiny_run, tmp_path):
-    assert_one_line_error(run_cli("sample", tiny_run, "--temperature", "0"), 2, "--temperature")
+    assert_one_line_error(run_cli("sample", tiny_run, "--temperature", "0.0001"), 2, "--temperature")
     assert_one_line_error(run_cli("sample", tiny_run, "--prime", "Q€"), 65, "'€'")
     assert_one_line_error(run_cli("sample", cwd=tmp_path), 66, "no checkpoint found")
     assert_one_line_error(run_cli("sample", tmp_path / "missing.pt"), 66, "missing.pt")

@@ -191,11 +191,13 @@ def test_progress_display_shows_steps_or_seconds_on_a_terminal():
     stream = io.StringIO()
     bar = ProgressDisplay(True, total_steps=10, budget=None, initial_step=2, stream=stream, terminal=True)
     bar.update(3, 0, 1.0, 2.5, None, 1e-3, 1234.0)
-    assert bar.bar.n == 3 and "loss=2.500" in str(bar.bar.postfix) and "chars/s=1,234" in str(bar.bar.postfix)
+    assert bar.bar.n == 3 and "step 3 of 10" in bar.bar.desc and "loss 2.500" in bar.bar.desc
+    assert "1,234 chars/s" in bar.bar.desc
     bar.close()
     timed = ProgressDisplay(True, total_steps=None, budget=60, initial_step=0, stream=stream, terminal=True)
     timed.update(5, 0, 12.7, None, 2.0, 1e-3, 0.0)
-    assert timed.bar.n == 12 and "loss=-" in str(timed.bar.postfix) and "val=2.000" in str(timed.bar.postfix)
+    assert timed.bar.n == 12 and "loss -" in timed.bar.desc and "val 2.000" in timed.bar.desc
+    assert "13s of 1m00s" in timed.bar.desc  # one clock: the run's elapsed of its budget
     timed.close()
     off = ProgressDisplay(False, total_steps=10, budget=None, stream=stream, terminal=True)
     off.update(1, 0, 0.1, 1.0, None, 1e-3, 0.0)
@@ -243,8 +245,8 @@ def test_on_a_terminal_log_lines_and_messages_go_above_the_bar_not_onto_a_frame(
         # while the bar shows, the logger's console handler is tqdm's (it clears the frame, writes, redraws)
         assert handler not in logger.handlers
         with display.validating(500):
-            assert display.bar.desc.startswith("validation on 500 characters")
-        assert display.bar.desc == ""
+            assert display.bar.desc.endswith("(validation on 500 characters)")
+        assert "validation" not in display.bar.desc and display.bar.desc.startswith("step 1 of 10")
         logger.warning("dropout 0.05 (auto: about 10 passes)")
         display.message("--- step 1 ---\nsample text")
         display.update(2, 0, 0.2, 2.9, None, 1e-3, 0.0)
