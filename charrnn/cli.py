@@ -187,6 +187,7 @@ def train(
     run_dir: Annotated[Optional[str], typer.Option(help="Where checkpoints and metrics go (default: checkpoints/NAME-TIME).", rich_help_panel="Run", show_default=False)] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the run in this directory or checkpoint file.", rich_help_panel="Run")] = None,
     allow_lr_change: Annotated[bool, typer.Option("--allow-lr-change", help="With --resume: accept a changed --lr, --min-lr-frac, --warmup-steps, --schedule-steps or --grad-clip.", rich_help_panel="Run")] = False,
+    remeasure: Annotated[bool, typer.Option("--remeasure", help="With --time-budget and no size given: time the candidate sizes again instead of reading their speeds from $CHARRNN_HOME/speeds.json (kept there when steady).", rich_help_panel="Run")] = False,
     no_memory_check: Annotated[bool, typer.Option("--no-memory-check", help="Train even when the model, its optimizer state and one batch look too big for the memory available (refused by default, with the estimate).", rich_help_panel="Run")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or messages; errors only.", rich_help_panel="Run")] = False,
     config: Annotated[Optional[str], typer.Option("--config", help="Read options from this TOML file (keys are the option names with underscores, e.g. hidden_size = 256); options on the command line win.", rich_help_panel="Config file")] = None,
@@ -220,7 +221,7 @@ def train(
             return write_config(save_config, model_config, train_config, explicit)
         return train_fn(resolve_corpus(corpus, sha256=sha256), model_config, train_config, run_dir=run_dir,
                         resume=resume, explicit=explicit, progress=not quiet, allow_lr_change=allow_lr_change,
-                        memory_check=not no_memory_check, started=_command_started())
+                        memory_check=not no_memory_check, started=_command_started(), remeasure=remeasure)
 
     result = _run(go)
     if save_config is not None:
