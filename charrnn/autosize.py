@@ -428,7 +428,7 @@ def choose_model_size(model_config, cfg, device, dist, plan_for: Callable, train
         elif remeasure:
             note = "--remeasure: timing the sizes again"
         elif not missing:
-            note = f"speeds of the sizes measured earlier on this machine, read from {store.path}"
+            note = f"measured earlier on this machine, read from {store.path}"
         else:
             note = ""
         if missing:

@@ -260,7 +260,7 @@ def _choose_size(model_config: ModelConfig, cfg: TrainConfig, train_chars: int, 
                 f"corpora of this size")
     if dist.is_main:
         if choice.speeds:
-            log.info(f"speeds: {choice.speeds}")
+            log.info(f"model speeds: {choice.speeds}")
         log.info(f"model size {L}x{H}: {why}")
     return why, limit, choice.steps.get((L, H))
 
