@@ -185,7 +185,9 @@ def test_a_budget_run_stops_at_the_useful_steps_records_them_and_resumes_to_them
     charrnn.train(str(corpus), None, TrainConfig(**cfg), run_dir=str(tmp_path / "fixed"), progress=False,
                   explicit={"time_budget", "schedule_steps"})
     fixed = load_checkpoint(str(tmp_path / "fixed" / "latest.pt"))
-    assert fixed["progress"]["step"] > 43 and fixed["progress"]["stopped_by"] == "time_budget", fixed["progress"]
+    # (no step count asserted: how many steps fit in 4 s is the machine's business, not this test's)
+    assert fixed["train_config"]["max_steps"] is None and fixed["progress"]["stopped_by"] == "time_budget", \
+        fixed["progress"]
     assert fixed["progress"]["step_limit"] is None and "stops after" not in fixed["model_size"]
 
 
@@ -268,7 +270,7 @@ def test_start_up_already_spent_is_not_counted_as_steps(sweep):
     slow = {(2, 128): 0.05, (2, 512): 0.4}
     assert autosize.choose(60, slow, step_cap=None, spent=0.0)[2].count("~1,140") == 1
     size, _, why = autosize.choose(60, slow, spent=20.0)[:3]
-    assert size == (2, 128) and "~760" in why and "~95" in why and "40 s left of it after start-up" in why, why
+    assert size == (2, 128) and "~760" in why and "~95" in why and "(40 s of it left after start-up)" in why, why
     fast = {(2, 128): 0.01, (2, 512): 0.04}
     assert autosize.choose(600, fast)[0] == (2, 512)
     assert autosize.choose(600, fast, spent=599.99)[0] == (2, 128)  # almost nothing left: fewer than one step each
@@ -294,7 +296,7 @@ def test_choosing_subtracts_what_the_command_spent_before_and_during_the_timing(
     elapsed = lambda: calls.append(1) or 30.0  # noqa: E731
     why = autosize.choose_model_size(model_config, cfg, torch.device("cpu"), OneRank, plan_for,
                                      elapsed=elapsed).why
-    assert calls == [1] and "70 s left of it after start-up" in why, why
+    assert calls == [1] and "(70 s of it left after start-up)" in why, why
 
 
 def test_a_saved_config_leaves_the_size_to_the_budget_unless_it_was_given(tmp_path):

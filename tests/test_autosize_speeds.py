@@ -347,3 +347,28 @@ def test_on_a_made_up_corpus_the_cli_says_what_it_chose_and_why_in_words_for_any
     made = re.search(r"stopped by time budget", err) and re.search(r"(?m)^charrnn: done: (\d+) steps", err)
     assert made, err
     assert f"made {int(made.group(1)):,} of the ~{expected} steps its size was chosen for:" in err, err
+
+
+def test_runs_started_together_wait_for_one_timing_and_choose_alike(sweep, monkeypatch):
+    """Three choosers at once (threads, each with its own descriptor, so the lock separates them as it does
+    processes): one times the sizes, the others wait for it and read what it kept."""
+    import threading
+
+    timing = FakeTiming({(2, 128): 0.01, (2, 512): 0.04})
+    monkeypatch.setattr(autosize, "_time_candidates", timing)
+    start, choices = threading.Barrier(3), []
+
+    def chooser():
+        model_config = ModelConfig(vocab_size=20, hidden_size=32, num_layers=2)
+        cfg = TrainConfig(batch_size=2, seq_len=8, time_budget=600.0, precision="fp32")
+        start.wait()
+        choices.append(autosize.choose_model_size(model_config, cfg, torch.device("cpu"), OneRank, plan_for))
+
+    threads = [threading.Thread(target=chooser) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(choices) == 3 and len(timing.calls) == 1, timing.calls
+    assert {c.size for c in choices} == {(2, 512)} and len({c.why for c in choices}) == 1
+    assert sum("measured earlier" in c.speeds for c in choices) == 2
