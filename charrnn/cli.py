@@ -188,6 +188,7 @@ def train(
     name: Annotated[Optional[str], typer.Option("--name", help="NAME of the new run directory checkpoints/NAME-TIME (default: the corpus's name), e.g. lr-0.003 in a sweep.", rich_help_panel="Run", show_default=False)] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the run in this directory or checkpoint file.", rich_help_panel="Run")] = None,
     allow_lr_change: Annotated[bool, typer.Option("--allow-lr-change", help="With --resume: accept a changed --lr, --min-lr-frac, --warmup-steps, --schedule-steps or --grad-clip.", rich_help_panel="Run")] = False,
+    remeasure: Annotated[bool, typer.Option("--remeasure", help="With --time-budget and no size given: time the candidate sizes again instead of reading their speeds from $CHARRNN_HOME/speeds.json (kept there when steady).", rich_help_panel="Run")] = False,
     no_memory_check: Annotated[bool, typer.Option("--no-memory-check", help="Train even when the model, its optimizer state and one batch look too big for the memory available (refused by default, with the estimate).", rich_help_panel="Run")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or messages; errors only.", rich_help_panel="Run")] = False,
     config: Annotated[Optional[str], typer.Option("--config", help="Read options from this TOML file (keys are the option names with underscores, e.g. hidden_size = 256); options on the command line win.", rich_help_panel="Config file")] = None,
@@ -221,7 +222,8 @@ def train(
             return write_config(save_config, model_config, train_config, explicit)
         return train_fn(resolve_corpus(corpus, sha256=sha256), model_config, train_config, run_dir=run_dir,
                         resume=resume, explicit=explicit, progress=not quiet, allow_lr_change=allow_lr_change,
-                        memory_check=not no_memory_check, started=_command_started(), name=name)
+                        memory_check=not no_memory_check, started=_command_started(), name=name,
+                        remeasure=remeasure)
 
     from .train import startup_signals
 

@@ -58,14 +58,42 @@ def time_row(result, wall: Optional[float] = None) -> str:
     return text
 
 
+def stop_words(result) -> str:
+    """Why the run ended: at the step limit its size choice set, where more steps stopped helping on corpora of this
+    size (not "max steps", as if the user had asked for it), else the stop rule's reason."""
+    limit = getattr(result, "step_limit", None)
+    if result.stopped_by == "max_steps" and limit is not None and result.step >= limit:
+        return f"stopped after {limit:,} steps, where more steps stopped helping on corpora of this size"
+    return f"stopped by {result.stopped_by.replace('_', ' ')}"
+
+
+SLOW_SHARE = 0.5  # a run that makes fewer than this share of the steps its size choice expected says so
+
+
+def fewer_steps_than_expected(result) -> Optional[str]:
+    """One line where the run made far fewer steps than its size choice expected (the machine busier than when its
+    speeds were measured), with both numbers; else None. A run stopped by a signal or an error is not judged."""
+    expected = getattr(result, "expected_steps", None)
+    if not expected or result.stopped_by not in ("time_budget", "max_steps", "epochs"):
+        return None
+    made = result.step  # a choosing run is a new one: all its steps are this session's
+    if made >= SLOW_SHARE * expected:
+        return None
+    return (f"made {made:,} of the ~{expected:,.0f} steps its size was chosen for: the machine was slower than its "
+            f"kept speeds")
+
+
 def summary_rows(result, val_losses: Optional[Sequence[float]] = None,
                  wall: Optional[float] = None) -> list[tuple[str, str]]:
     """The summary as (label, value) rows; `val_losses` defaults to the run's whole validation history; `wall` is
     this command's wall time, if known."""
     if val_losses is None:
         val_losses = _val_history(result)
-    rows = [("steps", f"{result.step:,} (epoch {result.epoch}, stopped by {result.stopped_by.replace('_', ' ')})"),
+    rows = [("steps", f"{result.step:,} (epoch {result.epoch}, {stop_words(result)})"),
             ("time", time_row(result, wall))]
+    slow = fewer_steps_than_expected(result)
+    if slow:
+        rows.append(("note", slow))
     if result.best_val_loss is not None:
         rows.append(("best val loss", f"{result.best_val_loss:.4f} nats/char"))
         rows.append(("best val bits/char", f"{result.best_val_loss / LN2:.4f}"))

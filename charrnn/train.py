@@ -44,6 +44,7 @@ def train(
     memory_check: bool = True,
     started: Optional[float] = None,
     name: Optional[str] = None,
+    remeasure: bool = False,
 ) -> TrainResult:
     """Train a CharRNN on `corpus` (a file, a directory, '-' for stdin, None for the demo corpus).
 
@@ -56,6 +57,7 @@ def train(
     `name`: the new run directory's prefix (default: the corpus's name). The run directory is created (exclusively:
     runs started together never share one) and locked before the corpus is read. A run that fails before its first
     checkpoint removes what it created; SIGINT/SIGTERM before training begins raise StartupInterrupted.
+    `remeasure`: a run that chooses its size times the candidates again, not reading their kept speeds.
     """
     from . import distributed, trainer as trainer_mod
 
@@ -82,7 +84,8 @@ def train(
                 text = dist.first_on_each_node(lambda: _load_corpus(corpus, cfg, progress and dist.local_rank == 0))
                 together = False
             spent = lambda: hooks.clock() - started  # noqa: E731  (of the time budget, before the first step)
-            run = _make_run(text, resumed, model_config, cfg, dist, device, memory_check, explicit, spent)
+            run = _make_run(text, resumed, model_config, cfg, dist, device, memory_check, explicit, spent,
+                           remeasure)
             run.progress, run.on_step, run.started, run.run_dir = progress and dist.is_main, on_step, started, run_dir
             if not dist.is_main:
                 log.addFilter(_quiet_rank)  # one voice: rank 0 reports (removed again below)
@@ -257,7 +260,7 @@ def _chooses_size(model_config: ModelConfig, cfg: TrainConfig, resumed: Optional
 
 def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: TrainConfig, dist, device,
               memory_check: bool = True, explicit: Optional[set] = None,
-              elapsed: Callable[[], float] = lambda: 0.0):
+              elapsed: Callable[[], float] = lambda: 0.0, remeasure: bool = False):
     """Splits, batcher, precision plan, stop rule and this rank's share of the streams; refuses what cannot run
     (with `memory_check`, a model and batch that will not fit in memory). Where `_chooses_size`, the model's size
     is chosen for what is left of the time budget (`elapsed()`: seconds spent since the command started) on this
@@ -288,9 +291,10 @@ def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: Tra
         )
     size_choice = resumed.get("model_size") if resumed is not None else None  # a resumed run keeps its record
     limit = _resumed_step_limit(resumed, cfg, explicit, dist) if resumed is not None else None
+    expected = None  # the steps the size choice expects this run to make
     if _chooses_size(model_config, cfg, resumed, explicit):
-        size_choice, limit = _choose_size(model_config, cfg, len(splits.train), StopRule.for_run(
-            cfg, len(batcher)).total_steps, shard, dist, device, memory_check, elapsed)
+        size_choice, limit, expected = _choose_size(model_config, cfg, len(splits.train), StopRule.for_run(
+            cfg, len(batcher)).total_steps, shard, dist, device, memory_check, elapsed, remeasure)
         if limit is not None:
             cfg.max_steps = limit  # where more steps would overfit: recorded, so a resume stops there too
     stop = StopRule.for_run(cfg, len(batcher))
@@ -307,7 +311,7 @@ def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: Tra
     plan = plan_for(device, model_config.cell, model_config.hidden_size, cfg.precision, cfg.kernel)
     return Run(model_config=model_config, cfg=cfg, text=text, vocab=text.vocab, splits=splits, batcher=batcher,
                stop=stop, run_dir="", dist=dist, shard=shard, device=device, plan=plan, resumed=resumed,
-               size_choice=size_choice, step_limit=limit)
+               size_choice=size_choice, step_limit=limit, expected_steps=expected)
 
 
 def _resumed_step_limit(resumed: dict, cfg: TrainConfig, explicit, dist) -> Optional[int]:
@@ -324,18 +328,19 @@ def _resumed_step_limit(resumed: dict, cfg: TrainConfig, explicit, dist) -> Opti
         cfg.max_steps = None
         return None
     if dist.is_main:
-        log.info(f"this run stops after {limit:,} steps, where its size choice found more would overfit the corpus "
+        log.info(f"this run stops after {limit:,} steps, where more steps stopped helping on corpora of this size "
                  f"(--max-steps or --epochs go further)")
     return limit
 
 
 def _choose_size(model_config: ModelConfig, cfg: TrainConfig, train_chars: int, step_cap: Optional[int], shard,
                  dist, device, memory_check: bool,
-                 elapsed: Callable[[], float] = lambda: 0.0) -> tuple[str, Optional[int]]:
+                 elapsed: Callable[[], float] = lambda: 0.0,
+                 remeasure: bool = False) -> tuple[str, Optional[int], Optional[float]]:
     """Set model_config's size for the time budget (charrnn.autosize), timing this rank's share of the batch;
     with `memory_check` only candidates that fit are timed. Returns the record of why, and the step limit past
     which that size would overfit the corpus when the budget affords more steps and no step count was set (--max-steps,
-    --epochs, --schedule-steps), else None."""
+    --epochs, --schedule-steps), else None, and the steps the choice expects the run to make."""
     from .autosize import CANDIDATES, choose_model_size
     from .precision import plan_for
 
@@ -348,16 +353,20 @@ def _choose_size(model_config: ModelConfig, cfg: TrainConfig, train_chars: int, 
         except UsageError:
             pass
     share = dataclasses.replace(cfg, batch_size=shard.stop - shard.start)
-    L, H, limit, why = choose_model_size(model_config, share, device, dist, plan_for, train_chars, fits, step_cap,
-                                         elapsed=elapsed, chars_per_step=cfg.batch_size * cfg.seq_len)
+    choice = choose_model_size(model_config, share, device, dist, plan_for, train_chars, fits, step_cap,
+                               elapsed=elapsed, chars_per_step=cfg.batch_size * cfg.seq_len, remeasure=remeasure)
+    (L, H), limit, why = choice.size, choice.limit, choice.why
     model_config.num_layers, model_config.hidden_size = L, H
     if cfg.schedule_steps is not None:  # a schedule fixed on purpose: the budget or that decides when it stops
         limit = None
     if limit is not None:
-        why += f"; it stops after {limit:,} steps (recorded as its max_steps), as more would overfit a corpus this size"
+        why += (f"; it stops after {limit:,} steps (recorded as its max_steps), where more steps stopped helping on "
+                f"corpora of this size")
     if dist.is_main:
+        if choice.speeds:
+            log.info(f"model speeds: {choice.speeds}")
         log.info(f"model size {L}x{H}: {why}")
-    return why, limit
+    return why, limit, choice.steps.get((L, H))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -98,6 +98,8 @@ class TrainResult:
     val_history: list = field(default_factory=list)
     wall: Optional[float] = None  # seconds from building the trainer to the end of this session
     elapsed_before: float = 0.0  # training time before this session (a resumed run's)
+    step_limit: Optional[int] = None  # the max_steps the size choice set (charrnn.autosize), if it set one
+    expected_steps: Optional[float] = None  # the steps the size choice expected this run to make
 
 
 @dataclass
@@ -122,6 +124,7 @@ class Run:
     started: Optional[float] = None  # when the command started, on the hooks' clock (a time budget counts from it)
     size_choice: Optional[str] = None  # why the model has its size, when the run chose it (charrnn.autosize)
     step_limit: Optional[int] = None  # the max_steps that choice set, where more steps would overfit the corpus
+    expected_steps: Optional[float] = None  # the steps that choice expected this run to make
 
 
 @dataclass
@@ -642,4 +645,6 @@ class Trainer:
             val_history=self.val_history,
             wall=self.clock() - self.command_started,
             elapsed_before=self.elapsed_before,
+            step_limit=self.run_.step_limit,
+            expected_steps=self.run_.expected_steps,
         )

@@ -15,6 +15,14 @@ from charrnn.config import ModelConfig, TrainConfig
 SWEEP = {(2, 128): [(100, 2.3), (1000, 1.8), (10000, 1.6)], (2, 512): [(100, 2.0), (1000, 1.6), (10000, 1.45)]}
 
 
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    """Every test keeps its measured speeds in its own CHARRNN_HOME."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("CHARRNN_HOME", str(path))
+    return path
+
+
 @pytest.fixture
 def sweep(monkeypatch):
     monkeypatch.setattr(autosize, "SWEEPS", {10_000: SWEEP})
@@ -87,8 +95,9 @@ def test_prediction_interpolates_in_log_steps_and_holds_past_the_last_point(swee
 def test_a_slow_machine_or_short_budget_gets_the_small_model_a_fast_one_the_big(sweep):
     # the big model is 8x slower per step: in 60 s this machine makes 1,140 small steps or 142 big ones
     slow = {(2, 128): 0.05, (2, 512): 0.4}
-    (size, limit, why) = autosize.choose(60, slow)
-    assert limit is None and size == (2, 128) and "60 s budget" in why and "2x512" in why and "steps" in why
+    (size, limit, why) = autosize.choose(60, slow)[:3]
+    assert limit is None and size == (2, 128) and "learn most in 60 s on this machine" in why, why
+    assert "2x512 ~142" in why and "2x128 ~1,140" in why, why
     assert autosize.choose(3000, slow)[0] == (2, 512)  # a long budget affords the big model enough steps
     fast = {(2, 128): 0.01, (2, 512): 0.04}
     assert autosize.choose(60, fast)[0] == (2, 512)
@@ -114,12 +123,14 @@ def test_a_budget_longer_than_is_useful_stops_where_more_steps_would_overfit(swe
     # 2x512 stops gaining at 5,000 steps on this corpus: a long budget gets no further; the loss predicted there
     monkeypatch.setattr(autosize, "BEST_STEPS", {10_000: {(2, 512): 5000}})
     fast = {(2, 128): 0.01, (2, 512): 0.04}
-    size, limit, why = autosize.choose(3000, fast, 10_000)
-    assert (size, limit) == ((2, 512), 5000) and "2x512: ~5,000 steps -> 1.50" in why, why
+    choice = autosize.choose(3000, fast, 10_000)
+    assert (choice.size, choice.limit) == ((2, 512), 5000) and "2x512 ~5,000" in choice.why, choice.why
+    assert choice.predicted[(2, 512)] == pytest.approx(1.50, abs=0.005)
     # the small model, never seen to stop gaining, keeps its steps and wins where the big one must stop early
     monkeypatch.setattr(autosize, "BEST_STEPS", {10_000: {(2, 512): 100}})
-    size, limit, why = autosize.choose(3000, fast, 10_000)
-    assert (size, limit) == ((2, 128), None) and "2x512: ~100 steps -> 2.00" in why
+    choice = autosize.choose(3000, fast, 10_000)
+    assert (choice.size, choice.limit) == ((2, 128), None) and "2x512 ~100" in choice.why
+    assert choice.predicted[(2, 512)] == pytest.approx(2.00)
     # a budget that affords fewer steps than are useful: no limit, the budget ends the run
     monkeypatch.setattr(autosize, "BEST_STEPS", {10_000: {(2, 512): 5000}})
     assert autosize.choose(100, fast, 10_000)[:2] == ((2, 512), None)  # 2,375 steps
@@ -132,8 +143,9 @@ def test_with_another_batch_the_steps_are_compared_by_characters():
     # step reads 1/64 of the characters, so the same passes take 64 times the steps and the same size is chosen
     speeds = {(2, 128): 0.001, (2, 256): 0.002, (2, 512): 0.004}
     assert autosize.choose(600, speeds, 90_000)[:2] == ((2, 512), 250)
-    size, limit, why = autosize.choose(600, speeds, 90_000, chars_per_step=64)
-    assert (size, limit) == ((2, 512), 16_000) and "2x512: ~16,000 steps -> 1.57" in why, why
+    choice = autosize.choose(600, speeds, 90_000, chars_per_step=64)
+    assert (choice.size, choice.limit) == ((2, 512), 16_000) and "2x512 ~16,000" in choice.why, choice.why
+    assert choice.predicted[(2, 512)] == pytest.approx(1.57, abs=0.005)
 
 
 def test_a_budget_run_stops_at_the_useful_steps_records_them_and_resumes_to_them(tmp_path, monkeypatch):
@@ -159,6 +171,7 @@ def test_a_budget_run_stops_at_the_useful_steps_records_them_and_resumes_to_them
     ckpt = load_checkpoint(os.path.join(run, "latest.pt"))
     assert ckpt["progress"]["step"] == 43 and ckpt["train_config"]["max_steps"] == 43, ckpt["progress"]
     assert ckpt["progress"]["step_limit"] == 43 and "it stops after 43 steps" in ckpt["model_size"]
+    assert "where more steps stopped helping on corpora of this size" in ckpt["model_size"]
     # resumed with a longer budget: the recorded limit holds (a budget of 900 s would otherwise run on)
     charrnn.train(None, None, TrainConfig(time_budget=900), resume=run, progress=False, explicit={"time_budget"})
     again = load_checkpoint(os.path.join(run, "latest.pt"))
@@ -210,8 +223,9 @@ def test_choosing_times_every_candidate_and_leaves_the_global_rng_alone(sweep):
     torch.manual_seed(123)
     model_config = ModelConfig(vocab_size=20, hidden_size=512, num_layers=2)
     cfg = TrainConfig(batch_size=2, seq_len=8, time_budget=1.0, precision="fp32")
-    L, H, limit, why = autosize.choose_model_size(model_config, cfg, torch.device("cpu"), OneRank, plan_for)
-    assert (L, H) in SWEEP and why.startswith("auto for a 1 s budget")
+    choice = autosize.choose_model_size(model_config, cfg, torch.device("cpu"), OneRank, plan_for)
+    assert choice.size in SWEEP and choice.why.startswith("auto: of 2 sizes, the"), choice.why
+    assert "timed 2x128, 2x512 now" in choice.speeds or "too busy" in choice.speeds, choice.speeds
     assert torch.equal(torch.rand(3), expected)
     assert (model_config.num_layers, model_config.hidden_size) == (2, 512)  # the caller's config untouched
 
@@ -228,12 +242,12 @@ def test_a_budget_run_without_size_options_chooses_records_and_keeps_its_size(tm
     run = tmp_path / "run"
     proc = run_cli("train", corpus, "--time-budget", "3", "--run-dir", run, *small, check=0)
     err = proc.stderr.decode()
-    assert "model size 2x" in err and "auto for a 3 s budget on this machine" in err, err
+    assert "model size 2x" in err and "in 3 s on this machine" in err, err
     ckpt = load_checkpoint(str(run / "latest.pt"))
     size = (ckpt["model_config"]["num_layers"], ckpt["model_config"]["hidden_size"])
-    assert size in autosize.CANDIDATES and ckpt["model_size"].startswith("auto for a 3 s budget")
+    assert size in autosize.CANDIDATES and ckpt["model_size"].startswith("auto: of 3 sizes"), ckpt["model_size"]
     info = run_cli("info", run, check=0).stdout.decode()
-    assert "model size:" in info and "auto for a 3 s budget" in info, info
+    assert "model size:" in info and "auto: of 3 sizes" in info, info
 
     run_cli("train", "--resume", run, "--time-budget", "4", *small, check=0)
     again = load_checkpoint(str(run / "latest.pt"))
@@ -252,8 +266,8 @@ def test_a_step_limit_caps_the_steps_and_an_untimeable_candidate_is_not_chosen(s
     fast = {(2, 128): 0.01, (2, 512): 0.04}
     assert autosize.choose(3000, fast)[0] == (2, 512)
     # --max-steps 100 with the budget: 100 steps each, where the big model is ahead
-    size, _, why = autosize.choose(3000, {(2, 128): 0.001, (2, 512): 1.0}, step_cap=100)
-    assert size == (2, 512) and "~100 steps" in why
+    size, _, why = autosize.choose(3000, {(2, 128): 0.001, (2, 512): 1.0}, step_cap=100)[:3]
+    assert size == (2, 512) and "2x512 ~100" in why
     # a candidate whose step failed (out of memory) is infinitely slow: never chosen while another was timed
     assert autosize.choose(3000, {(2, 128): 0.05, (2, 512): float("inf")})[0] == (2, 128)
 
@@ -261,9 +275,9 @@ def test_a_step_limit_caps_the_steps_and_an_untimeable_candidate_is_not_chosen(s
 def test_start_up_already_spent_is_not_counted_as_steps(sweep):
     # 60 s with 20 s gone: the small model's 760 steps beat the big one's 95, where 60 s would give the big its 142
     slow = {(2, 128): 0.05, (2, 512): 0.4}
-    assert autosize.choose(60, slow, step_cap=None, spent=0.0)[2].count("~1,140 steps") == 1
-    size, _, why = autosize.choose(60, slow, spent=20.0)
-    assert size == (2, 128) and "~760 steps" in why and "~95 steps" in why and "40 s of it left after start-up" in why
+    assert autosize.choose(60, slow, step_cap=None, spent=0.0)[2].count("~1,140") == 1
+    size, _, why = autosize.choose(60, slow, spent=20.0)[:3]
+    assert size == (2, 128) and "~760" in why and "~95" in why and "(40 s of it left after start-up)" in why, why
     fast = {(2, 128): 0.01, (2, 512): 0.04}
     assert autosize.choose(600, fast)[0] == (2, 512)
     assert autosize.choose(600, fast, spent=599.99)[0] == (2, 128)  # almost nothing left: fewer than one step each
@@ -271,11 +285,11 @@ def test_start_up_already_spent_is_not_counted_as_steps(sweep):
 
 def test_a_budget_too_short_for_one_step_takes_the_fastest_candidate(sweep):
     # no extrapolation below one step: a size that cannot take a step learns nothing, whatever its sweep says
-    size, _, why = autosize.choose(0.02, {(2, 128): 0.05, (2, 512): 0.4})
-    assert size == (2, 128) and "2x512: ~0 steps -> no whole step" in why
+    size, _, why = autosize.choose(0.02, {(2, 128): 0.05, (2, 512): 0.4})[:3]
+    assert size == (2, 128) and "2x512 ~0" in why and "the fastest" in why, why
     # neither gets a step: equal hopes, and the faster one is taken, whatever its size
-    size, _, why = autosize.choose(0.5, {(2, 128): 0.6, (2, 512): 0.55})
-    assert size == (2, 512) and why.count("no whole step") == 2
+    size, _, why = autosize.choose(0.5, {(2, 128): 0.6, (2, 512): 0.55})[:3]
+    assert size == (2, 512) and "the fastest, as none makes the steps the tables start at" in why, why
     # one whole step of the small model against none of the big: the small one
     assert autosize.choose(1.1, {(2, 128): 1.0, (2, 512): 8.0})[0] == (2, 128)
 
@@ -287,9 +301,9 @@ def test_choosing_subtracts_what_the_command_spent_before_and_during_the_timing(
     cfg = TrainConfig(batch_size=2, seq_len=8, time_budget=100.0, precision="fp32")
     calls = []
     elapsed = lambda: calls.append(1) or 30.0  # noqa: E731
-    L, H, _, why = autosize.choose_model_size(model_config, cfg, torch.device("cpu"), OneRank, plan_for,
-                                              elapsed=elapsed)
-    assert calls == [1] and "70 s of it left after start-up" in why, why
+    why = autosize.choose_model_size(model_config, cfg, torch.device("cpu"), OneRank, plan_for,
+                                     elapsed=elapsed).why
+    assert calls == [1] and "(70 s of it left after start-up)" in why, why
 
 
 def test_a_saved_config_leaves_the_size_to_the_budget_unless_it_was_given(tmp_path):

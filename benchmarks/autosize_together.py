@@ -1,0 +1,119 @@
+"""Does load move the size choice, and what does start-up cost once the machine's speeds are kept? (issue 28)
+
+    python benchmarks/autosize_together.py                      # tiny-shakespeare, 60 s, 3 runs at once
+    python benchmarks/autosize_together.py --budget 5 --runs 2 --corpus some.txt -- --batch-size 4 --seq-len 16
+
+In a fresh CHARRNN_HOME (a temp directory, so the repository's speeds.json is not touched), three phases of
+`charrnn train CORPUS --time-budget BUDGET` with no size option, each a fresh process:
+
+  alone     one run, which times the candidate sizes and keeps their speeds (or says the machine was too busy);
+  together  RUNS runs started at once, reading the kept speeds: each should choose what `alone` chose, and start-up
+            (wall time before the first step) should be a small share of the budget (the issue's target: 5 % of 60 s);
+  cold      RUNS runs started at once in another fresh home: one times, the others wait for it and read its speeds.
+
+Per run: the chosen size, where its speeds came from (the `model speeds:` log line), start-up seconds (the wall time
+from the process's start to the first step, from its `wall` and `training` times in the summary) and steps made
+against the steps the choice expected. Writes JSON to benchmarks/results/ (machine, date, commit inside). Run it on
+an otherwise idle machine: `together` loads it with RUNS trainers on purpose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
+
+
+def start(corpus: str, budget: str, home: str, extra: list[str]) -> tuple[subprocess.Popen, float]:
+    run_dir = tempfile.mkdtemp(prefix="run-", dir=home)
+    os.rmdir(run_dir)  # the trainer makes it
+    cmd = [sys.executable, "-m", "charrnn", "train", corpus, "--val-frac", "0.1", "--test-frac", "0",
+           "--time-budget", budget, "--run-dir", run_dir, *extra]
+    env = dict(os.environ, CHARRNN_HOME=home, PYTHONPATH=str(ROOT))
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), time.time()
+
+
+def parse(err: str) -> dict:
+    size = re.search(r"model size (\d+x\d+): (.*)", err)
+    speeds = re.search(r"model speeds: (.*)", err)
+    done = re.search(r"done: (\d+) steps in ([\d.]+)s of training \(([\d.]+)s wall\)", err)
+    expected = re.search(rf"{size.group(1)} ~([\d,]+)", size.group(2)) if size else None
+    row = {"size": size.group(1) if size else None, "why": size.group(2) if size else None,
+           "speeds": speeds.group(1) if speeds else None,
+           "expected_steps": int(expected.group(1).replace(",", "")) if expected else None}
+    if done:
+        steps, training, wall = int(done.group(1)), float(done.group(2)), float(done.group(3))
+        row.update(steps=steps, training_s=training, wall_s=wall, startup_s=round(wall - training, 2))
+    return row
+
+
+def phase(n: int, corpus: str, budget: str, home: str, extra: list[str]) -> list[dict]:
+    procs = [start(corpus, budget, home, extra) for _ in range(n)]
+    rows = []
+    for proc, _ in procs:
+        _, err = proc.communicate()
+        row = parse(err.decode("utf-8", errors="replace"))
+        row["returncode"] = proc.returncode
+        if proc.returncode != 0:
+            row["stderr_tail"] = err.decode("utf-8", errors="replace")[-2000:]
+        rows.append(row)
+    return rows
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "commit": commit,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", default=str(DEFAULT_CORPUS))
+    parser.add_argument("--budget", default="60")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--out", default=None, help="result file (default benchmarks/results/autosize-together-DATE.json)")
+    parser.add_argument("extra", nargs="*", help="more `charrnn train` options, after --")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="charrnn-autosize-") as tmp:
+        warm, cold = os.path.join(tmp, "warm"), os.path.join(tmp, "cold")
+        os.makedirs(warm)
+        os.makedirs(cold)
+        result = {"machine": machine(), "corpus": args.corpus, "budget": args.budget, "runs": args.runs,
+                  "extra": args.extra}
+        result["alone"] = phase(1, args.corpus, args.budget, warm, args.extra)
+        result["together"] = phase(args.runs, args.corpus, args.budget, warm, args.extra)
+        result["cold"] = phase(args.runs, args.corpus, args.budget, cold, args.extra)
+    alone = result["alone"][0]["size"]
+    result["together_choose_as_alone"] = all(r["size"] == alone for r in result["together"])
+    result["cold_choose_alike"] = len({r["size"] for r in result["cold"]}) == 1
+    for name in ("alone", "together", "cold"):
+        for r in result[name]:
+            print(f"{name:9s} {r['size']}  start-up {r.get('startup_s')} s  steps {r.get('steps')} of "
+                  f"~{r['expected_steps']}  speeds: {r['speeds']}")
+    print(f"together chose as alone: {result['together_choose_as_alone']}; cold chose alike: "
+          f"{result['cold_choose_alike']}")
+    out = args.out or str(ROOT / "benchmarks" / "results" / f"autosize-together-{time.strftime('%Y%m%d-%H%M')}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
