@@ -63,9 +63,6 @@ def train(
     resumed = None
     if resume is not None:
         resumed = ckpt_io.load_checkpoint(ckpt_io.resolve_checkpoint(resume))
-        if resumed.get("format") == "charrnn-safetensors":  # charrnn.modelfile: weights only, no optimizer state
-            raise UsageError(f"cannot resume from {resume}: a .safetensors model file holds no optimizer or data "
-                             f"state; resume from the run's checkpoint (its latest.pt)")
         model_config, cfg = merge_configs(resumed, model_config, cfg, set(explicit or ()), allow_lr_change)
         run_dir = run_dir or os.path.dirname(resumed["path"])
     for config in (model_config, cfg):
