@@ -54,8 +54,9 @@ def metadata_for(ckpt: dict) -> dict:
     train_config = ckpt.get("train_config") or {}
     best = progress.get("best_val_loss")
     ema = train_config.get("ema") or 0.0
-    weights = (f"moving average (--ema {ema:g}, about the last {1 / (1 - ema):,.0f} steps) of the trained weights"
-               if ckpt.get("train_weights") is not None and ema else "as trained")
+    weights = ckpt.get("weights") or (  # a model file read back says which weights it holds
+        f"moving average (--ema {ema:g}, about the last {1 / (1 - ema):,.0f} steps) of the trained weights"
+        if ckpt.get("train_weights") is not None and ema else "as trained")
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

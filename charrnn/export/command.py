@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import secrets
+import shutil
 from typing import Optional
 
 from ..errors import NotACheckpointError, UsageError
@@ -72,8 +72,9 @@ def export_model(checkpoint: Optional[str], fmt: str, output: str, force: bool =
         from .onnx_model import export_onnx
 
         files, report = export_onnx(ckpt, model, vocab)
-        log.info(f"checked with onnxruntime: logits within {max(report['prefill_max_diff'], report['step_max_diff']):.1e} "
-                 f"of torch's over {report['chars']} characters, greedy text equal for {report['greedy_chars']}")
+        worst = max(report["prefill_max_diff"], report["step_max_diff"])
+        log.info(f"checked with onnxruntime: logits within {worst:.1e} of torch's over {report['chars']} characters, "
+                 f"greedy text equal for {report['greedy_chars']}")
         return write_directory(output, files)
     try:
         from .web import write_web

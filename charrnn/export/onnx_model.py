@@ -154,7 +154,10 @@ def build_models(ckpt: dict, model) -> dict:
     cfg = model.config
     cell, L, H, V = cfg.cell, cfg.num_layers, cfg.hidden_size, cfg.vocab_size
     state_names = ["h", "c"] if cell == "lstm" else ["h"]
-    state_type = lambda name, batch="batch": helper.make_tensor_value_info(name, TensorProto.FLOAT, [L, batch, H])  # noqa: E731
+
+    def state_type(name: str):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [L, "batch", H])
+
     models = {}
     for graph_name in (STEP, PREFILL):
         g = _Graph()
@@ -272,7 +275,8 @@ def verify(models: dict, model, vocab, text: str, batch: int = 1, greedy: int = 
     want = want.numpy()
     zero = model.init_state(batch).numpy()
     outs = sess[PREFILL].run(None, _feed(cell, x, zero))
-    prefill_diff = max(float(np.abs(outs[0] - want).max()), float(np.abs(_state(cell, outs) - want_state.numpy()).max()))
+    prefill_diff = max(float(np.abs(outs[0] - want).max()),
+                       float(np.abs(_state(cell, outs) - want_state.numpy()).max()))
     if not prefill_diff <= TOLERANCE:
         raise ExportCheckError(f"ONNX check failed: prefill.onnx's logits differ from torch's by {prefill_diff:.3g} "
                                f"over {T} characters (limit {TOLERANCE:g}); nothing was written")
