@@ -21,6 +21,18 @@ import onnxruntime as ort
 CHARS = 2000
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """torch on one thread here: these tests step tiny models a character at a time, where a second thread only
+    adds synchronisation (many times slower on a loaded machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     return tmp_path_factory.mktemp("export_onnx")
@@ -192,3 +204,36 @@ def test_the_docs_onnxruntime_example_runs_without_torch_or_charrnn(exported, tm
 
     vocab = load_checkpoint(str(run / "latest.pt"))["vocab"]
     assert set(text) <= set(vocab)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("layers", [1, 3])
+def test_other_depths_and_a_model_without_its_corpus(cell, layers):
+    """One and three layers (untrained weights, in-process), and the check's fallback text: a model whose corpus
+    cannot be read is checked on 2,001 characters it generates itself."""
+    import dataclasses
+
+    import torch
+
+    from charrnn.config import ModelConfig
+    from charrnn.data import Vocab
+    from charrnn.export import onnx_model
+    from charrnn.model import CharRNN
+
+    vocab = Vocab("abc \nxyzé")
+    config = ModelConfig(vocab_size=len(vocab), hidden_size=16, num_layers=layers, cell=cell)
+    torch.manual_seed(layers)
+    model = CharRNN(config).eval()
+    ckpt = {"vocab": vocab.chars, "model_config": dataclasses.asdict(config), "corpus": {"source": "/no/such.txt"}}
+    files, report = onnx_model.export_onnx(ckpt, model, vocab)
+    assert sorted(files) == ["prefill.onnx", "step.onnx"]
+    assert report["chars"] == 2000 and report["greedy_chars"] == 500
+    assert max(report["prefill_max_diff"], report["step_max_diff"]) < 1e-4
+    sess = ort.InferenceSession(files["step.onnx"], providers=["CPUExecutionProvider"])
+    state = model.init_state(3).numpy()
+    feed = {"ids": np.array([0, 1, 2], np.int64)}
+    feed.update({"h": state[0], "c": state[1]} if cell == "lstm" else {"h": state})
+    logits = sess.run(None, feed)[0]
+    with torch.no_grad():
+        want, _ = model.step(torch.tensor([0, 1, 2]), model.init_state(3))
+    assert np.abs(logits - want.numpy()).max() < 1e-5

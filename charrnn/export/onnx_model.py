@@ -241,6 +241,7 @@ def _sessions(models: dict) -> dict:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = 1  # one stream, one character at a time (see export_onnx)
     return {name: ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
             for name, proto in models.items()}
 
@@ -315,9 +316,18 @@ def model_bytes(models: dict) -> dict:
 
 def export_onnx(ckpt: dict, model, vocab) -> tuple[dict, dict]:
     """Build, check and verify the two graphs; returns ({file name: bytes}, the verification's numbers)."""
+    import torch
+
     models = build_models(ckpt, model)
     check_models(models)
-    report = verify(models, model, vocab, check_text(ckpt, vocab, model))
+    # the check steps one character at a time: products too small for a second thread to pay for its
+    # synchronisation, which on a loaded machine made torch's steps tens of times slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = verify(models, model, vocab, check_text(ckpt, vocab, model))
+    finally:
+        torch.set_num_threads(threads)
     return model_bytes(models), report
 
 
