@@ -48,7 +48,7 @@ def exported(request, base):
     out = base / f"onnx-{request.param}"
     written = export_model(str(run), "onnx", str(out))
     assert sorted(os.path.basename(p) for p in written) == ["prefill.onnx", "step.onnx"]
-    text = (base / f"corpus-{request.param}.txt").read_text(encoding="utf-8")
+    text = (run.parent / f"corpus-{request.param}.txt").read_text(encoding="utf-8")  # the run may be cached
     return run, out, text
 
 
