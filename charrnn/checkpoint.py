@@ -16,7 +16,7 @@ import os
 import struct
 from typing import Any, Optional
 
-from .errors import CannotCreateError, CharrnnError, DataError, InputMissingError, unreadable
+from .errors import CannotCreateError, CharrnnError, DataError, InputMissingError, NotACheckpointError, unreadable
 from .fileio import TEMP_PREFIX, write_bytes
 
 FORMAT = "charrnn-checkpoint"
@@ -169,8 +169,12 @@ def load_checkpoint(path: str) -> dict:
     corrupt = DataError(f"checkpoint is incomplete or corrupt: {path}")
     if not raw:
         raise corrupt
+    from .modelfile import looks_like_model_file, read_model_file
+
+    if looks_like_model_file(raw):  # a .safetensors model file (`charrnn export`), told by its content
+        return read_model_file(raw, path)
     if _looks_like_text(raw):  # e.g. `--resume corpus.txt`: not a damaged checkpoint, another kind of file
-        raise DataError(f"{path} is not a charrnn checkpoint (a text file?)")
+        raise NotACheckpointError(f"{path} is not a charrnn checkpoint (a text file?)")
     try:
         state = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:

@@ -553,6 +553,31 @@ def runs(
     sys.stdout.flush()
 
 
+@app.command()
+def export(
+    checkpoint: Annotated[Optional[str], typer.Argument(
+        help="Checkpoint file, run directory or .safetensors file (default: the newest run under checkpoints/).",
+        show_default=False)] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="safetensors (one file), onnx (a directory: step.onnx and prefill.onnx) or web (a directory to serve).", show_default=False)] = ...,
+    output: Annotated[str, typer.Option("--output", "-o", help="The file (safetensors) or directory (onnx, web) to write.", show_default=False)] = ...,
+    force: Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")] = False,
+):
+    """Write a trained model in a form that runs without charrnn: safetensors, ONNX, or a web page.
+
+    Example: charrnn export checkpoints/my-run --format onnx -o my-run-onnx
+    """
+    _setup_logging(False)
+
+    def go():
+        from .export.command import export_model
+
+        return export_model(checkpoint, fmt, output, force)
+
+    for path in _run(go):
+        sys.stderr.write(f"charrnn: wrote {path}\n")
+    sys.stderr.flush()
+
+
 def main() -> None:
     # Results are UTF-8 whatever the locale (LANG=C, PYTHONIOENCODING=ascii): a file name or text in the output
     # must never end the run with UnicodeEncodeError.

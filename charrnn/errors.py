@@ -36,6 +36,11 @@ class DataError(CharrnnError):
     exit_code = EXIT_DATA
 
 
+class NotACheckpointError(DataError):
+    """A file that is no charrnn checkpoint or model file at all (a text file, another tool's safetensors): exit 65
+    where a checkpoint is read; `export` reports it as a usage error (exit 2)."""
+
+
 class InputMissingError(CharrnnError):
     exit_code = EXIT_NO_INPUT
 

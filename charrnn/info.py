@@ -70,6 +70,8 @@ def checkpoint_info(checkpoint: Optional[str] = None) -> dict:
 
 def _weights(ckpt: dict) -> str:
     """Which weights "model" holds: --ema's moving average, or the weights as trained."""
+    if ckpt.get("weights"):  # a .safetensors model file says which weights it holds (charrnn.modelfile)
+        return ckpt["weights"]
     decay = (ckpt.get("train_config") or {}).get("ema") or 0.0
     if ckpt.get("train_weights") is None or not decay:
         return "as trained"

@@ -21,6 +21,9 @@ def merge_configs(resumed: dict, model_config: ModelConfig, train_config: TrainC
                   allow_lr_change: bool = False) -> tuple[ModelConfig, TrainConfig]:
     """The checkpoint's configuration with the options the user set on purpose (`explicit`) that may change;
     UsageError naming each option set to something else that may not."""
+    if resumed.get("format") == "charrnn-safetensors":  # charrnn.modelfile: the weights alone, nothing to resume
+        raise UsageError(f"cannot resume from {resumed['path']}: a .safetensors model file holds no optimizer or "
+                         f"data state; resume from the run's checkpoint (its latest.pt)")
     saved_model = from_dict(ModelConfig, resumed["model_config"])
     saved_train = from_dict(TrainConfig, resumed["train_config"])
     if "ema" not in resumed["train_config"]:  # saved before --ema existed: it trained without an average
