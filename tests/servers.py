@@ -3,18 +3,25 @@ and always stop it."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from urllib.parse import urlparse
 
 from conftest import cli_env
+
+KEY = "test-key-123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+LONG = 100_000  # characters: a stream that runs until the test ends it
 
 READY = re.compile(r"^charrnn: serving .* on (http://\S+)$")
 START_TIMEOUT = 180  # seconds: a loaded 2-core machine importing torch and loading numba's cache
@@ -96,3 +103,24 @@ def completion_events(raw: str) -> list:
     events = [e for e in raw.split("\n\n") if e]
     assert events[-1] == "data: [DONE]", events[-3:]
     return [json.loads(e[len("data: "):]) for e in events[:-1]]
+
+
+class Stream:
+    """A raw streaming completion on its own connection: read its first chunk, then keep or drop it."""
+
+    def __init__(self, url: str, body: dict, headers=AUTH):
+        u = urlparse(url)
+        self.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+        self.conn.request("POST", "/v1/completions", json.dumps({**body, "stream": True}),
+                          {"Content-Type": "application/json", **headers})
+        self.response = self.conn.getresponse()
+        assert self.response.status == 200, self.response.read()
+        self.first = self.response.readline()  # the first event's data line: the stream is generating
+        assert self.first.startswith(b"data: "), self.first
+
+    def rest(self) -> str:
+        return (self.first + self.response.read()).decode("utf-8")
+
+    def close(self):
+        self.conn.sock.shutdown(socket.SHUT_RDWR)
+        self.conn.close()

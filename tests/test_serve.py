@@ -3,23 +3,18 @@ invariance beside 15 other streams, a client leaving, 429 beyond the queue, SIGT
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import subprocess
 import threading
-from urllib.parse import urlparse
 
 import pytest
 
 from conftest import ROOT, assert_one_line_error, cli_env, run_cli
-from servers import Server, completion_events
+from servers import AUTH, KEY, LONG, Server, Stream, completion_events
 
 openai = pytest.importorskip("openai")
 
-KEY = "test-key-123"
-AUTH = {"Authorization": f"Bearer {KEY}"}
-LONG = 100_000  # characters: a stream that runs until the test ends it
 
 
 @pytest.fixture(scope="module")
@@ -34,27 +29,6 @@ def server(tiny_run):
 @pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=120)
-
-
-class Stream:
-    """A raw streaming completion on its own connection: read its first chunk, then keep or drop it."""
-
-    def __init__(self, url: str, body: dict, headers=AUTH):
-        u = urlparse(url)
-        self.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
-        self.conn.request("POST", "/v1/completions", json.dumps({**body, "stream": True}),
-                          {"Content-Type": "application/json", **headers})
-        self.response = self.conn.getresponse()
-        assert self.response.status == 200, self.response.read()
-        self.first = self.response.readline()  # the first event's data line: the stream is generating
-        assert self.first.startswith(b"data: "), self.first
-
-    def rest(self) -> str:
-        return (self.first + self.response.read()).decode("utf-8")
-
-    def close(self):
-        self.conn.sock.shutdown(socket.SHUT_RDWR)
-        self.conn.close()
 
 
 def whole(client, **kw) -> str:
