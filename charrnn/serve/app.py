@@ -169,20 +169,28 @@ def make_jobs(options: dict, vocab) -> list[Job]:
 
 
 # ------------------------------------------------------------------------------------------------- the routes
-def build_app(settings: Settings) -> Starlette:
-    scheduler, metrics = settings.scheduler, settings.metrics
+def build_app(settings: Settings):
+    """The ASGI application: the routes below, wrapped in the request counter."""
+    return API(settings).app()
 
-    def check_key(request: HTTPRequest) -> None:
-        if settings.api_key is None:
+
+class API:
+    """The routes, as methods sharing the settings."""
+
+    def __init__(self, settings: Settings):
+        self.settings, self.scheduler, self.metrics = settings, settings.scheduler, settings.metrics
+
+    def check_key(self, request: HTTPRequest) -> None:
+        if self.settings.api_key is None:
             return
         given = request.headers.get("authorization", "")
         token = given[7:].strip() if given[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
-        if not hmac.compare_digest(token.encode("utf-8", "replace"), settings.api_key.encode("utf-8")):
+        if not hmac.compare_digest(token.encode("utf-8", "replace"), self.settings.api_key.encode("utf-8")):
             raise APIError(401, "a missing or wrong API key: send 'Authorization: Bearer KEY'" if token or given
                            else "this server needs an API key: send 'Authorization: Bearer KEY'",
                            code="invalid_api_key")
 
-    async def read_json(request: HTTPRequest):
+    async def read_json(self, request: HTTPRequest):
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY:
             raise APIError(413, f"the request body is over {MAX_BODY} bytes", code="request_too_large")
@@ -198,72 +206,73 @@ def build_app(settings: Settings) -> Starlette:
             raise APIError(400, f"the request body is not valid JSON ({exc.__class__.__name__})",
                            code="invalid_json") from None
 
-    def model_card() -> dict:
-        info = scheduler.info
+    def model_card(self) -> dict:
+        info = self.scheduler.info
         return {"id": info["name"], "object": "model", "created": int(info.get("saved_at") or 0),
                 "owned_by": "charrnn", "step": info.get("step"), "best_val_loss": info.get("best_val_loss"),
                 "vocab_size": info.get("vocab_size"), "cell": info.get("cell"),
                 "hidden_size": info.get("hidden_size"), "num_layers": info.get("num_layers")}
 
-    async def models(request: HTTPRequest):
-        check_key(request)
-        return JSONResponse({"object": "list", "data": [model_card()]})
+    async def models(self, request: HTTPRequest):
+        self.check_key(request)
+        return JSONResponse({"object": "list", "data": [self.model_card()]})
 
-    async def one_model(request: HTTPRequest):
-        check_key(request)
-        card = model_card()
+    async def one_model(self, request: HTTPRequest):
+        self.check_key(request)
+        card = self.model_card()
         if request.path_params["model"] != card["id"]:
             raise APIError(404, f"no model {request.path_params['model']!r}: this server serves {card['id']!r}",
                            "model", "model_not_found")
         return JSONResponse(card)
 
-    async def health(request: HTTPRequest):
-        if settings.stopping:
+    async def health(self, request: HTTPRequest):
+        if self.settings.stopping:
             return JSONResponse({"status": "shutting down"}, status_code=503)
-        return JSONResponse({"status": "ok", "model": scheduler.info["name"], "step": scheduler.info.get("step")})
+        info = self.scheduler.info
+        return JSONResponse({"status": "ok", "model": info["name"], "step": info.get("step")})
 
-    async def metrics_route(request: HTTPRequest):
-        check_key(request)
-        body, content_type = metrics.render()
+    async def metrics_route(self, request: HTTPRequest):
+        self.check_key(request)
+        body, content_type = self.metrics.render()
         return Response(body, media_type=content_type)
 
-    async def page(request: HTTPRequest):
+    async def page(self, request: HTTPRequest):
         html = resources.files("charrnn.serve").joinpath("page.html").read_bytes()
         return Response(html, media_type="text/html; charset=utf-8",
                         headers={"Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
                                                             "script-src 'self' 'unsafe-inline'; img-src 'self' data:"})
 
-    async def favicon(request: HTTPRequest):
+    async def favicon(self, request: HTTPRequest):
         return Response(status_code=204)
 
-    async def completions(request: HTTPRequest):
-        check_key(request)
-        if settings.stopping:
+    async def completions(self, request: HTTPRequest):
+        self.check_key(request)
+        if self.settings.stopping:
             raise APIError(503, "the server is shutting down", code="shutting_down")
-        options = parse_completion(await read_json(request), settings)
+        options = parse_completion(await self.read_json(request), self.settings)
         loop = asyncio.get_running_loop()
-        job_list = make_jobs(options, scheduler.vocab)
+        job_list = make_jobs(options, self.scheduler.vocab)
         req = Request(job_list, loop, asyncio.Event())
         try:
-            scheduler.submit(req)
+            self.scheduler.submit(req)
         except QueueFull as exc:
-            if settings.stopping:
+            if self.settings.stopping:
                 raise APIError(503, "the server is shutting down", code="shutting_down") from None
             raise APIError(429, f"the server is busy: {exc}; try again shortly", code="queue_full") from None
-        meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": scheduler.info["name"]}
+        meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.scheduler.info["name"]}
         if options["stream"]:
-            return StreamingResponse(stream(req, options, meta), media_type="text/event-stream",
+            return StreamingResponse(self.stream(req, options, meta), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
-            await wait_done(req, request)
+            await self.wait_done(req, request)
         finally:
             if not req.done:
-                scheduler.cancel(req)
+                self.scheduler.cancel(req)
         if req.cancelled:
             return Response(status_code=499)
-        return JSONResponse(whole(req, options, meta))
+        return JSONResponse(self.whole(req, options, meta))
 
-    async def wait_done(req: Request, request: HTTPRequest) -> None:
+    async def wait_done(self, req: Request, request: HTTPRequest) -> None:
         """Until the request is done; cancels it when the client goes away first."""
         async def gone():
             while True:
@@ -284,7 +293,7 @@ def build_app(settings: Settings) -> Starlette:
         finally:
             watcher.cancel()
 
-    def logprob_block(job: Job, lo: int, hi: int, offset: int) -> dict:
+    def logprob_block(self, job: Job, lo: int, hi: int, offset: int) -> dict:
         tokens = job.chars[lo:hi]
         offsets, pos = [], offset
         for c in tokens:
@@ -293,25 +302,25 @@ def build_app(settings: Settings) -> Starlette:
         return {"tokens": tokens, "token_logprobs": [e[0] for e in job.entries[lo:hi]],
                 "top_logprobs": [e[1] for e in job.entries[lo:hi]], "text_offset": offsets}
 
-    def usage(req: Request, options: dict) -> dict:
+    def usage(self, req: Request, options: dict) -> dict:
         prompt = sum(len(p) for p in options["prompts"])
         completion = sum(len(job.chars) for job in req.jobs)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
-    def prompt_of(options: dict, index: int) -> str:
+    def prompt_of(self, options: dict, index: int) -> str:
         return options["prompts"][index // options["n"]]
 
-    def whole(req: Request, options: dict, meta: dict) -> dict:
+    def whole(self, req: Request, options: dict, meta: dict) -> dict:
         choices = []
         for i, job in enumerate(req.jobs):
-            head = prompt_of(options, i) if options["echo"] else ""
-            lp = logprob_block(job, 0, job.visible, len(head)) if job.logprobs is not None else None
+            head = self.prompt_of(options, i) if options["echo"] else ""
+            lp = self.logprob_block(job, 0, job.visible, len(head)) if job.logprobs is not None else None
             choices.append({"text": head + "".join(job.chars[: job.visible]), "index": i, "logprobs": lp,
                             "finish_reason": job.finish_reason})
         return {"id": meta["id"], "object": "text_completion", "created": meta["created"], "model": meta["model"],
-                "choices": choices, "usage": usage(req, options)}
+                "choices": choices, "usage": self.usage(req, options)}
 
-    async def stream(req: Request, options: dict, meta: dict):
+    async def stream(self, req: Request, options: dict, meta: dict):
         read = [0] * len(req.jobs)
         closed = [False] * len(req.jobs)
         head = {"id": meta["id"], "object": "text_completion", "created": meta["created"], "model": meta["model"]}
@@ -321,7 +330,7 @@ def build_app(settings: Settings) -> Starlette:
 
         try:
             if options["echo"]:
-                yield "".join(chunk({"text": prompt_of(options, i), "index": i, "logprobs": None,
+                yield "".join(chunk({"text": self.prompt_of(options, i), "index": i, "logprobs": None,
                                      "finish_reason": None}) for i in range(len(req.jobs)))
             while True:
                 req.event.clear()
@@ -333,10 +342,10 @@ def build_app(settings: Settings) -> Starlette:
                     hi = job.visible
                     finished = reason is not None
                     if hi > read[i] or finished:
-                        lp = logprob_block(job, read[i], hi, 0) if job.logprobs is not None else None
+                        lp = self.logprob_block(job, read[i], hi, 0) if job.logprobs is not None else None
                         if lp is not None:
                             base = sum(len(c) for c in job.chars[: read[i]]) + (
-                                len(prompt_of(options, i)) if options["echo"] else 0)
+                                len(self.prompt_of(options, i)) if options["echo"] else 0)
                             lp["text_offset"] = [base + o for o in lp["text_offset"]]
                         out.append(chunk({"text": "".join(job.chars[read[i]:hi]), "index": i, "logprobs": lp,
                                           "finish_reason": reason}))
@@ -348,16 +357,16 @@ def build_app(settings: Settings) -> Starlette:
                     break
                 await req.event.wait()
             if options["include_usage"]:
-                yield "data: " + json.dumps({**head, "choices": [], "usage": usage(req, options)}) + "\n\n"
+                yield "data: " + json.dumps({**head, "choices": [], "usage": self.usage(req, options)}) + "\n\n"
             yield "data: [DONE]\n\n"
         finally:
             if not req.done:
-                scheduler.cancel(req)
+                self.scheduler.cancel(req)
 
-    async def api_error(request: HTTPRequest, exc: APIError):
+    async def api_error(self, request: HTTPRequest, exc: APIError):
         return exc.response()
 
-    async def http_error(request: HTTPRequest, exc: HTTPException):
+    async def http_error(self, request: HTTPRequest, exc: HTTPException):
         if exc.status_code == 404:
             return APIError(404, f"no route {request.url.path}", code="not_found").response()
         if exc.status_code == 405:
@@ -365,13 +374,15 @@ def build_app(settings: Settings) -> Starlette:
                             code="method_not_allowed").response()
         return APIError(exc.status_code, str(exc.detail)).response()
 
-    routes = [
-        Route("/", page), Route("/favicon.ico", favicon), Route("/health", health),
-        Route("/metrics", metrics_route), Route("/v1/models", models), Route("/v1/models/{model:path}", one_model),
-        Route("/v1/completions", completions, methods=["POST"]),
-    ]
-    app = Starlette(routes=routes, exception_handlers={APIError: api_error, HTTPException: http_error})
-    return CountRequests(app, metrics)
+    def app(self):
+        routes = [
+            Route("/", self.page), Route("/favicon.ico", self.favicon), Route("/health", self.health),
+            Route("/metrics", self.metrics_route), Route("/v1/models", self.models),
+            Route("/v1/models/{model:path}", self.one_model),
+            Route("/v1/completions", self.completions, methods=["POST"]),
+        ]
+        app = Starlette(routes=routes, exception_handlers={APIError: self.api_error, HTTPException: self.http_error})
+        return CountRequests(app, self.metrics)
 
 
 class CountRequests:

@@ -73,11 +73,7 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(checkpoint: Optional[str] = None, host: str = "127.0.0.1", port: int = 8080,
-          api_key: Optional[str] = None, max_streams: int = 16, max_queue: int = 64, max_chars: int = 4096,
-          watch: bool = False, device: str = "cpu", threads: Optional[int] = None, name: Optional[str] = None,
-          say: Callable[[str], None] = _say) -> None:
-    """Serve a checkpoint until SIGINT/SIGTERM. `say` gets the lines meant for the operator (stderr)."""
+def check_options(max_streams: int, max_queue: int, max_chars: int, port: int, threads: Optional[int]) -> None:
     if not 1 <= max_streams <= 4096:
         raise UsageError(f"--max-streams must be between 1 and 4096, not {max_streams}")
     if max_queue < 0:
@@ -88,8 +84,10 @@ def serve(checkpoint: Optional[str] = None, host: str = "127.0.0.1", port: int =
         raise UsageError(f"--port must be between 0 and 65535, not {port}")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1, not {threads}")
-    if api_key is not None and not api_key:
-        api_key = None  # CHARRNN_API_KEY= (empty) means no key
+
+
+def _import_extra():
+    """uvicorn, once starlette and prometheus_client are known to import; a UsageError naming the extra if not."""
     try:
         import prometheus_client  # noqa: F401
         import starlette  # noqa: F401
@@ -97,6 +95,71 @@ def serve(checkpoint: Optional[str] = None, host: str = "127.0.0.1", port: int =
     except ImportError as exc:
         raise UsageError(f"charrnn serve needs the serve extra ({exc.name} is missing): "
                          f"pip install \"charrnn[serve]\"") from None
+    return uvicorn
+
+
+def _set_threads(threads: Optional[int]) -> None:
+    if threads is None:
+        return
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:
+        pass
+
+
+def _watch(path: str, seen, scheduler, name: Optional[str], stop: threading.Event, say) -> None:
+    """Reload `path` whenever its size, time or inode changes, until `stop` is set (the --watch thread)."""
+    while not stop.wait(WATCH_INTERVAL):
+        now = _signature(path)
+        if now is None or now == seen:
+            continue
+        seen = now
+        try:
+            ckpt, model, vocab = _load(path)
+        except CharrnnError as exc:
+            say(f"--watch: kept step {scheduler.info.get('step')}: {exc.message}")
+            continue
+        info = model_info(path, ckpt, model, name)
+        scheduler.replace_model(model, vocab, info)
+        say(f"reloaded {info['name']} (step {info.get('step')})")
+
+
+def _server(uvicorn, app, settings, stop_watch: threading.Event, ready: str, say):
+    """A uvicorn server that says `ready` once it answers, and on SIGINT/SIGTERM stops the scheduler and exits 0
+    (uvicorn by default raises the signal again once it has shut down)."""
+    from .scheduler import SHUTDOWN_GRACE
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            settings.stopping = True
+            settings.scheduler.stop()
+            stop_watch.set()
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            self.should_exit = True
+
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            say(ready)
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", ws="none",
+                            timeout_graceful_shutdown=int(SHUTDOWN_GRACE) + 5, server_header=False)
+    return Server(config)
+
+
+def serve(checkpoint: Optional[str] = None, host: str = "127.0.0.1", port: int = 8080,
+          api_key: Optional[str] = None, max_streams: int = 16, max_queue: int = 64, max_chars: int = 4096,
+          watch: bool = False, device: str = "cpu", threads: Optional[int] = None, name: Optional[str] = None,
+          say: Callable[[str], None] = _say) -> None:
+    """Serve a checkpoint until SIGINT/SIGTERM. `say` gets the lines meant for the operator (stderr)."""
+    check_options(max_streams, max_queue, max_chars, port, threads)
+    api_key = api_key or None  # CHARRNN_API_KEY= (empty) means no key
+    uvicorn = _import_extra()
 
     from ..checkpoint import resolve_checkpoint
     from ..runtime import resolve_device
@@ -108,66 +171,23 @@ def serve(checkpoint: Optional[str] = None, host: str = "127.0.0.1", port: int =
     path = resolve_checkpoint(checkpoint)
     seen = _signature(path)
     ckpt, model, vocab = _load(path)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-        try:
-            import numba
-
-            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-        except ImportError:
-            pass
+    _set_threads(threads)
     info = model_info(path, ckpt, model, name)
     sock = bind(host, port)
     metrics = Metrics()
     metrics.model_step.set(info.get("step") or 0)
     scheduler = Scheduler(model, vocab, info, max_streams, max_queue, dev, metrics)
     settings = Settings(scheduler, metrics, api_key, max_chars, DEFAULT_CHARS)
-    app = build_app(settings)
-    real_port = sock.getsockname()[1]
     shown_host = f"[{host}]" if ":" in host else host
     if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
         say(f"warning: listening on {host} without --api-key: anyone who can reach this machine can use the model")
-
     stop_watch = threading.Event()
-
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig, frame):  # no re-raise of the signal at the end (uvicorn's default): exit 0
-            settings.stopping = True
-            scheduler.stop()
-            stop_watch.set()
-            if self.should_exit and sig == signal.SIGINT:
-                self.force_exit = True
-            self.should_exit = True
-
-        async def startup(self, sockets=None):
-            await super().startup(sockets)
-            say(f"serving {info['name']} (step {info.get('step')}) on http://{shown_host}:{real_port}")
-
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", ws="none",
-                            timeout_graceful_shutdown=int(SHUTDOWN_GRACE) + 5, server_header=False)
-    server = Server(config)
-
-    def watcher():
-        nonlocal seen
-        while not stop_watch.wait(WATCH_INTERVAL):
-            now = _signature(path)
-            if now is None or now == seen:
-                continue
-            seen = now
-            try:
-                new_ckpt, new_model, new_vocab = _load(path)
-            except CharrnnError as exc:
-                say(f"--watch: kept step {scheduler.info.get('step')}: {exc.message}")
-                continue
-            new_info = model_info(path, new_ckpt, new_model, name)
-            scheduler.replace_model(new_model, new_vocab, new_info)
-            say(f"reloaded {new_info['name']} (step {new_info.get('step')})")
-
+    ready = f"serving {info['name']} (step {info.get('step')}) on http://{shown_host}:{sock.getsockname()[1]}"
+    server = _server(uvicorn, build_app(settings), settings, stop_watch, ready, say)
     scheduler.start()
     if watch:
-        threading.Thread(target=watcher, name="charrnn-serve-watch", daemon=True).start()
+        threading.Thread(target=_watch, args=(path, seen, scheduler, name, stop_watch, say),
+                         name="charrnn-serve-watch", daemon=True).start()
     try:
         server.run(sockets=[sock])
     finally:
