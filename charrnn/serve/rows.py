@@ -29,7 +29,13 @@ def make_rows(model, capacity: int, device):
         from .. import compiled
 
         if compiled.available():
-            return NumbaTanhRows(model, capacity)
+            try:
+                rows = NumbaTanhRows(model, capacity)
+                rows.step(np.zeros(1, np.int64))  # compiles here (or loads numba's cache), once per process
+                rows.reset(0)
+                return rows
+            except Exception:  # numba failing on this platform (e.g. no cache directory it can use): the slow way
+                pass
     return PerRowRows(model, capacity)
 
 
