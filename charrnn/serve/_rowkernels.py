@@ -13,7 +13,8 @@ row; the blocking changes which rows are computed together, never the operations
 from __future__ import annotations
 
 import numba
-import numpy as np
+
+from .._kernels import _tanh_fast  # float32 tanh, element by element (vectorized; the training kernel's own)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -41,8 +42,8 @@ def _block(ids, table, w_xh_t, bias, w_hh_t, head_t, head_b, state, pre, logits,
             _accumulate(pre, state[layer - 1], w_xh_t[layer - 1], i0, i1)
         _accumulate(pre, state[layer], w_hh_t[layer], i0, i1)
         for i in range(i0, i1):
-            for j in range(pre.shape[1]):
-                state[layer, i, j] = np.tanh(pre[i, j])
+            _tanh_fast(pre[i])  # a function of each element alone: the same whatever the batch
+            state[layer, i, :] = pre[i]
     for i in range(i0, i1):
         logits[i, :] = head_b
     _accumulate(logits, state[L - 1], head_t, i0, i1)

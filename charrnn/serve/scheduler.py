@@ -142,6 +142,7 @@ class Scheduler:
         self.requests: set[Request] = set()
         self.pending_model = None  # (model, vocab, info) from the watcher, taken between steps
         self.stopping: Optional[float] = None  # when the stop was asked for
+        self._shown = (-1, -1)  # the gauges' values last set
         self.thread = threading.Thread(target=self._run, name="charrnn-serve-scheduler", daemon=True)
 
     def _warm(self) -> None:
@@ -194,9 +195,11 @@ class Scheduler:
 
     # ------------------------------------------------------------------ the scheduler thread
     def _gauges(self) -> None:
-        if self.metrics is not None:
-            self.metrics.active_streams.set(len(self.active))
-            self.metrics.queue_depth.set(len(self.queue))
+        now = (len(self.active), len(self.queue))
+        if self.metrics is not None and now != self._shown:  # set on change only: this runs at every step
+            self._shown = now
+            self.metrics.active_streams.set(now[0])
+            self.metrics.queue_depth.set(now[1])
 
     def _finish(self, request: Request, reason: Optional[str] = None) -> None:
         if reason is not None:
