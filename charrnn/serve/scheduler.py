@@ -264,8 +264,7 @@ class Scheduler:
             self.rows = make_rows(model, self.max_streams, self.device)
             self.config = model.config
             self.vocab, self.chars = vocab, vocab.chars
-        self.info.clear()
-        self.info.update(info)
+        self.info = info  # one assignment: a route reading it sees the old info or the new, never half of it
         self.pending_model = None
         if self.metrics is not None:
             self.metrics.reloads.inc()
@@ -296,7 +295,18 @@ class Scheduler:
                             return
                         self.cond.wait(timeout=1.0)
                         continue
-                self._step()
+                try:
+                    self._step()
+                except Exception as exc:  # a bug must not leave every client waiting forever: end what runs
+                    import logging
+
+                    logging.getLogger("charrnn").error(f"serve: a step failed ({exc.__class__.__name__}: {exc}); "
+                                                       f"the streams in flight end with finish_reason 'error'")
+                    with self.cond:
+                        for _, request in self.active:
+                            if not request.done:
+                                self._finish(request, "error")
+                        self.active.clear()
 
     def _step(self) -> None:
         active = self.active
