@@ -77,3 +77,23 @@ def test_moving_and_resetting_rows():
     assert b[2].tobytes() == a[2].tobytes()
     fresh = make_rows(model, 4, torch.device("cpu")).step(np.array([1], np.int64))
     assert b[0].tobytes() == fresh[0].tobytes()
+
+
+@pytest.mark.parametrize("cell", ["tanh", "lstm"])
+def test_the_padded_stepper_computes_the_models_step(cell):
+    """PaddedRows (the CUDA route) run on the CPU here: it steps every row of its capacity, and the active rows
+    get the model's step."""
+    from charrnn.serve.rows import PaddedRows
+
+    model = _model(cell)
+    reference = _model(cell)
+    rows = PaddedRows(model, 8, torch.device("cpu"))
+    state = reference.init_state(3)
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        ids = rng.integers(0, model.config.vocab_size, 3)
+        with torch.no_grad():
+            want, state = reference.step(torch.from_numpy(ids), state)
+        got = rows.step(ids)
+        assert got.shape == (3, model.config.vocab_size)
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)

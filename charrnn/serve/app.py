@@ -366,6 +366,10 @@ class API:
     async def api_error(self, request: HTTPRequest, exc: APIError):
         return exc.response()
 
+    async def server_error(self, request: HTTPRequest, exc: Exception):
+        """A bug: the client gets the error shape (500); uvicorn logs the traceback on stderr."""
+        return APIError(500, f"internal error ({exc.__class__.__name__})", type="server_error").response()
+
     async def http_error(self, request: HTTPRequest, exc: HTTPException):
         if exc.status_code == 404:
             return APIError(404, f"no route {request.url.path}", code="not_found").response()
@@ -381,7 +385,8 @@ class API:
             Route("/v1/models/{model:path}", self.one_model),
             Route("/v1/completions", self.completions, methods=["POST"]),
         ]
-        app = Starlette(routes=routes, exception_handlers={APIError: self.api_error, HTTPException: self.http_error})
+        handlers = {APIError: self.api_error, HTTPException: self.http_error, Exception: self.server_error}
+        app = Starlette(routes=routes, exception_handlers=handlers)
         return CountRequests(app, self.metrics)
 
 
