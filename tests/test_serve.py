@@ -233,6 +233,7 @@ def test_same_seed_same_text_alone_and_beside_15_streams(server, client):
         assert server.metric("charrnn_active_streams", AUTH) >= 15
         beside = whole(client, **ask)
         streamed = "".join(c.choices[0].text for c in client.completions.create(model="run", stream=True, **ask))
+        assert server.metric("charrnn_active_streams", AUTH) >= 15  # the 15 were running all along
     finally:
         for s in others:
             s.close()

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..sample import pick
+
 
 def make_rows(model, capacity: int, device):
     """The stepper for `model` on `device` (a torch.device) with room for `capacity` rows."""
@@ -140,8 +142,6 @@ def choose(logits: np.ndarray, uniforms: np.ndarray, temperature: float, top_k, 
     (greedy; the lowest id on a tie), otherwise sample.pick's rule (each row's arithmetic its own)."""
     if temperature == 0:
         return np.argmax(logits, axis=1)
-    from ..sample import pick
-
     return pick(logits, uniforms, temperature, top_k, top_p)
 
 
