@@ -4,6 +4,7 @@ invariance beside 15 other streams, a client leaving, 429 beyond the queue, SIGT
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import threading
@@ -266,7 +267,8 @@ def test_queue_full_is_429(tiny_run):
         assert s.stop() == 0
 
 
-def test_sigterm_with_streams_in_flight_exits_0(tiny_run):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_with_streams_in_flight_exits_0(tiny_run, sig):
     s = Server(tiny_run, "--port", 0, "--max-chars", LONG)
     results = {}
     try:
@@ -278,7 +280,7 @@ def test_sigterm_with_streams_in_flight_exits_0(tiny_run):
         threads = [threading.Thread(target=finish, args=(i,)) for i in range(3)]
         for t in threads:
             t.start()
-        code = s.stop()
+        code = s.stop(sig)
         for t in threads:
             t.join(60)
     finally:
