@@ -254,6 +254,24 @@ def test_a_client_that_leaves_is_dropped(server):
         time.sleep(0.05)
 
 
+def test_a_client_that_leaves_before_a_whole_answer_is_dropped(server):
+    import time
+
+    u = urlparse(server.url)
+    body = json.dumps({"prompt": "a", "max_tokens": LONG}).encode()
+    with socket.create_connection((u.hostname, u.port), timeout=60) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        deadline = time.monotonic() + 60
+        while server.metric("charrnn_active_streams", AUTH) < 1:  # generating (not streamed: nothing to read yet)
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    deadline = time.monotonic() + 60
+    while server.metric("charrnn_active_streams", AUTH) != 0:
+        assert time.monotonic() < deadline, "the request of a client that left is still generating"
+        time.sleep(0.05)
+
+
 def test_queue_full_is_429(tiny_run):
     s = Server(tiny_run, "--port", 0, "--max-streams", 1, "--max-queue", 0, "--max-chars", LONG)
     try:
