@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT, cli_env, hang_guard, run_cli
 
-COMMANDS = ["train", "sample", "eval", "corpora", "plot", "info", "runs", "export"]
+COMMANDS = ["train", "sample", "eval", "corpora", "plot", "info", "runs", "export", "serve"]
 WIDE = cli_env(COLUMNS="250", TERMINAL_WIDTH="250")  # no option name is cut by a narrow terminal
 
 

@@ -1,0 +1,152 @@
+"""The steppers serve's scheduler drives: rows of one batch, each computed independently of the others.
+
+A seeded request must get the same text alone or beside any other requests, so a row's logits may not depend on
+how many rows share the step or which. Three ways, by where the model runs:
+
+- tanh on the CPU with numba (the usual case): `NumbaTanhRows`, one compiled call per step for all rows, in which
+  every element is formed by the same IEEE operations whatever the batch (see _rowkernels.py for why a BLAS call
+  cannot promise that).
+- any other cell on the CPU, or tanh without numba: `PerRowRows` steps each row on its own, always in the shape of
+  a batch of one (the same computation for a row whoever else is active).
+- CUDA (or MPS): `PaddedRows` steps the whole capacity every time, active or not, so the shape of every product
+  is fixed and a row's result cannot depend on how many rows are in use.
+
+Every stepper has rows 0..capacity-1; the scheduler keeps its active rows in 0..B-1 (moving the last row into a
+freed one) and calls `step(ids)` with B ids; `reset(row)` zeroes a row's state, `move(src, dst)` copies one, and
+`load(model)` takes new weights of the same shape (the states are kept).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..sample import pick
+
+
+def make_rows(model, capacity: int, device):
+    """The stepper for `model` on `device` (a torch.device) with room for `capacity` rows."""
+    if device.type != "cpu":
+        return PaddedRows(model, capacity, device)
+    if model.config.cell == "tanh":
+        from .. import compiled
+
+        if compiled.available():
+            try:
+                rows = NumbaTanhRows(model, capacity)
+                rows.step(np.zeros(1, np.int64))  # compiles here (or loads numba's cache), once per process
+                rows.reset(0)
+                return rows
+            except Exception:  # numba failing on this platform (e.g. no cache directory it can use): the slow way
+                pass
+    return PerRowRows(model, capacity)
+
+
+class NumbaTanhRows:
+    parallel_from = 8  # rows from which the blocks of 4 rows are shared among numba's threads
+
+    def __init__(self, model, capacity: int):
+        from . import _rowkernels
+
+        self.kernels = _rowkernels
+        self.capacity = capacity
+        self.load(model)
+        L, H = self.w_hh_t.shape[0], self.w_hh_t.shape[1]
+        self.state = np.zeros((L, capacity, H), np.float32)
+        self.pre = np.zeros((capacity, H), np.float32)
+        self.logits = np.zeros((capacity, self.head_t.shape[1]), np.float32)
+
+    def load(self, model) -> None:
+        import torch
+
+        def arr(t):
+            return np.ascontiguousarray(t.detach().cpu().float().numpy())
+
+        with torch.no_grad():
+            H = model.config.hidden_size
+            self.table = arr(model.embed.weight + model.bias[0])  # V, H: W^1_xh + b^1
+            self.w_hh_t = np.stack([arr(w.t()) for w in model.w_hh])  # L, H, H
+            self.w_xh_t = (np.stack([arr(w.t()) for w in model.w_xh]) if len(model.w_xh)
+                           else np.zeros((1, H, H), np.float32))  # numba needs an array even for one layer
+            self.bias = np.stack([arr(b) for b in model.bias])  # L, H
+            self.head_t = arr(model.head.weight.t())  # H, V
+            self.head_b = arr(model.head.bias)
+
+    def step(self, ids: np.ndarray) -> np.ndarray:
+        B = len(ids)
+        k = self.kernels.tanh_step_parallel if B >= self.parallel_from else self.kernels.tanh_step
+        k(ids, self.table, self.w_xh_t, self.bias, self.w_hh_t, self.head_t, self.head_b, self.state, self.pre,
+          self.logits)
+        return self.logits[:B]
+
+    def reset(self, row: int) -> None:
+        self.state[:, row] = 0.0
+
+    def move(self, src: int, dst: int) -> None:
+        self.state[:, dst] = self.state[:, src]
+
+
+class _TorchRows:
+    """Rows of a torch state (the batch is dim -2: (L, B, H), or (2, L, B, H) for an LSTM's h and c)."""
+
+    def __init__(self, model, capacity: int, device):
+        import torch
+
+        self.torch, self.device, self.capacity = torch, device, capacity
+        self.model = model.to(device).eval()
+        self.state = model.init_state(capacity, device=device)
+
+    def load(self, model) -> None:
+        self.model.load_state_dict(model.state_dict())
+
+    def reset(self, row: int) -> None:
+        self.state[..., row, :] = 0.0
+
+    def move(self, src: int, dst: int) -> None:
+        self.state[..., dst, :] = self.state[..., src, :]
+
+
+class PerRowRows(_TorchRows):
+    def __init__(self, model, capacity: int, device=None):
+        import torch
+
+        super().__init__(model, capacity, device or torch.device("cpu"))
+        self.logits = None
+
+    def step(self, ids: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        B = len(ids)
+        if self.logits is None:
+            self.logits = np.zeros((self.capacity, self.model.config.vocab_size), np.float32)
+        with torch.inference_mode():
+            t = torch.from_numpy(ids)
+            for i in range(B):  # one row at a time, always a batch of one: the same computation whoever else runs
+                logits, new = self.model.step(t[i : i + 1], self.state[..., i : i + 1, :])
+                self.state[..., i : i + 1, :] = new
+                self.logits[i] = logits[0].numpy()
+        return self.logits[:B]
+
+
+class PaddedRows(_TorchRows):
+    def step(self, ids: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        B = len(ids)
+        padded = np.zeros(self.capacity, np.int64)
+        padded[:B] = ids
+        with torch.inference_mode():  # every row, active or not: a fixed shape for every product
+            logits, self.state = self.model.step(torch.from_numpy(padded).to(self.device), self.state)
+            return logits[:B].float().cpu().numpy()
+
+
+def choose(logits: np.ndarray, uniforms: np.ndarray, temperature: float, top_k, top_p) -> np.ndarray:
+    """Ids drawn for rows that share their sampling options: temperature 0 takes the most likely character
+    (greedy; the lowest id on a tie), otherwise sample.pick's rule (each row's arithmetic its own)."""
+    if temperature == 0:
+        return np.argmax(logits, axis=1)
+    return pick(logits, uniforms, temperature, top_k, top_p)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """The model's log probabilities (temperature 1), float64, row by row."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
