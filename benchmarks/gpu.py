@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from about import about  # noqa: E402  (benchmarks/about.py: machine, date, commit)
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -219,7 +220,8 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu.py needs a CUDA GPU")
     os.makedirs(args.out, exist_ok=True)
-    results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+    results = {"about": about(gpu=torch.cuda.get_device_name()), "gpu": torch.cuda.get_device_name(),
+               "torch": torch.__version__,
                "cudnn": torch.backends.cudnn.version(), "host": platform.node(),
                "bf16_supported": torch.cuda.is_bf16_supported()}
     path = os.path.join(args.out, "gpu-results.json")

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from about import about  # benchmarks/about.py: machine, date, commit
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 
@@ -102,7 +104,7 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     out = os.path.join(args.out, f"quality-{time.strftime('%Y%m%d-%H%M%S')}.json")
     with open(out, "w") as f:
-        json.dump({"corpus": args.corpus, "budget": args.budget, "load_average": os.getloadavg(),
+        json.dump({"about": about(), "corpus": args.corpus, "budget": args.budget, "load_average": os.getloadavg(),
                    "results": results}, f, indent=1)
     print(f"wrote {out}", file=sys.stderr)
 

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from about import about  # benchmarks/about.py: machine, date, commit
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 
@@ -53,6 +55,9 @@ def main() -> None:
     args, extra = ap.parse_known_args()
     os.makedirs(args.out, exist_ok=True)
     out = os.path.join(args.out, "size-sweep.jsonl")
+    if not os.path.exists(out):  # a new file starts with where and when it was measured
+        with open(out, "w") as f:
+            f.write(json.dumps({"about": about(corpus=args.corpus)}) + "\n")
     sizes = [tuple(map(int, s.split("x"))) for s in args.sizes.split(",")]
     for steps in map(int, args.steps.split(",")):  # every size at N before any at 2N: partial sweeps are useful
         for L, H in sizes:
