@@ -29,6 +29,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from about import about  # noqa: E402  (machine, date, commit: every result file carries them)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -94,7 +96,7 @@ def main() -> None:
         warm, cold = os.path.join(tmp, "warm"), os.path.join(tmp, "cold")
         os.makedirs(warm)
         os.makedirs(cold)
-        result = {"machine": machine(), "corpus": args.corpus, "budget": args.budget, "runs": args.runs,
+        result = {"about": about(benchmark="autosize_together"), "machine": machine(), "corpus": args.corpus, "budget": args.budget, "runs": args.runs,
                   "extra": args.extra}
         result["alone"] = phase(1, args.corpus, args.budget, warm, args.extra)
         result["together"] = phase(args.runs, args.corpus, args.budget, warm, args.extra)

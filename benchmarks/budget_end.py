@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from about import about  # noqa: E402  (machine, date, commit: every result file carries them)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -76,7 +78,7 @@ def main() -> None:
             print(f"load {load}  run {i + 1}: wall {row['wall']:.2f} s, {row['past_budget']:+.2f} s past the "
                   f"{args.budget:g} s budget (allowed {allowed:.2f}): {'kept' if row['kept'] else 'MISSED'}")
     now = datetime.datetime.now(datetime.timezone.utc)
-    result = {"machine": {"node": platform.node(), "processor": platform.processor(), "cpus": os.cpu_count(),
+    result = {"about": about(benchmark="budget_end"), "machine": {"node": platform.node(), "processor": platform.processor(), "cpus": os.cpu_count(),
                           "python": platform.python_version()},
               "date": now.isoformat(timespec="seconds"), "commit": commit(), "corpus": args.corpus,
               "budget": args.budget, "extra": extra, "rows": rows}

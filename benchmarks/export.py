@@ -38,6 +38,8 @@ import sys
 import tempfile
 import threading
 import time
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from about import about  # noqa: E402  (machine, date, commit: every result file carries them)
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
@@ -263,7 +265,7 @@ def main() -> None:
     from charrnn.runtime import load_model
 
     now = datetime.datetime.now(datetime.timezone.utc)
-    results = {"benchmark": "export", "date": now.isoformat(timespec="seconds"), "commit": commit(),
+    results = {"about": about(benchmark="export"), "benchmark": "export", "date": now.isoformat(timespec="seconds"), "commit": commit(),
                "machine": machine(), "corpus": os.path.basename(args.corpus), "chars": args.chars,
                "repeats": args.repeats, "smoke": args.smoke, "rows": []}
     with tempfile.TemporaryDirectory(prefix="charrnn-export-bench-") as tmp:

@@ -50,6 +50,7 @@ sys.path.insert(0, HERE)
 import torch  # noqa: E402
 
 from bench_train import StockRNN, compare, make_charrnn, sgemm_peak, useful_flops_per_char  # noqa: E402
+from about import about  # noqa: E402  (machine, date, commit: every result file carries them)
 from floor import big_products, recurrent_products  # noqa: E402
 
 V = 65  # tiny-shakespeare's vocabulary
@@ -488,7 +489,7 @@ def main() -> None:
     if args.emulate:
         emulate(args.emulate)  # returns only once running under its variables
     parts = set(args.only.split(","))
-    result = {"machine": machine(), "loadavg_start": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    result = {"about": about(benchmark="run"), "machine": machine(), "loadavg_start": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
               "precision": args.precision, "native_bf16": cpu_supports_bf16(), "emulate": args.emulate,
               "isa": isa_report()}
     print(f"machine: {result['machine']}  native bf16: {result['native_bf16']}  load average "

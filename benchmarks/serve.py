@@ -27,6 +27,8 @@ import sys
 import tempfile
 import threading
 import time
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from about import about  # noqa: E402  (machine, date, commit: every result file carries them)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -164,7 +166,7 @@ def main() -> None:
     if args.quick:
         args.hidden, args.chars, args.clients, args.repeats = 32, 200, "1,4", 1
     clients = [int(c) for c in args.clients.split(",")]
-    result = {"machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    result = {"about": about(benchmark="serve"), "machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
               "loadavg_start": os.getloadavg(), "model": f"tanh {args.layers}x{args.hidden}", "chars": args.chars,
               "repeats": args.repeats}
     print(f"machine: {result['machine']}  commit {result['commit'][:10]}", flush=True)

@@ -84,8 +84,7 @@ def train(
                 text = dist.first_on_each_node(lambda: _load_corpus(corpus, cfg, progress and dist.local_rank == 0))
                 together = False
             spent = lambda: hooks.clock() - started  # noqa: E731  (of the time budget, before the first step)
-            run = _make_run(text, resumed, model_config, cfg, dist, device, memory_check, explicit, spent,
-                           remeasure)
+            run = _make_run(text, resumed, model_config, cfg, dist, device, memory_check, explicit, spent, remeasure)
             run.progress, run.on_step, run.started, run.run_dir = progress and dist.is_main, on_step, started, run_dir
             if not dist.is_main:
                 log.addFilter(_quiet_rank)  # one voice: rank 0 reports (removed again below)

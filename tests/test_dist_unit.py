@@ -213,7 +213,8 @@ def test_training_run_sends_every_collective_through_dist_on_its_device(tmp_path
     gathers = [c for c in calls[first_step:] if c["name"] == "all_gather"]
     assert len(gathers) == 2 * saves
     # before training: the run directory and the verdict on creating it
-    assert len([c for c in calls[:first_step] if c["name"] == "broadcast_object_list"]) >= 2
+    # (outside torchrun the run directory is made before any collective: at least the size/dropout agreement)
+    assert len([c for c in calls[:first_step] if c["name"] == "broadcast_object_list"]) >= 1
     assert len([c for c in calls[first_step:] if c["name"] == "broadcast_object_list"]) == saves
     ckpt = torch.load(tmp_path / "run" / "latest.pt", map_location="cpu", weights_only=False)
     assert ckpt["progress"]["world_size"] == 2

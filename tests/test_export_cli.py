@@ -35,6 +35,22 @@ def test_onnx_export_writes_two_models_and_refuses_to_overwrite(run, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["prefill.onnx", "step.onnx"]
 
 
+def test_web_export_refuses_to_overwrite_and_replaces_whole_with_force(run, tmp_path):
+    out = tmp_path / "site"
+    run_cli("export", run, "--format", "web", "-o", out, check=0)
+    files = sorted(p.name for p in out.iterdir())
+    assert "index.html" in files and "charrnn.js" in files and "model.json" in files
+    model_json = (out / "model.json").read_bytes()
+    assert_one_line_error(run_cli("export", run, "-f", "web", "-o", out), 2, "exists", "--force")
+    (out / "model.json").write_bytes(b"stale")
+    (out / "left-over.txt").write_text("from before")
+    proc = run_cli("export", run, "-f", "web", "-o", out, "--force", check=0)
+    assert f"wrote {out / 'model.json'}" in proc.stderr.decode()
+    assert (out / "model.json").read_bytes() == model_json
+    assert sorted(p.name for p in out.iterdir()) == files  # the old folder was replaced whole
+    assert [p.name for p in tmp_path.iterdir()] == ["site"]  # no temp folder left beside it
+
+
 def test_user_errors_are_one_line_and_leave_nothing(run, tmp_path):
     out = tmp_path / "m.safetensors"
     assert_one_line_error(run_cli("export", run, "--format", "tflite", "-o", out), 2, "unknown format", "onnx")

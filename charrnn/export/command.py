@@ -80,7 +80,37 @@ def export_model(checkpoint: Optional[str], fmt: str, output: str, force: bool =
         from .web import write_web
     except ImportError:
         raise UsageError("--format web is not available in this charrnn") from None
-    return list(write_web(ckpt, model, vocab, output))
+    return _write_web_folder(write_web, ckpt, model, vocab, output)
+
+
+def _write_web_folder(write_web, ckpt, model, vocab, output: str) -> list[str]:
+    """write_web builds a new folder whole; with --force an existing one is swapped out only once the new one is
+    complete (a failure leaves the old folder as it was)."""
+    from ..fileio import TEMP_PREFIX, write_error
+
+    output = os.path.abspath(output)
+    if not os.path.isdir(output):
+        try:
+            return list(write_web(ckpt, model, vocab, output))
+        except OSError as exc:
+            raise write_error(exc, output, "web folder") from None
+    parent, base = os.path.dirname(output), os.path.basename(output)[:100]
+    fresh = os.path.join(parent, f"{TEMP_PREFIX}{base}.{secrets.token_hex(4)}")
+    old = os.path.join(parent, f"{TEMP_PREFIX}{base}.old.{secrets.token_hex(4)}")
+    try:
+        written = write_web(ckpt, model, vocab, fresh)
+        os.rename(output, old)
+        os.rename(fresh, output)
+    except OSError as exc:
+        shutil.rmtree(fresh, ignore_errors=True)
+        if os.path.isdir(old) and not os.path.exists(output):
+            os.rename(old, output)
+        raise write_error(exc, output, "web folder") from None
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return [os.path.join(output, os.path.relpath(path, fresh)) for path in written]
 
 
 def write_directory(output: str, files: dict) -> list[str]:
