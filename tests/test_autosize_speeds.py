@@ -20,23 +20,9 @@ from charrnn import autosize, report
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.precision import plan_for
 
-SWEEP = {(2, 128): [(100, 2.3), (1000, 1.8), (10000, 1.6)], (2, 512): [(100, 2.0), (1000, 1.6), (10000, 1.45)]}
+from test_autosize import SWEEP, home, sweep  # noqa: E402,F401  (the same tables and per-test CHARRNN_HOME)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    path = tmp_path / "home"
-    monkeypatch.setenv("CHARRNN_HOME", str(path))
-    return path
-
-
-@pytest.fixture
-def sweep(monkeypatch):
-    monkeypatch.setattr(autosize, "SWEEPS", {10_000: SWEEP})
-    monkeypatch.setattr(autosize, "LARGER", {})
-    monkeypatch.setattr(autosize, "BEST_STEPS", {})
-    monkeypatch.setattr(autosize, "CANDIDATES", tuple(sorted(SWEEP)))
 
 
 class OneRank:
