@@ -166,7 +166,9 @@ def test_a_first_encode_that_raises_stops_every_rank_with_one_error(tmp_path, co
     lines = [line for line in err.splitlines() if line.startswith("charrnn:")]
     assert len(lines) == 1 and lines[0].startswith("charrnn: error: ") and needle in lines[0], err[-3000:]
     assert not _frames_of_ours(err), err[-3000:]  # torchrun's own traceback of its ChildFailedError only
-    assert _exit_codes(err) == {0: code, 1: code}, err[-3000:]
+    # every rank raises the agreed error; whichever exits first, torchrun may stop the other before it exits itself
+    codes = _exit_codes(err)
+    assert code in codes.values() and set(codes.values()) <= {code, -15}, err[-3000:]
     assert not (tmp_path / "r").exists()
     assert not any((tmp_path / "cache").iterdir())
 
