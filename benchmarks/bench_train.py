@@ -44,12 +44,12 @@ class StockRNN(nn.Module):
 
 def make_charrnn(V, H, L, kernel="auto", precision="auto", device="cpu", cell="tanh"):
     """charrnn's model as `charrnn train --kernel KERNEL --precision PRECISION` sets it up on this device (the same
-    precision policy, charrnn.precision.plan_for). Returns the model; its `.plan` says what runs in which dtype."""
+    precision policy, charrnn.model.precision.plan_for). Returns the model; its `.plan` says what runs in which dtype."""
     import torch
 
     from charrnn.config import ModelConfig
-    from charrnn.model import CharRNN
-    from charrnn.precision import plan_for
+    from charrnn.model.network import CharRNN
+    from charrnn.model.precision import plan_for
 
     device = torch.device(device)
     config = ModelConfig(vocab_size=V, hidden_size=H, num_layers=L, cell=cell)
@@ -60,7 +60,7 @@ def make_charrnn(V, H, L, kernel="auto", precision="auto", device="cpu", cell="t
 
 
 def make_optimizer(model):
-    from charrnn.train import make_optimizer as charrnn_optimizer
+    from charrnn.training.launch import make_optimizer as charrnn_optimizer
 
     return charrnn_optimizer(model, lr=2e-3, betas=(0.9, 0.99), weight_decay=0.01)
 

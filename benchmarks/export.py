@@ -61,7 +61,7 @@ def say(message: str) -> None:
 def machine() -> dict:
     import torch
 
-    from charrnn.precision import cpu_supports_bf16
+    from charrnn.model.precision import cpu_supports_bf16
 
     cpu = platform.processor()
     try:
@@ -141,7 +141,7 @@ def bench_onnx(step_path: str, vocab, layers: int, hidden: int, chars: int, repe
     import numpy as np
     import onnxruntime as ort
 
-    from charrnn.sample import pick
+    from charrnn.inference.sampling import pick
 
     session = ort.InferenceSession(step_path, providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
@@ -262,7 +262,7 @@ def main() -> None:
         fail(f"no corpus at {args.corpus} (give one with --corpus)")
 
     from charrnn.export.web import write_web
-    from charrnn.runtime import load_model
+    from charrnn.model.runtime import load_model
 
     now = datetime.datetime.now(datetime.timezone.utc)
     results = {"about": about(benchmark="export"), "benchmark": "export", "date": now.isoformat(timespec="seconds"), "commit": commit(),

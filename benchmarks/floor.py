@@ -9,7 +9,7 @@ For each shape it times, on this machine and in this process (medians of several
 - the big products over all T*B rows: layer inputs above the first, their gradients, the weight gradients and
   the head (forward and both backward products);
 - one whole training step of charrnn (as `charrnn train` sets it up) and of stock nn.RNN (bench_train.py);
-- where numba is installed, a step with the compiled recurrence (charrnn/compiled.py) and the time spent in it,
+- where numba is installed, a step with the compiled recurrence (charrnn/model/compiled.py) and the time spent in it,
   and what the step would reach if the recurrence ran at the sgemm peak: a bound for the rest of the step.
 The sum of the first two is a floor for any implementation built on torch's GEMMs that runs the layers one
 after the other: the elementwise work, the loss, the optimizer and Python come on top.
@@ -59,10 +59,10 @@ def recurrent_products(L: int, T: int, B: int, H: int, dtype) -> float:
 
 
 def kernel_recurrence(L: int, T: int, B: int, H: int) -> float:
-    """charrnn's fused stack (charrnn/fused.py) alone on its torch loop, forward and backward, serial, fp32: the
+    """charrnn's fused stack (charrnn/model/fused.py) alone on its torch loop, forward and backward, serial, fp32: the
     per-step products plus everything else the recurrence does per step (the elementwise ops, their dispatch,
     Python). The compiled loop is timed inside a whole step by `compiled_share`."""
-    from charrnn.fused import tanh_stack_parts
+    from charrnn.model.fused import tanh_stack_parts
 
     g = torch.Generator().manual_seed(0)
     x1 = torch.randn(T, B, H, generator=g).requires_grad_()
@@ -139,10 +139,10 @@ def big_products(L: int, T: int, B: int, H: int, V: int) -> float:
 
 def compiled_share(L: int, H: int, B: int = 64, T: int = 128, V: int = 65, steps: int = 20) -> dict:
     """One whole training step (bench_train's Trainer, --precision fp32) and the part of it spent in the compiled
-    recurrence (charrnn/compiled.py), timed in the same steps; and the useful FLOP/s a step would reach if that part
+    recurrence (charrnn/model/compiled.py), timed in the same steps; and the useful FLOP/s a step would reach if that part
     ran at `peak` while the rest (torch's products, the head, the loss, AdamW, the clip) stayed as measured."""
     from bench_train import Trainer, make_charrnn, useful_flops_per_char
-    from charrnn import compiled
+    from charrnn.model import compiled
 
     real, spent = compiled.recurrence, [0.0]
 
@@ -196,7 +196,7 @@ def main() -> None:
             print(f"  wavefront route: its products alone {wave * 1e3:.1f} ms, against {(rec32 + inputs) * 1e3:.1f} ms for "
                   f"the per-step products plus the input products it would absorb ({inputs * 1e3:.1f} ms)")
         from bench_train import sgemm_peak
-        from charrnn import compiled
+        from charrnn.model import compiled
 
         if compiled.available():
             c = compiled_share(L, H, B, T, V)

@@ -20,9 +20,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from charrnn.config import ModelConfig  # noqa: E402
-from charrnn.model import CharRNN  # noqa: E402
-from charrnn.precision import cpu_supports_bf16  # noqa: E402
-from charrnn.train import make_optimizer  # noqa: E402
+from charrnn.model.network import CharRNN  # noqa: E402
+from charrnn.model.precision import cpu_supports_bf16  # noqa: E402
+from charrnn.training.launch import make_optimizer  # noqa: E402
 
 
 def main() -> None:

@@ -63,8 +63,8 @@ class StockRNN(nn.Module):
 
 def time_training(model, B: int, T: int, autocast: str | None, scaler: bool, seconds: float = 1.5) -> float:
     """chars/s of the training step charrnn runs (AdamW, clip, state carried), timed with the GPU synchronised."""
-    from charrnn.precision import torch_dtype
-    from charrnn.train import clip_gradients, make_optimizer
+    from charrnn.model.precision import torch_dtype
+    from charrnn.training.launch import clip_gradients, make_optimizer
 
     dev = torch.device("cuda")
     opt = make_optimizer(model, 2e-3, (0.9, 0.99), 0.01)
@@ -147,7 +147,7 @@ def sampling_speed(tmp: str, corpus: str) -> dict:
     out = {}
     for n in (1, 16):
         proc = subprocess.run([sys.executable, "-c",
-                               "import sys,time; from charrnn.sample import sample; t=time.perf_counter();"
+                               "import sys,time; from charrnn.inference.sampling import sample; t=time.perf_counter();"
                                f"sample({run!r}, length=4000, num_samples={n}, seed=1);"
                                "print(time.perf_counter()-t)"], cwd=ROOT, capture_output=True, text=True)
         seconds = float(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else float("nan")
@@ -173,7 +173,7 @@ def quality(corpus: str, budget: int, extras: list[str], tmp: str) -> list[dict]
             continue
         metrics = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
         vals = [r["val_loss"] for r in metrics if "val_loss" in r]
-        from charrnn.checkpoint import load_checkpoint
+        from charrnn.store.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(os.path.join(run, "latest.pt"))
         rows.append({"run": name, "best_val_nats": round(min(vals), 4), "final_val_nats": round(vals[-1], 4),

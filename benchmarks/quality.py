@@ -46,7 +46,7 @@ def run_once(corpus: str, budget: str, extra: list[str], seed: int) -> dict:
         steps = max(r["step"] for r in rows)
         rates = [r["chars_per_sec"] for r in rows if r.get("chars_per_sec")]
         sys.path.insert(0, str(ROOT))
-        from charrnn.checkpoint import load_checkpoint
+        from charrnn.store.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(os.path.join(run_dir, "latest.pt"))
         return {

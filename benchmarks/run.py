@@ -10,7 +10,7 @@
 
     avx512-no-bf16 (Skylake-SP, Cascade Lake, Ice Lake: most cloud VMs of the last years):
         ONEDNN_MAX_CPU_ISA=AVX512_CORE     oneDNN (torch's bf16 products) without avx512_bf16/AMX: it would emulate
-                                           bf16, so `--precision auto` picks fp32 (charrnn/precision.py)
+                                           bf16, so `--precision auto` picks fp32 (charrnn/model/precision.py)
         ATEN_CPU_CAPABILITY=avx512         torch's own vectorized kernels (avx512 is the highest it has)
         MKL_ENABLE_INSTRUCTIONS=AVX512     MKL's sgemm (fp32 only, so no bf16 either way)
         NUMBA_CPU_NAME=skylake-avx512 NUMBA_CPU_FEATURES=   the compiled loop, for that CPU's own features
@@ -78,7 +78,7 @@ def emulate(kind: str) -> None:
 ISA_PROBE = """
 import json, sys, torch, numba
 from numba.core.registry import cpu_target
-from charrnn.precision import cpu_bf16_status
+from charrnn.model.precision import cpu_bf16_status
 a = torch.randn(64, 256, dtype=torch.bfloat16)
 torch.mm(a, torch.randn(256, 256, dtype=torch.bfloat16))
 sys.stderr.flush()
@@ -128,7 +128,7 @@ class Peak:
 
 def pipeline_workers(model) -> int:
     """The layer pipeline's threads for this model on CPU (1: serial, on torch's intra-op threads)."""
-    from charrnn.fused import choose_workers
+    from charrnn.model.fused import choose_workers
 
     return choose_workers("cpu", model.config.num_layers, model.config.hidden_size)
 
@@ -138,7 +138,7 @@ def route(model) -> str:
     plan = model.plan
     if plan.kernel != "fused":
         return f"torch kernel, {plan.core}"
-    from charrnn import compiled
+    from charrnn.model import compiled
 
     if plan.fused_dtype is None and model.jit is not False and compiled.available():
         return "fused fp32, compiled loop (numba)"
@@ -173,7 +173,7 @@ def products_floor_gflops(L: int, H: int, workers: int, B: int = 64, T: int = 12
 
 
 def bench_training(quick: bool, peak: Peak, precision: str) -> list[dict]:
-    from charrnn.precision import cpu_supports_bf16
+    from charrnn.model.precision import cpu_supports_bf16
 
     native_bf16 = cpu_supports_bf16()
     rows = []
@@ -211,15 +211,15 @@ def bench_training(quick: bool, peak: Peak, precision: str) -> list[dict]:
 
 def _model(H, L):
     from charrnn.config import ModelConfig
-    from charrnn.model import CharRNN
+    from charrnn.model.network import CharRNN
 
     torch.manual_seed(0)
     return CharRNN(ModelConfig(vocab_size=V, hidden_size=H, num_layers=L)).eval()
 
 
 def bench_sampling(quick: bool, peak: Peak) -> dict:
-    from charrnn.data import Vocab
-    from charrnn.sample import generate
+    from charrnn.data.dataset import Vocab
+    from charrnn.inference.sampling import generate
 
     H, L = 512, 2
     model = _model(H, L)
@@ -344,7 +344,7 @@ def bench_cli(quick: bool, precision: str, loop_rows: list, loop_sample: dict, H
 
 
 def multi_stream_route() -> str:
-    from charrnn import compiled
+    from charrnn.model import compiled
 
     if compiled.available():
         return "all streams in each product; recurrent product + tanh compiled (numba)"
@@ -354,7 +354,7 @@ def multi_stream_route() -> str:
 def bench_eval(quick: bool) -> dict:
     import numpy as np
 
-    from charrnn.evaluate import score_ids
+    from charrnn.inference.evaluation import score_ids
 
     model = _model(512, 2)
     ids = np.random.default_rng(0).integers(0, V, 200_000 if not quick else 60_000).astype(np.uint8)
@@ -387,7 +387,7 @@ def bench_corpus(size_mb: int) -> dict:
     # peak RSS from VmHWM: getrusage's ru_maxrss of a child carries over the parent's peak across exec on Linux
     hwm = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])/1024"
     probe = (
-        "import sys, time, json; from charrnn.data import load_ids; t=time.perf_counter();"
+        "import sys, time, json; from charrnn.data.dataset import load_ids; t=time.perf_counter();"
         "c=load_ids(sys.argv[1], progress=False); dt=time.perf_counter()-t;"
         "print(json.dumps({'seconds': dt, 'chars': c.chars, 'vocab': len(c.vocab),"
         f"'peak_rss_mb': {hwm}}}))"
@@ -472,7 +472,7 @@ def machine() -> dict:
 
 
 def main() -> None:
-    from charrnn.precision import cpu_supports_bf16
+    from charrnn.model.precision import cpu_supports_bf16
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer rounds and a 64 MB corpus")

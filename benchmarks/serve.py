@@ -37,7 +37,7 @@ ROOT = os.path.dirname(HERE)
 def machine() -> dict:
     import torch
 
-    from charrnn.precision import cpu_supports_bf16
+    from charrnn.model.precision import cpu_supports_bf16
 
     cpu = platform.processor()
     try:
@@ -77,8 +77,8 @@ def train_throwaway(where: str, hidden: int, layers: int) -> str:
 
 def bench_sample(run: str, chars: int, num_samples: int, repeats: int) -> float:
     """sample's generation rate in characters per second (all samples together), the model loaded beforehand."""
-    from charrnn.runtime import load_model
-    from charrnn.sample import generate
+    from charrnn.model.runtime import load_model
+    from charrnn.inference.sampling import generate
 
     _, model, vocab = load_model(run)
     rates = []

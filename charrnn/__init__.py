@@ -10,64 +10,29 @@ The Python API mirrors the command line::
 Importing charrnn does not import torch; the functions below load it when first called.
 """
 
-from __future__ import annotations
-
 import importlib
-import sys
-import types
 
 from .config import ModelConfig, TrainConfig
 from .errors import CharrnnError
 
 __version__ = "0.1.0"
 
-# name -> (module, attribute), imported on first use so that `import charrnn` (and `charrnn --help`) loads neither
-# torch, numpy nor the training code
-_LAZY = {
-    "train": ("train", "train"),
-    "TrainResult": ("trainer", "TrainResult"),
-    "sample": ("sample", "sample"),
-    "generate": ("sample", "generate"),
-    "evaluate": ("evaluate", "evaluate"),
-    "CharRNN": ("model", "CharRNN"),
-    "Vocab": ("data", "Vocab"),
-    "load_checkpoint": ("checkpoint", "load_checkpoint"),
-    "resolve_corpus": ("corpora", "resolve_corpus"),
-    "checkpoint_info": ("info", "checkpoint_info"),
-    "plot_run": ("plot", "plot_run"),
-    "explain": ("visualize", "explain"),
-    "trace": ("visualize", "trace"),
+_API = {  # public name -> its module, imported on first use: `import charrnn` loads neither torch nor numpy
+    "train": "training.launch", "TrainResult": "training.trainer", "sample": "inference.sampling",
+    "generate": "inference.sampling", "evaluate": "inference.evaluation", "CharRNN": "model.network",
+    "Vocab": "data.dataset", "load_checkpoint": "store.checkpoint", "resolve_corpus": "data.corpora",
+    "checkpoint_info": "store.info", "plot_run": "store.plot", "explain": "inference.views",
+    "trace": "inference.views",
 }
+__all__ = ["ModelConfig", "TrainConfig", "CharrnnError", "__version__", *_API]
 
 
-class _Api:
-    """`charrnn.NAME` is the API object even where a submodule has the same name (train, sample, evaluate): the
-    import system records each imported submodule as an attribute of this package, and this descriptor takes
-    that assignment without letting it replace the function. Anything else assigned (a test's patch) is kept
-    until deleted."""
-
-    def __init__(self, name: str, module: str, attr: str):
-        self.name, self.module, self.attr = name, module, attr
-
-    def __get__(self, package, owner=None):
-        patched = package.__dict__.get("_patched", {})
-        if self.name in patched:
-            return patched[self.name]
-        return getattr(importlib.import_module(f".{self.module}", __name__), self.attr)
-
-    def __set__(self, package, value):
-        if not isinstance(value, types.ModuleType):
-            package.__dict__.setdefault("_patched", {})[self.name] = value
-
-    def __delete__(self, package):
-        package.__dict__.get("_patched", {}).pop(self.name, None)
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, _, attr = _API[name].partition(":")
+    return getattr(importlib.import_module(f".{module}", __name__), attr or name)
 
 
-def _dir(package) -> list:
-    return sorted(set(package.__dict__) | set(_LAZY))
-
-
-sys.modules[__name__].__class__ = type("_Package", (types.ModuleType,),
-                                      {"__dir__": _dir, **{name: _Api(name, *where) for name, where in _LAZY.items()}})
-
-__all__ = ["ModelConfig", "TrainConfig", "CharrnnError", "__version__", *_LAZY]
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_API))

@@ -1,6 +1,6 @@
 """`python -m charrnn ...` (and `torchrun -m charrnn ...`) runs the command line."""
 
-from .cli import main
+from .cli.commands import main
 
 if __name__ == "__main__":
     main()

@@ -138,7 +138,7 @@ class TrainConfig:
     beta2: float = 0.99
     grad_clip: float = 1.0  # max global gradient norm; 0 disables
     # validate, sample and save an exponential moving average of the weights with this decay per step
-    # (charrnn/averaging.py); 0: the weights as trained
+    # (charrnn/training/averaging.py); 0: the weights as trained
     ema: float = 0.995
     # when to stop (any that is set; with none set, `epochs` defaults to 10)
     max_steps: Optional[int] = None
@@ -158,7 +158,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"
     kernel: str = "auto"  # tanh cell: fused (hand-written BPTT), nn (torch.nn.RNN) or auto
-    precision: str = "auto"  # auto, fp32, bf16 or fp16 (CUDA, with loss scaling): charrnn.precision decides what
+    precision: str = "auto"  # auto, fp32, bf16 or fp16 (CUDA, with loss scaling): charrnn.model.precision decides what
     # runs in which dtype
 
     def validate(self) -> None:
@@ -207,7 +207,7 @@ def _flag(name: str) -> str:
 
 # The numeric fields' ranges: name -> (low, high, low_open, high_open, note); None leaves that side unbounded. Every
 # float must also be finite (nan and inf are refused whatever the range). `TrainConfig.validate`,
-# `ModelConfig.validate` and config files (configfile.py) check through `check_field`, before anything is created.
+# `ModelConfig.validate` and config files (cli/configfile.py) check through `check_field`, before anything is created.
 MAX_LR = 10.0  # AdamW's step is about lr per weight: beyond this nothing trains
 MAX_EPOCHS = 1_000_000
 INT64 = (-(2**63), 2**63 - 1)

@@ -32,7 +32,7 @@ import os
 import sys
 import time
 
-from charrnn.trainer import TrainHooks
+from charrnn.training.trainer import TrainHooks
 
 CHECKPOINT_SUFFIX = ".pt"
 
@@ -83,7 +83,7 @@ def disk_full_after(n_bytes: int, suffix: str = CHECKPOINT_SUFFIX):
 
 
 class TrainFaults(TrainHooks):
-    """A charrnn.trainer.TrainHooks with the training faults of the module docstring."""
+    """A charrnn.training.trainer.TrainHooks with the training faults of the module docstring."""
 
     def __init__(self):
         self.nan_steps, self.nan_value, self.nan_rank = set(), float("nan"), 0
@@ -109,7 +109,7 @@ class TrainFaults(TrainHooks):
 
 
 def _train_faults() -> TrainFaults:
-    from charrnn import trainer
+    from charrnn.training import trainer
 
     if not isinstance(trainer.hooks, TrainFaults):
         trainer.hooks = TrainFaults()
@@ -132,7 +132,7 @@ def _on_local_rank(value: dict) -> bool:
 
 
 def _encode_hook(hook) -> None:
-    from charrnn import data
+    from charrnn.data import dataset as data
 
     data.encode_hook = hook
 
@@ -166,7 +166,7 @@ INSTALLERS = {
 
 
 def _set_write_hook(hook) -> None:
-    from charrnn import fileio
+    from charrnn.store import fileio
 
     fileio.write_hook = hook
 
@@ -180,7 +180,7 @@ def install(hooks: dict) -> None:
 def main() -> None:
     """python tests/faults.py HOOKS_JSON ARGS...: the charrnn CLI with the faults in HOOKS_JSON installed."""
     install(json.loads(sys.argv[1]))
-    from charrnn.cli import main as cli_main
+    from charrnn.cli.commands import main as cli_main
 
     sys.argv = ["charrnn", *sys.argv[2:]]
     cli_main()

@@ -2,7 +2,7 @@
 
 Starting Python and importing torch costs seconds per process, and the kill loop starts over 50 trainers. This
 server imports torch and charrnn once, then forks one child per request; the child runs the real entry point
-(`charrnn.cli.main`) with the requested argv and environment, its stderr in a file and stdout on /dev/null, and
+(`charrnn.cli.commands.main`) with the requested argv and environment, its stderr in a file and stdout on /dev/null, and
 exits with the CLI's exit code. Each child is a separate process that can be SIGKILLed like any other.
 
 Protocol (one JSON object a line on stdin, one answer a line on stdout):
@@ -34,7 +34,7 @@ def _child(request: dict) -> None:
         err = os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(err, 2)
         sys.argv = ["charrnn", *request["argv"]]
-        from charrnn.cli import main
+        from charrnn.cli.commands import main
 
         try:
             main()
@@ -54,12 +54,12 @@ def serve() -> None:
 
     import tqdm  # noqa: F401
 
-    import charrnn.cli  # noqa: F401
-    import charrnn.data  # noqa: F401
-    import charrnn.evaluate  # noqa: F401
-    import charrnn.model  # noqa: F401
-    import charrnn.runtime  # noqa: F401
-    import charrnn.train  # noqa: F401
+    import charrnn.cli.commands  # noqa: F401
+    import charrnn.data.dataset  # noqa: F401
+    import charrnn.inference.evaluation  # noqa: F401
+    import charrnn.model.network  # noqa: F401
+    import charrnn.model.runtime  # noqa: F401
+    import charrnn.training.launch  # noqa: F401
 
     # the first optimizer imports torch._dynamo (about 2 s): pay that once, here, rather than in every child
     torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])

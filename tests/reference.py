@@ -1,9 +1,9 @@
 """The plain equations the tests hold the fast code to, in one place: readable, slow, differentiated by autograd.
 
 - `explicit_tanh_rnn`: the whole tanh CharRNN, one time step and one layer at a time, with one-hot inputs.
-- `tanh_stack_reference`: the stack of tanh layers that `charrnn.fused.TanhStack` computes with its hand-written
+- `tanh_stack_reference`: the stack of tanh layers that `charrnn.model.fused.TanhStack` computes with its hand-written
   backward pass (and `tanh_recurrence_reference`, one such layer).
-- `filter_logits`: temperature, top-k and top-p as masks on torch logits; `charrnn.sample.pick` draws from the
+- `filter_logits`: temperature, top-k and top-p as masks on torch logits; `charrnn.inference.sampling.pick` draws from the
   same distribution with numpy.
 """
 

@@ -1,7 +1,7 @@
 """Every module the package imports is in the standard library or declared in pyproject.toml.
 
 An undeclared one works on the developer's machine (something else installed it) and fails for a user with
-ModuleNotFoundError (cli.py once imported typing_extensions this way)."""
+ModuleNotFoundError (cli/commands.py once imported typing_extensions this way)."""
 
 from __future__ import annotations
 

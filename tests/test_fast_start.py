@@ -12,13 +12,13 @@ from conftest import cli_env, hang_guard
 
 PROBE = """
 import sys
-import charrnn.cli
+import charrnn.cli.commands
 try:
-    charrnn.cli.app(args=sys.argv[1:], prog_name="charrnn")
+    charrnn.cli.commands.app(args=sys.argv[1:], prog_name="charrnn")
 except SystemExit as exc:
     assert exc.code in (0, None), exc.code
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "numpy", "numba")
-               or m in ("charrnn.train", "charrnn.trainer", "charrnn.data", "charrnn.model"))
+               or m in ("charrnn.training.launch", "charrnn.training.trainer", "charrnn.data.dataset", "charrnn.model.network"))
 assert not heavy, f"imported: {heavy[:5]}"
 print("ok")
 """
@@ -35,11 +35,12 @@ def test_help_does_not_import_torch(args):
 def test_package_names_stay_the_api_after_their_modules_are_imported():
     """`import charrnn` is light, and charrnn.train / .sample / .evaluate are the functions even once the
     submodules of the same names have been imported (the import system records them on the package)."""
-    code = ("import sys, charrnn; assert 'charrnn.train' not in sys.modules and 'numpy' not in sys.modules\n"
-            "import charrnn.train, charrnn.sample, charrnn.evaluate, charrnn.trainer\n"
-            "assert callable(charrnn.train) and charrnn.train.__module__ == 'charrnn.train'\n"
+    code = ("import sys, charrnn; assert 'charrnn.training.launch' not in sys.modules and 'numpy' not in sys.modules\n"
+            "import charrnn.training.launch, charrnn.inference.sampling, charrnn.inference.evaluation\n"
+            "import charrnn.training.trainer\n"
+            "assert callable(charrnn.train) and charrnn.train.__module__ == 'charrnn.training.launch'\n"
             "assert charrnn.sample.__name__ == 'sample' and charrnn.evaluate.__name__ == 'evaluate'\n"
-            "assert charrnn.TrainResult is charrnn.trainer.TrainResult\n"
+            "assert charrnn.TrainResult is charrnn.training.trainer.TrainResult\n"
             "from charrnn import train, generate; assert train is charrnn.train\n"
             "import unittest.mock as mock\n"
             "with mock.patch.object(charrnn, 'evaluate', 42): assert charrnn.evaluate == 42\n"

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import TINY, assert_one_line_error, cli_env, make_corpus, run_cli
 
-from charrnn.checkpoint import RunLock
+from charrnn.store.checkpoint import RunLock
 
 HANG_GUARD = 300  # seconds: only a hang reaches it
 
@@ -76,7 +76,7 @@ def test_eval_with_one_text_file_scores_it_with_the_newest_run(tiny_run, tmp_pat
 def test_pick_at_temperature_zero_takes_the_most_likely_character():
     import numpy as np
 
-    from charrnn.sample import pick
+    from charrnn.inference.sampling import pick
 
     logits = np.array([[0.1, 2.0, 1.9, -1.0], [5.0, 5.0, 0.0, 1.0]])
     for uniforms in (np.array([1e-9, 1e-9]), np.array([1.0, 1.0]), np.array([0.5, 0.7])):
@@ -161,7 +161,7 @@ def test_runs_best_compares_only_runs_on_one_corpus(sweep, tmp_path):
 
 
 def test_best_run_takes_the_newest_runs_corpus_unless_told():
-    from charrnn.runs import best_run
+    from charrnn.store.runs import best_run
 
     def run(name, sha, loss, source):
         return {"name": name, "corpus": source, "corpus_sha256": sha, "best_val_loss": loss, "best": f"/{name}/best.pt"}
@@ -179,7 +179,7 @@ def test_best_run_takes_the_newest_runs_corpus_unless_told():
 
 
 def test_runs_probes_a_lock_without_taking_it(tmp_path, monkeypatch):
-    import charrnn.runs as runs_mod
+    import charrnn.store.runs as runs_mod
 
     if not os.path.exists("/proc/locks"):
         pytest.skip("no /proc/locks here: the probe falls back to a shared flock")
@@ -280,7 +280,7 @@ def test_a_usage_error_from_the_parser_is_one_error_line_and_the_usage(tmp_path,
 
 
 def test_the_bar_reads_like_the_summary_with_one_clock():
-    from charrnn.progress import ProgressDisplay
+    from charrnn.training.progress import ProgressDisplay
 
     for total, budget, want in ((None, 60.0, "step 38  24s of 1m00s  12,345 chars/s  val 1.500"),
                                 (60, None, "step 38 of 60  24s  12,345 chars/s  val 1.500")):
@@ -307,7 +307,7 @@ def test_plot_without_matplotlib_and_the_readme_name_the_same_install(monkeypatc
     from conftest import ROOT
 
     from charrnn.errors import MissingDependencyError
-    from charrnn.plot import _pyplot
+    from charrnn.store.plot import _pyplot
 
     real_import = builtins.__import__
 

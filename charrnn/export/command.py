@@ -46,7 +46,7 @@ def _check_output(output: str, fmt: str, force: bool) -> None:
 
 
 def _load(checkpoint: Optional[str]):
-    from ..runtime import load_model
+    from ..model.runtime import load_model
 
     try:
         return load_model(checkpoint)
@@ -65,7 +65,7 @@ def export_model(checkpoint: Optional[str], fmt: str, output: str, force: bool =
     ckpt, model, vocab = _load(checkpoint)
     model.float()  # any precision a checkpoint can have is exported as float32
     if fmt == "safetensors":
-        from ..modelfile import save_model_file
+        from ..store.modelfile import save_model_file
 
         return [save_model_file(ckpt, model, output)]
     if fmt == "onnx":
@@ -86,7 +86,7 @@ def export_model(checkpoint: Optional[str], fmt: str, output: str, force: bool =
 def _write_web_folder(write_web, ckpt, model, vocab, output: str) -> list[str]:
     """write_web builds a new folder whole; with --force an existing one is swapped out only once the new one is
     complete (a failure leaves the old folder as it was)."""
-    from ..fileio import TEMP_PREFIX, write_error
+    from ..store.fileio import TEMP_PREFIX, write_error
 
     output = os.path.abspath(output)
     if not os.path.isdir(output):
@@ -116,7 +116,7 @@ def _write_web_folder(write_web, ckpt, model, vocab, output: str) -> list[str]:
 def write_directory(output: str, files: dict) -> list[str]:
     """Write {name: bytes} into the directory `output`: a new one appears whole (built under a temp name, then
     renamed); an existing one (--force) gets each file replaced atomically. On failure nothing new is left."""
-    from ..fileio import TEMP_PREFIX, atomic_write, fsync_dir, write_error
+    from ..store.fileio import TEMP_PREFIX, atomic_write, fsync_dir, write_error
 
     output = os.path.abspath(output)
     if os.path.isdir(output):

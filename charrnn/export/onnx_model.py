@@ -7,7 +7,7 @@ Two models (opset 17), the vocabulary and config in `metadata_props` (keys `char
 - prefill.onnx: ids int64 [batch, time], h (and c) -> logits [batch, time, vocab], h_out (and c_out): a Scan
   over time whose body is the step graph.
 
-The equations are charrnn.model's. Layer 1's input product is a row lookup (Gather) in a table made at export
+The equations are charrnn.model.network's. Layer 1's input product is a row lookup (Gather) in a table made at export
 time: tanh `embed + b^1`; GRU `embed W_ih^T + b_ih` (gates r, z, n); LSTM `embed W_ih^T + b_ih + b_hh` (gates
 i, f, g, o). Other products are Gemm with the weight as stored ([out, in], transB=1).
 
@@ -140,7 +140,7 @@ def _step_nodes(g: _Graph, cell: str, L: int, k: dict, ids: str, h: str, c: Opti
 
 
 def _metadata(ckpt: dict, graph: str) -> dict:
-    from ..modelfile import metadata_for
+    from ..store.modelfile import metadata_for
 
     meta = {f"charrnn.{key}": value for key, value in metadata_for(ckpt).items()}
     meta["charrnn.graph"] = graph

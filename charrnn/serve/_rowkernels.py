@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numba
 
-from .._kernels import _tanh_fast  # float32 tanh, element by element (vectorized; the training kernel's own)
+from ..model._kernels import _tanh_fast  # float32 tanh, element by element (vectorized; the training kernel's own)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

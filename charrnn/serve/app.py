@@ -22,7 +22,7 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..sample import MAX_TEMPERATURE, MIN_TEMPERATURE
+from ..inference.sampling import MAX_TEMPERATURE, MIN_TEMPERATURE
 from .scheduler import Job, QueueFull, Request
 
 MAX_BODY = 1 << 20  # bytes of a request body
@@ -143,7 +143,7 @@ def parse_completion(body, settings: Settings) -> dict:
     vocab = settings.scheduler.vocab
     unknown = sorted(set("".join(prompts) + "".join(stops)) - set(vocab.index))
     if unknown:
-        from ..data import describe_chars
+        from ..data.dataset import describe_chars
 
         where = "prompt" if set(unknown) & set("".join(prompts)) else "stop"
         raise APIError(400, f"the {where} has characters not in the model's vocabulary: {describe_chars(unknown)}",

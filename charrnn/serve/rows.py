@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..sample import pick
+from ..inference.sampling import pick
 
 
 def make_rows(model, capacity: int, device):
@@ -28,7 +28,7 @@ def make_rows(model, capacity: int, device):
     if device.type != "cpu":
         return PaddedRows(model, capacity, device)
     if model.config.cell == "tanh":
-        from .. import compiled
+        from ..model import compiled
 
         if compiled.available():
             try:

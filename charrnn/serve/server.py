@@ -39,8 +39,8 @@ def model_info(path: str, ckpt: dict, model, name: Optional[str] = None) -> dict
 
 
 def _load(path: str):
-    from ..checkpoint import load_checkpoint
-    from ..runtime import build_model
+    from ..store.checkpoint import load_checkpoint
+    from ..model.runtime import build_model
 
     ckpt = load_checkpoint(path)
     model, vocab = build_model(ckpt)
@@ -161,8 +161,8 @@ def serve(checkpoint: Optional[str] = None, host: str = "127.0.0.1", port: int =
     api_key = api_key or None  # CHARRNN_API_KEY= (empty) means no key
     uvicorn = _import_extra()
 
-    from ..checkpoint import resolve_checkpoint
-    from ..runtime import resolve_device
+    from ..store.checkpoint import resolve_checkpoint
+    from ..model.runtime import resolve_device
     from .app import Settings, build_app
     from .metrics import Metrics
     from .scheduler import SHUTDOWN_GRACE, Scheduler

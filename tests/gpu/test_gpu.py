@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import charrnn
-from charrnn.checkpoint import load_checkpoint
+from charrnn.store.checkpoint import load_checkpoint
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from conftest import cli_env, hang_guard, make_corpus, run_cli  # noqa: E402
@@ -44,7 +44,7 @@ def corpus(tmp_path_factory):
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("cell,kernel", [("tanh", "nn"), ("tanh", "fused"), ("gru", "auto"), ("lstm", "auto")])
 def test_each_cell_kernel_and_precision_trains(tmp_path, corpus, cell, kernel, precision):
-    from charrnn.precision import plan_for
+    from charrnn.model.precision import plan_for
 
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
@@ -65,7 +65,7 @@ def test_each_cell_kernel_and_precision_trains(tmp_path, corpus, cell, kernel, p
 def test_cudnn_weights_are_laid_out_once():
     """The nn tanh path's weights become views of one cuDNN buffer on the first call, and stay so: no
     'not part of single contiguous chunk of memory' copy on every call."""
-    from charrnn.model import CharRNN
+    from charrnn.model.network import CharRNN
 
     model = CharRNN(charrnn.ModelConfig(vocab_size=20, hidden_size=64, num_layers=2), kernel="nn").cuda()
     ids = torch.randint(0, 20, (4, 8), device="cuda")
@@ -82,8 +82,8 @@ def test_cudnn_weights_are_laid_out_once():
 def test_cudnn_under_bf16_autocast_is_fp16_so_the_core_runs_outside_it():
     """The fact the precision policy rests on, checked on this torch; and that charrnn's bf16 plan keeps the
     cuDNN core in fp32 while the head runs in bf16."""
-    from charrnn.model import CharRNN
-    from charrnn.precision import plan_for
+    from charrnn.model.network import CharRNN
+    from charrnn.model.precision import plan_for
 
     if not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")

@@ -1,0 +1,504 @@
+"""The model size for a time budget on this machine: `charrnn train --time-budget S` without --hidden-size or
+--num-layers.
+
+Two facts decide it. How low each size gets in N steps: measured once, in steps, by benchmarks/size_sweep.py
+(machine-independent: the schedule and `--dropout auto` follow the step count). And how many steps this machine
+makes of each size in the budget: a property of the machine, device, precision and shapes, timed once (a few steps
+of each candidate, in interleaved rounds that must agree) and kept in $CHARRNN_HOME/speeds.json, so that later and
+concurrent runs read it instead of timing again under whatever load they meet, and so choose alike. The size whose
+predicted loss after its affordable steps is lowest wins; a size that would make fewer steps than the tables start
+at is not chosen, as nothing measured says what it learns there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from typing import Callable, NamedTuple, Optional
+
+# training-split characters -> (layers, hidden) -> [(steps, best validation nats/char)]: tiny-shakespeare (its
+# first 100,000 characters, and all of it), first 90 % / last 10 %, tanh, B32 T128, the defaults otherwise,
+# --precision fp32, seed 1 (benchmarks/size_sweep.py; benchmarks/README.md)
+SWEEPS: dict = {
+    90_000: {
+        (2, 128): [(125, 2.1471), (250, 1.8551), (500, 1.7050), (1000, 1.6496), (2000, 1.6340)],
+        (2, 256): [(125, 1.9059), (250, 1.6857), (500, 1.5911), (1000, 1.6030), (2000, 1.6147)],
+        (2, 512): [(125, 1.7298), (250, 1.5725), (500, 1.6049), (1000, 1.6359)],
+    },
+    1_003_854: {
+        (2, 128): [(125, 2.2947), (250, 2.0381), (500, 1.8726), (1000, 1.7618), (2000, 1.6891), (4000, 1.6573)],
+        (2, 256): [(125, 2.0995), (250, 1.8855), (500, 1.7269), (1000, 1.6202), (2000, 1.5583), (4000, 1.5346)],
+        (2, 512): [(125, 1.9591), (250, 1.7662), (500, 1.6161), (1000, 1.5407), (2000, 1.5089), (4000, 1.4922)],
+    },
+}
+
+# past the largest corpus in SWEEPS, each size gains what it gained on a corpus with more text to give: the Python
+# source of the installed packages (benchmarks/code_corpus.py), its first 1.1 MB and 100 MB (training splits of
+# 1,003,854 and 90,000,000 characters), the same settings. Its validation splits differ, and so does their difficulty:
+# each size's difference at the first step count (where neither run has repeated its text) is taken out, and no gain
+# is assumed below it.
+LARGER: dict = {
+    1_003_854: {
+        (2, 128): [(250, 2.3622), (1000, 2.0007), (4000, 1.8836)],
+        (2, 256): [(250, 2.1703), (1000, 1.8380), (4000, 1.7937)],
+        (2, 512): [(250, 1.9882), (1000, 1.7782), (4000, 1.7916)],
+    },
+    90_000_000: {
+        (2, 128): [(250, 2.2957), (1000, 1.9052), (4000, 1.6860)],
+        (2, 256): [(250, 2.1292), (1000, 1.7522), (4000, 1.5694)],
+        (2, 512): [(250, 1.9711), (1000, 1.6718), (4000, 1.5480)],
+    },
+}
+
+# where more steps stopped lowering validation loss: training-split characters -> (layers, hidden) -> the step count
+# with the lowest loss, where a longer run of that size did worse. 90,000: from SWEEPS; 1,003,854, 2x512: runs of
+# 4,000, 6,000 and 8,000 steps with the default average, 1.4790, 1.4753, 1.4829 (benchmarks/README.md). A size not
+# listed for a corpus was not measured there (the sweep had not run it long enough to see it stop gaining): the
+# budget or the user's step count ends such a run, never a limit of ours.
+BEST_STEPS: dict = {
+    90_000: {(2, 256): 500, (2, 512): 250},
+    1_003_854: {(2, 512): 6000},
+}
+SWEEP_CHARS_PER_STEP = 32 * 128  # the sweeps' batch x sequence length
+
+CANDIDATES = tuple(sorted(next(iter(SWEEPS.values()))))  # tried at start-up, smallest first
+PROBE_SHARE = 0.03  # one timing of the candidates may take at most this share of the budget (>= 1 step a size)
+ROUNDS = 3  # each candidate is timed this many times, in interleaved rounds, and
+ROUND_CALLS = 2  # calls of each size a round at least, the fastest of them its timing
+AGREE = 0.10  # those timings must agree within this share of the fastest to be kept; else
+TRIES = 3  # the rounds are run again, at most this many times in all; then used for this run only, not kept
+SPEEDS_FORMAT = 1  # the speed file's format
+STARTUP_SHARE = 0.05  # the rest of start-up, validations and saves: the share of the budget not spent on steps
+
+
+def applies(model_config, cfg, explicit) -> bool:
+    """Whether a new run picks its size for its time budget: a tanh run with a budget whose caller named the
+    options it set (`explicit`: the CLI does, config-file keys included) and set neither size option."""
+    return (cfg.time_budget is not None and explicit is not None and model_config.cell == "tanh"
+            and not {"hidden_size", "num_layers"} & set(explicit))
+
+
+def _along(points: list, x: float, hold_last: bool) -> float:
+    """Piecewise linear in log(x) through points [(x, y)] sorted by x: the first segment's slope continues below
+    the first point; past the last, the last value holds (hold_last) or the last segment's slope continues."""
+    if len(points) == 1:
+        return points[0][1]
+    if x >= points[-1][0] and hold_last:
+        return points[-1][1]
+    i = 1
+    while i < len(points) - 1 and points[i][0] < x:
+        i += 1
+    (x0, y0), (x1, y1) = points[i - 1], points[i]
+    return y0 + (y1 - y0) * (math.log(max(x, 1.0)) - math.log(x0)) / (math.log(x1) - math.log(x0))
+
+
+def predicted_loss(size: tuple, steps: float, train_chars: Optional[float] = None) -> float:
+    """The sweeps' loss for `size` after `steps`: linear in log(steps) between measured points (no gain assumed
+    past the last), and between the sweeps' corpora linear in log(training characters), the smallest held below;
+    past the largest, plus the gain LARGER measured, held past its largest corpus (None: the largest in SWEEPS)."""
+    corpora = sorted(SWEEPS)
+    chars = corpora[-1] if train_chars is None else max(train_chars, corpora[0])
+    by_corpus = [(c, _along(SWEEPS[c][size], steps, hold_last=True)) for c in corpora]
+    loss = _along(by_corpus, min(chars, corpora[-1]), hold_last=True)
+    if chars <= corpora[-1] or not LARGER:
+        return loss
+    low, high = sorted(LARGER)
+    small, large = LARGER[low][size], LARGER[high][size]
+    at = max(steps, small[0][0])
+    gain = _along(large, at, True) - _along(small, at, True) - (large[0][1] - small[0][1])
+    share = min(1.0, max(0.0, math.log(chars / low)) / math.log(high / low))
+    return loss + share * gain
+
+
+def useful_steps(size: tuple, train_chars: Optional[float] = None,
+                 chars_per_step: int = SWEEP_CHARS_PER_STEP) -> Optional[int]:
+    """How many steps of `chars_per_step` characters still lower the validation loss of `size` on a training split
+    of `train_chars` characters (None: the largest in SWEEPS): as many passes over the text as its best measured
+    step count made (BEST_STEPS), linear in log(training characters) between the corpora where one was measured and
+    held outside them. None where no sweep saw the size stop gaining."""
+    known = sorted((chars, table[size] * SWEEP_CHARS_PER_STEP / chars)
+                   for chars, table in BEST_STEPS.items() if size in table)
+    if not known:
+        return None
+    chars = max(SWEEPS) if train_chars is None else train_chars
+    passes = _along(known, min(max(chars, known[0][0]), known[-1][0]), hold_last=True)
+    return max(1, math.ceil(round(passes * chars / chars_per_step, 6)))  # the measured count, not one more
+
+
+class Choice(NamedTuple):
+    """What `choose` decided: the size, the step limit it sets (or None), why (the recorded words), and for each
+    candidate the steps expected in the budget and the loss the tables predict there (never shown to users: the
+    tables' corpus is not theirs)."""
+
+    size: tuple
+    limit: Optional[int]
+    why: str
+    steps: dict
+    predicted: dict
+    speeds: str = ""  # where the speeds came from (a log line), when choose_model_size chose
+
+
+def fewest_measured(size: tuple) -> float:
+    """The smallest step count (of the sweeps' batch) the tables hold for `size`: below it nothing measured says
+    what the size learns."""
+    return min(table[size][0][0] for table in SWEEPS.values() if size in table)
+
+
+def most_measured(size: tuple) -> float:
+    """The largest step count the tables hold for `size`: past it no gain is assumed."""
+    return max(table[size][-1][0] for table in SWEEPS.values() if size in table)
+
+
+def choose(budget: float, seconds_per_step: dict, train_chars: Optional[float] = None,
+           step_cap: Optional[int] = None, spent: float = 0.0,
+           chars_per_step: int = SWEEP_CHARS_PER_STEP) -> Choice:
+    """The candidate with the lowest predicted loss after the steps the `budget` seconds left after `spent` allow
+    (at most `step_cap`, and at most its useful_steps: more would overfit) on a training split of `train_chars`
+    characters, among those that make at least the fewest steps the tables measured; without a `step_cap`, the step
+    limit to stop at where the budget affords more steps than are useful (else None); and why, in words that hold
+    for any corpus. A candidate that could not be timed (infinite seconds) is never chosen while another could;
+    where no candidate makes the steps the tables start at, the fastest is taken."""
+    usable = max(0.0, budget - spent) * (1.0 - STARTUP_SHARE)
+    timed = {size: s for size, s in seconds_per_step.items() if math.isfinite(s)} or seconds_per_step
+    useful = {size: useful_steps(size, train_chars, chars_per_step) or math.inf for size in timed}
+    steps = {size: min(usable / s, step_cap or math.inf, useful[size]) for size, s in timed.items()}
+    per = chars_per_step / SWEEP_CHARS_PER_STEP  # the sweeps' steps are of their batch: compared by characters
+    predictions = {size: predicted_loss(size, steps[size] * per, train_chars) if steps[size] >= 1 else math.inf
+                   for size in timed}
+    # the steps the budget affords (the steps past which it would overfit are a cap, not a want of speed)
+    affords = {size: min(usable / s, step_cap or math.inf) for size, s in timed.items()}
+    enough = {size for size in timed if affords[size] * per >= fewest_measured(size) and math.isfinite(timed[size])}
+    name = lambda size: f"{size[0]}x{size[1]}"  # noqa: E731
+    left = f" ({max(0.0, budget - spent):.0f} s of it left after start-up)" if spent >= 0.5 else ""
+    where = f"in {budget:g} s on this machine{left}"
+    sizes = f"{len(timed)} size" + ("s" if len(timed) != 1 else "")
+    if enough:
+        best = min(enough, key=lambda size: (predictions[size], timed[size], size))
+        why = f"auto: of {sizes}, the one expected to learn most {where}"
+    else:
+        best = min(timed, key=lambda size: (timed[size], size))
+        why = f"auto: of {sizes}, the fastest, as none makes the steps the tables start at {where}"
+    expected = ", ".join(f"{name(size)} ~{steps[size]:,.0f}" for size in sorted(timed))
+    why += f" (steps each would make: {expected})"
+    short = sorted(size for size in timed if size not in enough and size != best)
+    if short:
+        why += "; left out, as fewer steps than the tables measured: " + ", ".join(
+            f"{name(size)} (~{affords[size]:,.0f} of at least {math.ceil(fewest_measured(size) / per):,})"
+            for size in short)
+    limit = int(useful[best]) if step_cap is None and steps[best] == useful[best] < usable / timed[best] else None
+    if useful[best] == math.inf and steps[best] * per > most_measured(best):
+        why += (f"; where more steps stop helping {name(best)} on corpora of this size was not measured, so the "
+                f"budget ends the run")
+    return Choice(best, limit, why, steps, predictions)
+
+
+def time_steps(step: Callable[[], None], budget: float, sync: Callable[[], None] = lambda: None,
+               clock: Callable[[], float] = time.perf_counter, warm_up: bool = True, least: int = 1,
+               fastest: bool = False) -> float:
+    """Seconds per call of `step` (after one warm-up call, with `warm_up`): as many calls as fit in `budget`
+    seconds, at least `least` and at most 20; their mean, or with `fastest` the fastest call (what the machine does
+    when nothing else takes its cores for a moment)."""
+    if warm_up:
+        step()
+        sync()
+    calls, start, best = 0, clock(), math.inf
+    while True:
+        before = clock()
+        step()
+        calls += 1
+        sync()
+        now = clock()
+        best = min(best, now - before)
+        elapsed = now - start
+        if (elapsed >= budget and calls >= least) or calls >= 20:
+            return best if fastest else elapsed / calls
+
+
+def spread(times: list) -> float:
+    """How far repeated timings of one thing disagree: (slowest - fastest) / fastest."""
+    low, high = min(times), max(times)
+    return (high - low) / low if low > 0 else (0.0 if high == low else math.inf)
+
+
+def measure(steps: dict, budget: float, sync: Callable[[], None] = lambda: None,
+            clock: Callable[[], float] = time.perf_counter, rounds: int = ROUNDS, tries: int = TRIES,
+            agree: float = AGREE) -> tuple[dict, float, bool]:
+    """Time every step function in `steps` ({size: step}): one warm-up call each, then `rounds` interleaved rounds
+    of about `budget` seconds in all (at least ROUND_CALLS calls of each size a round, the fastest call its timing),
+    so that a change of load shows as timings of one size that disagree. Where
+    they disagree by more than `agree`, all rounds again, `tries` times at most. Returns (the median seconds per
+    step of each size, infinite where its step failed: out of memory; the largest disagreement; whether it was
+    within `agree`, so the speeds may be kept)."""
+    times = {}
+    for size, step in steps.items():
+        try:
+            step()
+            sync()
+        except RuntimeError:  # out of memory
+            times[size] = math.inf
+    live = [size for size in steps if size not in times]
+    worst = 0.0
+    for _ in range(max(1, tries)):
+        samples: dict = {size: [] for size in live}
+        for _ in range(max(1, rounds)):
+            for size in list(live):
+                try:
+                    samples[size].append(time_steps(steps[size], budget / rounds / len(live), sync, clock,
+                                                    warm_up=False, least=ROUND_CALLS, fastest=True))
+                except RuntimeError:
+                    live.remove(size)
+                    times[size] = math.inf
+        worst = max((spread(v) for size, v in samples.items() if size in live), default=0.0)
+        for size in live:
+            ordered = sorted(samples[size])
+            times[size] = ordered[len(ordered) // 2]
+        if worst <= agree:
+            return times, worst, True
+    return times, worst, False
+
+
+def machine_name(device) -> str:
+    """What the device is: the CPU's model name, or the GPU's name."""
+    import platform
+
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(device)
+    if device.type != "cpu":
+        return device.type
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def vocab_bucket(vocab_size: int) -> int:
+    """The vocabulary a speed is timed and kept for: the next power of two (at least 32), so that corpora with
+    about as many distinct characters share one measurement."""
+    return max(32, 1 << max(0, int(vocab_size) - 1).bit_length())
+
+
+def speed_key(machine: str, torch_version: str, plan, cell: str, size: tuple, batch: int, seq_len: int,
+              threads: int, vocab: int) -> str:
+    """The speed file's key: what decides how fast a training step runs here."""
+    import dataclasses
+
+    route = ",".join(f"{k}={v}" for k, v in sorted(dataclasses.asdict(plan).items()))
+    return (f"device={machine}|torch={torch_version}|route={route}|cell={cell}|size={size[0]}x{size[1]}"
+            f"|batch={batch}|seq_len={seq_len}|threads={threads}|vocab<={vocab}")
+
+
+class SpeedStore:
+    """The measured seconds per training step, kept in one small JSON file ({"format": 1, "speeds": {key: entry}})
+    under CHARRNN_HOME. Readers never see half a file (it is replaced atomically); writers and measurers take an
+    exclusive flock on the file's directory, so concurrent runs wait for the one timing and then read its speeds,
+    and no writer's entries are lost. Any problem with the file costs a measurement, never the run."""
+
+    def __init__(self, path: Optional[str] = None):
+        from ..store.paths import speeds_file
+
+        self.path = os.path.abspath(path or speeds_file())
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the store's lock (none where the directory cannot be opened or locked: then unguarded)."""
+        fd = None
+        try:
+            import fcntl
+
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            fd = os.open(os.path.dirname(self.path), os.O_RDONLY)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except (ImportError, OSError):
+            if fd is not None:
+                os.close(fd)
+            fd = None
+        try:
+            yield
+        finally:
+            if fd is not None:
+                os.close(fd)  # closing the last descriptor drops the flock
+
+    def read(self) -> tuple[dict, Optional[str]]:
+        """({key: seconds per step}, None), or ({}, what is wrong) where the file cannot be read or parsed; no
+        file is no speeds and nothing wrong. Entries that are not a positive finite number are left out."""
+        try:
+            with open(self.path, "rb") as f:
+                data = json.loads(f.read().decode("utf-8"))
+        except FileNotFoundError:
+            return {}, None
+        except OSError as exc:
+            return {}, f"cannot read the speed file {self.path}: {exc.strerror or exc}"
+        except ValueError:
+            return {}, f"the speed file {self.path} is not valid JSON"
+        if (not isinstance(data, dict) or data.get("format") != SPEEDS_FORMAT
+                or not isinstance(data.get("speeds"), dict)):
+            return {}, f"the speed file {self.path} is not one this version of charrnn wrote"
+        speeds = {}
+        for key, entry in data["speeds"].items():
+            value = entry.get("seconds_per_step") if isinstance(entry, dict) else None
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+                speeds[key] = float(value)
+        return speeds, None
+
+    def write(self, entries: dict) -> Optional[str]:
+        """Add or replace `entries` ({key: {"seconds_per_step": s, ...}}) keeping the others (call under `locked`);
+        returns what went wrong, or None."""
+        from ..errors import CharrnnError
+        from ..store.fileio import write_text
+
+        try:
+            with open(self.path, "rb") as f:
+                data = json.loads(f.read().decode("utf-8"))
+            kept = data["speeds"] if data.get("format") == SPEEDS_FORMAT and isinstance(data["speeds"], dict) else {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            kept = {}  # none yet, or unreadable: it is rewritten whole
+        kept.update(entries)
+        try:
+            write_text(self.path, json.dumps({"format": SPEEDS_FORMAT, "speeds": kept}, indent=1, sort_keys=True)
+                       + "\n", "speed file")
+        except CharrnnError as exc:
+            return str(exc)
+        return None
+
+
+def training_step(model_config, cfg, device, plan) -> Callable[[], None]:
+    """One training step of a fresh model of this config (random weights and characters), as the trainer takes
+    it: forward, loss, backward, clip, AdamW."""
+    import torch
+
+    from ..model.network import CharRNN
+    from ..model.precision import torch_dtype
+    from .trainer import clip_gradients, make_optimizer
+
+    model = CharRNN(model_config, kernel=plan.kernel).to(device)
+    model.use_precision(plan)
+    model.train()
+    opt = make_optimizer(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay)
+    g = torch.Generator().manual_seed(0)
+    data = torch.randint(0, model_config.vocab_size, (cfg.batch_size, cfg.seq_len + 1), generator=g).to(device)
+    x, y = data[:, :-1], data[:, 1:]
+    autocast = torch_dtype(plan.autocast)
+
+    def step():
+        with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            _, loss, _ = model(x, None, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_gradients(model.parameters(), cfg.grad_clip)
+        opt.step()
+
+    return step
+
+
+def choose_model_size(model_config, cfg, device, dist, plan_for: Callable, train_chars: Optional[float] = None,
+                      candidates: Optional[list] = None, step_cap: Optional[int] = None,
+                      budget: Optional[float] = None, elapsed: Callable[[], float] = lambda: 0.0,
+                      chars_per_step: int = SWEEP_CHARS_PER_STEP, remeasure: bool = False,
+                      store: Optional[SpeedStore] = None) -> Choice:
+    """The Choice for this run's time budget (choose), its size a candidate's (default: all) or, with none, the
+    config's. Each candidate's speed with cfg's batch comes from the speed file (`store`, default
+    $CHARRNN_HOME/speeds.json); those it does not hold (all of them with `remeasure`) are timed here (the global RNG
+    is left as it was) and kept when the timings agreed (measure). The lock is held while timing, so runs started
+    together wait for one measurement; the times are then averaged over the ranks so that every rank chooses alike.
+    A candidate whose step fails (out of memory) counts as untimeable. `elapsed()`: seconds of the budget the command
+    has spent so far (start-up, this timing), not left for steps. `chars_per_step`: the whole batch's, over all
+    ranks."""
+    budget = cfg.time_budget if budget is None else budget
+    candidates = list(CANDIDATES if candidates is None else candidates)
+    if not candidates:
+        size = (model_config.num_layers, model_config.hidden_size)
+        return Choice(size, None, "as given: no candidate size fits in memory", {}, {})
+    store = store or SpeedStore()
+    configs, plans, keys = speed_keys(model_config, cfg, device, plan_for, candidates)
+    with store.locked():  # released before the ranks meet below, so no rank waits on a lock another holds there
+        known, problem = store.read()
+        missing = [size for size in candidates if remeasure or keys[size] not in known]
+        times = {size: known[keys[size]] for size in candidates if size not in missing}
+        if problem:
+            note = f"{problem}: timing the sizes again"
+        elif remeasure:
+            note = "--remeasure: timing the sizes again"
+        elif not missing:
+            note = f"measured earlier on this machine, read from {store.path}"
+        else:
+            note = ""
+        if missing:
+            measured, worst, steady = _time_candidates(missing, configs, plans, cfg, device, budget)
+            times.update(measured)
+            finite = {size: t for size, t in measured.items() if math.isfinite(t)}
+            failed = None
+            if steady and finite:
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                failed = store.write({keys[size]: {"seconds_per_step": t, "spread": round(worst, 4),
+                                                   "measured_at": stamp} for size, t in finite.items()})
+            timed = ", ".join(f"{L}x{H}" for L, H in missing)
+            if not steady:
+                note = ((note + "; ") if note else "") + (
+                    f"timed {timed} now, but this machine was too busy for steady timings (they differed by up to "
+                    f"{worst:.0%}, more than {AGREE:.0%}, {TRIES} times): used for this run only and not kept; "
+                    f"a run on a quieter machine measures again")
+            elif failed:
+                note = ((note + "; ") if note else "") + f"timed {timed} now, not kept: {failed}"
+            else:
+                note = ((note + "; ") if note else "") + (
+                    f"timed {timed} now (repeat timings within {worst:.0%}), kept in {store.path} for later runs "
+                    f"(--remeasure times them again)")
+    ordered = [times[size] for size in candidates]
+    ordered = [t / dist.world for t in dist.sum_values([*ordered, elapsed()])]
+    spent = ordered.pop()
+    choice = choose(budget, dict(zip(candidates, ordered)), train_chars, step_cap, spent, chars_per_step)
+    return choice._replace(speeds=note)
+
+
+def speed_keys(model_config, cfg, device, plan_for: Callable, candidates: list,
+               threads: Optional[int] = None) -> tuple[dict, dict, dict]:
+    """For each candidate size: the model config it is timed with (the vocabulary's bucket, no dropout), its
+    precision plan and its speed file key (`threads`: torch's intra-op threads, default the current count)."""
+    import dataclasses
+
+    import torch
+
+    vocab = vocab_bucket(model_config.vocab_size)
+    machine, threads = machine_name(device), threads or torch.get_num_threads()
+    configs, plans, keys = {}, {}, {}
+    for L, H in candidates:
+        configs[(L, H)] = dataclasses.replace(model_config, num_layers=L, hidden_size=H, dropout=0.0,
+                                              vocab_size=vocab)
+        plans[(L, H)] = plan_for(device, model_config.cell, H, cfg.precision, cfg.kernel)
+        keys[(L, H)] = speed_key(machine, str(torch.__version__), plans[(L, H)], model_config.cell, (L, H),
+                                 cfg.batch_size, cfg.seq_len, threads, vocab)
+    return configs, plans, keys
+
+
+def _time_candidates(sizes: list, configs: dict, plans: dict, cfg, device, budget: float) -> tuple[dict, float, bool]:
+    """measure() for a fresh model of each size with cfg's batch, at most PROBE_SHARE of the budget a try; the global
+    RNG is left as it was, and a CUDA device's cache emptied after."""
+    import torch
+
+    if device.type == "cuda":
+        sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
+    elif device.type == "mps":
+        sync = torch.mps.synchronize
+    else:
+        sync = lambda: None  # noqa: E731
+    steps, failed = {}, {}
+    with torch.random.fork_rng(devices=[]):
+        for size in sizes:
+            try:
+                steps[size] = training_step(configs[size], cfg, device, plans[size])
+            except RuntimeError:  # out of memory building it
+                failed[size] = math.inf
+        measured, worst, steady = measure(steps, PROBE_SHARE * budget, sync) if steps else ({}, 0.0, True)
+    steps.clear()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the candidates' blocks, before the run measures free memory
+    return {**measured, **failed}, worst, steady

@@ -1,0 +1,108 @@
+"""Samples while training (`--sample-every`): a short sample of the model as it learns, shown above the progress
+bar and appended to the run directory's samples.txt with its step and validation loss.
+
+Every sample starts alike (a zero state fed a newline, or the vocabulary's first character, and seed 0), so that
+successive samples differ only by what the model has learned. Sampling does not disturb training: it runs on a CPU
+fp32 copy of the weights (the model being trained, its mode and device are untouched) with charrnn.sample's private
+generator (torch's global RNG is neither drawn from nor reseeded), so a resumed run still equals an uninterrupted
+one. Only rank 0 samples and writes. On resume, entries past the checkpoint's step are dropped first, as in
+metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Optional
+
+from ..store import fileio
+from ..errors import CharrnnError, unreadable
+
+SAMPLES = "samples.txt"
+SAMPLE_CHARS = 200
+SAMPLE_SEED = 0
+_HEADER = re.compile(r"^--- step (\d+)\b.* ---$")
+
+
+def header(step: int, val: Optional[float], val_step: Optional[int]) -> str:
+    where = "" if val_step in (None, step) else f" (at step {val_step})"
+    return f"--- step {step}" + (f", val loss {val:.4f} nats/char{where}" if val is not None else "") + " ---"
+
+
+class Sampler:
+    """Short samples of a model being trained, from a CPU fp32 copy of its weights."""
+
+    def __init__(self, model_config, vocab, length: int = SAMPLE_CHARS, seed: int = SAMPLE_SEED):
+        self.config, self.vocab = dataclasses.replace(model_config), vocab
+        self.length, self.seed = length, seed
+        self.copy = None
+
+    def __call__(self, model) -> str:
+        import torch
+
+        from ..model.network import CharRNN
+        from ..inference.sampling import generate
+
+        if self.copy is None:
+            with torch.random.fork_rng(devices=[]):  # its initial weights are overwritten: draw nothing for them
+                self.copy = CharRNN(self.config, kernel="auto")
+        self.copy.load_state_dict(model.state_dict())  # copied to the CPU, in the copy's fp32
+        chars = generate(self.copy, self.vocab, self.length, seed=self.seed)  # private generator; eval mode
+        return "".join(c[0] for c in chars)
+
+
+class SampleLog:
+    """Appends samples to RUN_DIR/samples.txt (created at the first sample), flushed each time. A failed write is a
+    user error (exit 73/74); with `hold_failures` (torch.distributed) it is held for the next save, like the
+    metrics log's."""
+
+    def __init__(self, run_dir: str, enabled: bool = True, hold_failures: bool = False):
+        self.path = os.path.join(run_dir, SAMPLES)
+        self.enabled, self.hold_failures = enabled, hold_failures
+        self.failure: Optional[CharrnnError] = None
+
+    def open(self, keep_upto: int = 0) -> "SampleLog":
+        """Keep the entries up to step `keep_upto` (a resumed run's), then append."""
+        if self.enabled:
+            truncate_samples(self.path, keep_upto)
+        return self
+
+    def write(self, step: int, val: Optional[float], val_step: Optional[int], text: str) -> None:
+        if not self.enabled or self.failure is not None:
+            return
+        try:
+            with open(self.path, "a", encoding="utf-8", newline="") as f:
+                f.write(f"{header(step, val, val_step)}\n{text}\n\n")
+                f.flush()
+        except OSError as exc:
+            failure = fileio.write_error(exc, self.path, "samples file")
+            if not self.hold_failures:
+                raise failure from None
+            self.failure = failure
+
+
+def read_entries(text: str) -> list[tuple[int, str]]:
+    """samples.txt as (step, entry text) pairs, in order."""
+    entries: list[tuple[int, str]] = []
+    for line in text.splitlines(keepends=True):
+        match = _HEADER.match(line.rstrip("\n"))
+        if match or not entries:
+            entries.append((int(match.group(1)) if match else 0, line))
+        else:
+            entries[-1] = (entries[-1][0], entries[-1][1] + line)
+    return entries
+
+
+def truncate_samples(path: str, step: int) -> None:
+    """Drop the entries past `step` (written after the checkpoint a run resumes from), atomically."""
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            text = f.read()
+    except OSError as exc:
+        raise unreadable(exc, path, "samples file") from None
+    kept = "".join(entry for entry_step, entry in read_entries(text) if entry_step <= step)
+    if kept != text:
+        fileio.write_text(path, kept, "samples file")

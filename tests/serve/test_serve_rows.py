@@ -1,0 +1,99 @@
+"""serve's steppers: a row's logits are the same bytes whatever the other rows (their number and their inputs),
+and they compute the model's step (close to CharRNN.step)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("starlette")
+
+
+def _model(cell: str, hidden: int = 48, layers: int = 2, vocab: int = 37):
+    from charrnn.config import ModelConfig
+    from charrnn.model.network import CharRNN
+
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(cell=cell, hidden_size=hidden, num_layers=layers, vocab_size=vocab)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model
+
+
+def _run(rows, inputs: np.ndarray) -> np.ndarray:
+    """Step rows through inputs (T, B); the logits of row 0 at every step (T, V)."""
+    out = []
+    for ids in inputs:
+        out.append(rows.step(np.ascontiguousarray(ids, dtype=np.int64))[0].copy())
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("cell", ["tanh", "gru", "lstm"])
+def test_a_row_is_the_same_bytes_alone_or_in_any_batch(cell):
+    from charrnn.serve.rows import make_rows
+
+    model = _model(cell)
+    rng = np.random.default_rng(1)
+    T, V = 20, model.config.vocab_size
+    mine = rng.integers(0, V, T)
+    alone = _run(make_rows(model, 16, torch.device("cpu")), mine[:, None])
+    for B in (2, 3, 5, 8, 9, 16):
+        batch = rng.integers(0, V, (T, B))
+        batch[:, 0] = mine
+        got = _run(make_rows(model, 16, torch.device("cpu")), batch)
+        assert got.tobytes() == alone.tobytes(), (cell, B)
+
+
+@pytest.mark.parametrize("cell", ["tanh", "gru", "lstm"])
+def test_rows_compute_the_models_step(cell):
+    from charrnn.serve.rows import make_rows
+
+    model = _model(cell)
+    rows = make_rows(model, 4, torch.device("cpu"))
+    state = model.init_state(3)
+    rng = np.random.default_rng(2)
+    for _ in range(10):
+        ids = rng.integers(0, model.config.vocab_size, 3)
+        with torch.no_grad():
+            want, state = model.step(torch.from_numpy(ids), state)
+        got = rows.step(ids)
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_moving_and_resetting_rows():
+    from charrnn.serve.rows import make_rows
+
+    model = _model("tanh")
+    rows = make_rows(model, 4, torch.device("cpu"))
+    rows.step(np.array([1, 2, 3], np.int64))
+    a = rows.step(np.array([4, 5, 6], np.int64)).copy()
+    rows2 = make_rows(model, 4, torch.device("cpu"))
+    rows2.step(np.array([3, 2, 1], np.int64))
+    rows2.move(0, 2)  # row 2 now holds the state row 0 had (that of input 3)
+    rows2.reset(0)  # row 0 starts afresh
+    b = rows2.step(np.array([1, 0, 6], np.int64))
+    assert b[2].tobytes() == a[2].tobytes()
+    fresh = make_rows(model, 4, torch.device("cpu")).step(np.array([1], np.int64))
+    assert b[0].tobytes() == fresh[0].tobytes()
+
+
+@pytest.mark.parametrize("cell", ["tanh", "lstm"])
+def test_the_padded_stepper_computes_the_models_step(cell):
+    """PaddedRows (the CUDA route) run on the CPU here: it steps every row of its capacity, and the active rows
+    get the model's step."""
+    from charrnn.serve.rows import PaddedRows
+
+    model = _model(cell)
+    reference = _model(cell)
+    rows = PaddedRows(model, 8, torch.device("cpu"))
+    state = reference.init_state(3)
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        ids = rng.integers(0, model.config.vocab_size, 3)
+        with torch.no_grad():
+            want, state = reference.step(torch.from_numpy(ids), state)
+        got = rows.step(ids)
+        assert got.shape == (3, model.config.vocab_size)
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)

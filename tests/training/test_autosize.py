@@ -1,0 +1,322 @@
+"""The model size chosen for a time budget (charrnn.training.autosize): the prediction from the sweep, the choice from the
+machine's measured speed, and the start-up timing."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+from charrnn.training import autosize
+from charrnn.config import ModelConfig, TrainConfig
+
+SWEEP = {(2, 128): [(100, 2.3), (1000, 1.8), (10000, 1.6)], (2, 512): [(100, 2.0), (1000, 1.6), (10000, 1.45)]}
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    """Every test keeps its measured speeds in its own CHARRNN_HOME."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("CHARRNN_HOME", str(path))
+    return path
+
+
+@pytest.fixture
+def sweep(monkeypatch):
+    monkeypatch.setattr(autosize, "SWEEPS", {10_000: SWEEP})
+    monkeypatch.setattr(autosize, "LARGER", {})
+    monkeypatch.setattr(autosize, "BEST_STEPS", {})
+    monkeypatch.setattr(autosize, "CANDIDATES", tuple(sorted(SWEEP)))
+
+
+def test_the_shipped_sweeps_cover_every_candidate_sorted_and_improving_with_steps():
+    assert len(autosize.SWEEPS) >= 2 and len(autosize.CANDIDATES) >= 3
+    for chars, table in autosize.SWEEPS.items():
+        assert tuple(sorted(table)) == autosize.CANDIDATES, chars
+        for size, points in table.items():
+            steps = [n for n, _ in points]
+            assert steps == sorted(steps) and len(steps) >= 3, (chars, size)
+            assert points[-1][1] < points[0][1], (chars, size)  # more steps, lower loss
+    for chars, sweeps in autosize.SWEEPS.items():  # each best count agrees with the sweep of its corpus
+        best = autosize.BEST_STEPS.get(chars, {})
+        for size, points in sweeps.items():
+            lowest = min(points, key=lambda point: point[1])[0]
+            if lowest < points[-1][0]:  # the sweep saw the size stop gaining: its best is the sweep's lowest point
+                assert best.get(size) == lowest, (chars, size, best.get(size), lowest)
+            else:  # still gaining at the sweep's last point: no count, or one measured past the sweep
+                assert size not in best or best[size] > lowest, (chars, size)
+    assert set(autosize.BEST_STEPS) <= set(autosize.SWEEPS)
+    assert len(autosize.LARGER) == 2 and min(autosize.LARGER) == max(autosize.SWEEPS)
+    for chars, table in autosize.LARGER.items():
+        assert tuple(sorted(table)) == autosize.CANDIDATES, chars
+        assert len({tuple(n for n, _ in points) for points in table.values()}) == 1  # the same step counts
+
+
+def test_between_corpora_the_prediction_is_linear_in_log_characters(monkeypatch):
+    small = {size: [(n, v + 0.5) for n, v in points] for size, points in SWEEP.items()}
+    monkeypatch.setattr(autosize, "SWEEPS", {1_000: small, 100_000: SWEEP})
+    monkeypatch.setattr(autosize, "LARGER", {})
+    at = autosize.predicted_loss
+    assert at((2, 128), 1000, 1_000) == pytest.approx(2.3) and at((2, 128), 1000, 100_000) == pytest.approx(1.8)
+    assert at((2, 128), 1000, 10_000) == pytest.approx(2.05)  # halfway in log
+    assert at((2, 128), 1000, 10) == pytest.approx(2.3) and at((2, 128), 1000, 10**9) == pytest.approx(1.8)
+    assert at((2, 128), 1000) == pytest.approx(1.8)  # no corpus size given: the largest swept
+
+
+def test_past_the_largest_corpus_each_size_gains_what_it_gained_on_the_larger_one(monkeypatch):
+    monkeypatch.setattr(autosize, "SWEEPS", {1_000: {s: [(n, v + 0.5) for n, v in p] for s, p in SWEEP.items()},
+                                             100_000: SWEEP})
+    # the larger corpus's validation split is 0.1 easier for both (the first step count); past it, 2x512 gains
+    # 0.2 more at 10,000 steps and 2x128 nothing
+    small = {(2, 128): [(100, 2.5), (10000, 2.0)], (2, 512): [(100, 2.3), (10000, 1.8)]}
+    large = {(2, 128): [(100, 2.4), (10000, 1.9)], (2, 512): [(100, 2.2), (10000, 1.5)]}
+    monkeypatch.setattr(autosize, "LARGER", {100_000: small, 10_000_000: large})
+    at = autosize.predicted_loss
+    assert at((2, 512), 10000, 100_000) == pytest.approx(1.45)  # up to the largest swept: the sweeps alone
+    assert at((2, 512), 10000, 10**6) == pytest.approx(1.35)  # halfway in log: half the gain
+    assert at((2, 512), 10000, 10**7) == pytest.approx(1.25) and at((2, 512), 10000, 10**9) == pytest.approx(1.25)
+    assert at((2, 128), 10000, 10**9) == pytest.approx(1.6)  # no gain beyond the easier validation text
+    assert at((2, 512), 100, 10**9) == pytest.approx(2.0)  # at the first step count nothing is gained
+    # each size's own difference at the first step count is the easier text; below it no gain is assumed
+    large[(2, 128)] = [(100, 2.3), (10000, 1.7)]  # 0.2 easier at 100 steps, and 0.1 more gained by 10,000
+    assert at((2, 128), 10000, 10**9) == pytest.approx(1.5)
+    assert at((2, 128), 10, 10**9) == pytest.approx(at((2, 128), 10, 100_000))
+
+
+def test_prediction_interpolates_in_log_steps_and_holds_past_the_last_point(sweep):
+    assert autosize.predicted_loss((2, 128), 1000) == pytest.approx(1.8)
+    assert autosize.predicted_loss((2, 128), math.sqrt(100 * 1000)) == pytest.approx(2.05)  # halfway in log
+    assert autosize.predicted_loss((2, 128), 10) == pytest.approx(2.8)  # the first slope continues
+    assert autosize.predicted_loss((2, 128), 10**6) == pytest.approx(1.6)  # no gain assumed past the sweep
+
+
+def test_a_slow_machine_or_short_budget_gets_the_small_model_a_fast_one_the_big(sweep):
+    # the big model is 8x slower per step: in 60 s this machine makes 1,140 small steps or 142 big ones
+    slow = {(2, 128): 0.05, (2, 512): 0.4}
+    (size, limit, why) = autosize.choose(60, slow)[:3]
+    assert limit is None and size == (2, 128) and "learn most in 60 s on this machine" in why, why
+    assert "2x512 ~142" in why and "2x128 ~1,140" in why, why
+    assert autosize.choose(3000, slow)[0] == (2, 512)  # a long budget affords the big model enough steps
+    fast = {(2, 128): 0.01, (2, 512): 0.04}
+    assert autosize.choose(60, fast)[0] == (2, 512)
+
+
+def test_useful_steps_are_passes_over_the_text_interpolated_between_corpora_and_held_outside(monkeypatch):
+    per = autosize.SWEEP_CHARS_PER_STEP
+    # 2x512 stopped gaining after 4 passes over 1,000 characters and after 16 over 100,000; 2x128 never did
+    best = {1_000: {(2, 512): 4_000 / per}, 100_000: {(2, 512): 1_600_000 / per}}
+    monkeypatch.setattr(autosize, "BEST_STEPS", best)
+    monkeypatch.setattr(autosize, "SWEEPS", {1_000: SWEEP, 100_000: SWEEP})
+    useful = autosize.useful_steps
+    assert useful((2, 128), 10**6) is None
+    assert useful((2, 512), 1_000) == 1 and useful((2, 512), 100_000) == math.ceil(1_600_000 / per)
+    assert useful((2, 512), 10_000) == math.ceil(10 * 10_000 / per)  # halfway in log: 10 passes
+    assert useful((2, 512), 10**8) == math.ceil(16 * 10**8 / per)  # past the largest: its passes held
+    assert useful((2, 512), 500, chars_per_step=10) == 200  # below the smallest: its 4 passes
+    assert useful((2, 512)) == useful((2, 512), 100_000)  # no corpus size given: the largest swept
+    assert useful((2, 512), 100_000, chars_per_step=per // 2) == math.ceil(2 * 1_600_000 / per)  # half as many chars
+
+
+def test_a_budget_longer_than_is_useful_stops_where_more_steps_would_overfit(sweep, monkeypatch):
+    # 2x512 stops gaining at 5,000 steps on this corpus: a long budget gets no further; the loss predicted there
+    monkeypatch.setattr(autosize, "BEST_STEPS", {10_000: {(2, 512): 5000}})
+    fast = {(2, 128): 0.01, (2, 512): 0.04}
+    choice = autosize.choose(3000, fast, 10_000)
+    assert (choice.size, choice.limit) == ((2, 512), 5000) and "2x512 ~5,000" in choice.why, choice.why
+    assert choice.predicted[(2, 512)] == pytest.approx(1.50, abs=0.005)
+    # the small model, never seen to stop gaining, keeps its steps and wins where the big one must stop early
+    monkeypatch.setattr(autosize, "BEST_STEPS", {10_000: {(2, 512): 100}})
+    choice = autosize.choose(3000, fast, 10_000)
+    assert (choice.size, choice.limit) == ((2, 128), None) and "2x512 ~100" in choice.why
+    assert choice.predicted[(2, 512)] == pytest.approx(2.00)
+    # a budget that affords fewer steps than are useful: no limit, the budget ends the run
+    monkeypatch.setattr(autosize, "BEST_STEPS", {10_000: {(2, 512): 5000}})
+    assert autosize.choose(100, fast, 10_000)[:2] == ((2, 512), None)  # 2,375 steps
+    # a step count given on purpose is the user's: the prediction stops at the useful steps, the run does not
+    assert autosize.choose(3000, fast, 10_000, step_cap=5000)[:2] == ((2, 512), None)
+
+
+def test_with_another_batch_the_steps_are_compared_by_characters():
+    # the shipped tables on a 100 KB corpus: 2x512 stops gaining at 250 steps of 32x128, 2x256 at 500; at 4x16 a
+    # step reads 1/64 of the characters, so the same passes take 64 times the steps and the same size is chosen
+    speeds = {(2, 128): 0.001, (2, 256): 0.002, (2, 512): 0.004}
+    assert autosize.choose(600, speeds, 90_000)[:2] == ((2, 512), 250)
+    choice = autosize.choose(600, speeds, 90_000, chars_per_step=64)
+    assert (choice.size, choice.limit) == ((2, 512), 16_000) and "2x512 ~16,000" in choice.why, choice.why
+    assert choice.predicted[(2, 512)] == pytest.approx(1.57, abs=0.005)
+
+
+def test_a_budget_run_stops_at_the_useful_steps_records_them_and_resumes_to_them(tmp_path, monkeypatch):
+    """In the trainer: the limit becomes the run's --max-steps (the log says why), so the cosine ends there and a
+    resume stops there too; a step count given on purpose wins."""
+    import charrnn
+    from conftest import make_corpus
+
+    from charrnn.store.checkpoint import load_checkpoint
+
+    corpus = make_corpus(tmp_path / "c.txt", 3000)
+    tiny = {(1, 8): [(1, 3.0), (10, 2.9), (100, 2.8)], (1, 16): [(1, 3.0), (10, 2.8), (100, 2.7)]}
+    monkeypatch.setattr(autosize, "SWEEPS", {1_000: tiny})
+    monkeypatch.setattr(autosize, "LARGER", {})
+    monkeypatch.setattr(autosize, "CANDIDATES", tuple(sorted(tiny)))
+    # both sizes stop gaining after one pass: 2,700 training characters at 4x16 a step is 43 steps
+    per = autosize.SWEEP_CHARS_PER_STEP
+    monkeypatch.setattr(autosize, "BEST_STEPS", {1_000: {(1, 8): 1_000 / per, (1, 16): 1_000 / per}})
+    cfg = dict(batch_size=4, seq_len=16, warmup_steps=2, eval_every=1000, time_budget=600, seed=1, ema=0.0,
+               val_frac=0.1, test_frac=0.0)
+    run = str(tmp_path / "run")
+    charrnn.train(str(corpus), None, TrainConfig(**cfg), run_dir=run, progress=False, explicit={"time_budget"})
+    ckpt = load_checkpoint(os.path.join(run, "latest.pt"))
+    assert ckpt["progress"]["step"] == 43 and ckpt["train_config"]["max_steps"] == 43, ckpt["progress"]
+    assert ckpt["progress"]["step_limit"] == 43 and "it stops after 43 steps" in ckpt["model_size"]
+    assert "where more steps stopped helping on corpora of this size" in ckpt["model_size"]
+    # resumed with a longer budget: the recorded limit holds (a budget of 900 s would otherwise run on)
+    charrnn.train(None, None, TrainConfig(time_budget=900), resume=run, progress=False, explicit={"time_budget"})
+    again = load_checkpoint(os.path.join(run, "latest.pt"))
+    assert again["progress"]["step"] == 43 and again["progress"]["step_limit"] == 43
+    # --epochs on resume lifts it (two passes: 84 steps); --max-steps replaces it
+    charrnn.train(None, None, TrainConfig(epochs=2), resume=run, progress=False, explicit={"epochs"})
+    lifted = load_checkpoint(os.path.join(run, "latest.pt"))
+    assert lifted["progress"]["step"] == 84 and lifted["progress"]["step_limit"] is None, lifted["progress"]
+    # a step count given on purpose: the user's count, and no limit of ours (--max-steps, --epochs)
+    for name, given in (("mine", {"max_steps": 50}), ("epochs", {"epochs": 2})):
+        charrnn.train(str(corpus), None, TrainConfig(**cfg, **given), run_dir=str(tmp_path / name), progress=False,
+                      explicit={"time_budget", *given})
+        mine = load_checkpoint(str(tmp_path / name / "latest.pt"))
+        assert mine["progress"]["step"] == (50 if "max_steps" in given else 84), (name, mine["progress"])
+        assert "stops after" not in mine["model_size"] and mine["progress"]["step_limit"] is None
+    # a schedule fixed on purpose (--schedule-steps): the budget decides when it stops, not the useful steps (what
+    # the run records, not how many steps fit in the budget: a loaded machine may make fewer than 43)
+    cfg.update(time_budget=4.0, schedule_steps=60)
+    charrnn.train(str(corpus), None, TrainConfig(**cfg), run_dir=str(tmp_path / "fixed"), progress=False,
+                  explicit={"time_budget", "schedule_steps"})
+    fixed = load_checkpoint(str(tmp_path / "fixed" / "latest.pt"))
+    assert fixed["progress"]["stopped_by"] == "time_budget" and fixed["progress"]["step"] >= 1, fixed["progress"]
+    assert fixed["train_config"]["max_steps"] is None and fixed["train_config"]["schedule_steps"] == 60
+    assert fixed["progress"]["step_limit"] is None and "stops after" not in fixed["model_size"]
+
+
+def test_time_steps_warms_up_then_times_at_least_one_step():
+    calls = []
+    per = autosize.time_steps(lambda: calls.append(1), budget=0.0)
+    assert len(calls) == 2 and per >= 0  # one warm-up call, one timed
+    calls.clear()
+    autosize.time_steps(lambda: calls.append(1), budget=60.0)
+    assert len(calls) == 21  # at most 20 timed calls, however long the budget
+
+
+class OneRank:
+    world = 1
+
+    @staticmethod
+    def sum_values(values):
+        return [float(v) for v in values]
+
+
+def test_choosing_times_every_candidate_and_leaves_the_global_rng_alone(sweep):
+    from charrnn.model.precision import plan_for
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    model_config = ModelConfig(vocab_size=20, hidden_size=512, num_layers=2)
+    cfg = TrainConfig(batch_size=2, seq_len=8, time_budget=1.0, precision="fp32")
+    choice = autosize.choose_model_size(model_config, cfg, torch.device("cpu"), OneRank, plan_for)
+    assert choice.size in SWEEP and choice.why.startswith("auto: of 2 sizes, the"), choice.why
+    assert "timed 2x128, 2x512 now" in choice.speeds or "too busy" in choice.speeds, choice.speeds
+    assert torch.equal(torch.rand(3), expected)
+    assert (model_config.num_layers, model_config.hidden_size) == (2, 512)  # the caller's config untouched
+
+
+def test_a_budget_run_without_size_options_chooses_records_and_keeps_its_size(tmp_path):
+    """The CLI path: the choice is logged, stored in the checkpoint, shown by `charrnn info` and kept on resume;
+    a size option given on purpose wins (no timing, "as given")."""
+    from conftest import make_corpus, run_cli
+
+    from charrnn.store.checkpoint import load_checkpoint
+
+    corpus = make_corpus(tmp_path / "c.txt", 4000)
+    small = ["--batch-size", "4", "--seq-len", "16", "--warmup-steps", "2", "--eval-every", "1000"]
+    run = tmp_path / "run"
+    proc = run_cli("train", corpus, "--time-budget", "3", "--run-dir", run, *small, check=0)
+    err = proc.stderr.decode()
+    assert "model size 2x" in err and "in 3 s on this machine" in err, err
+    ckpt = load_checkpoint(str(run / "latest.pt"))
+    size = (ckpt["model_config"]["num_layers"], ckpt["model_config"]["hidden_size"])
+    assert size in autosize.CANDIDATES and ckpt["model_size"].startswith("auto: of 3 sizes"), ckpt["model_size"]
+    info = run_cli("info", run, check=0).stdout.decode()
+    assert "model size:" in info and "auto: of 3 sizes" in info, info
+
+    run_cli("train", "--resume", run, "--time-budget", "4", *small, check=0)
+    again = load_checkpoint(str(run / "latest.pt"))
+    assert (again["model_config"]["num_layers"], again["model_config"]["hidden_size"]) == size
+    assert again["model_size"] == ckpt["model_size"]
+
+    given = tmp_path / "given"
+    proc = run_cli("train", corpus, "--time-budget", "2", "--hidden-size", "24", "--run-dir", given, *small, check=0)
+    assert "model size" not in proc.stderr.decode()
+    assert load_checkpoint(str(given / "latest.pt"))["model_config"]["hidden_size"] == 24
+    info = run_cli("info", given, check=0).stdout.decode()
+    assert any(line.startswith("model size:") and line.endswith(" given or the default") for line in info.splitlines()), info
+
+
+def test_a_step_limit_caps_the_steps_and_an_untimeable_candidate_is_not_chosen(sweep):
+    fast = {(2, 128): 0.01, (2, 512): 0.04}
+    assert autosize.choose(3000, fast)[0] == (2, 512)
+    # --max-steps 100 with the budget: 100 steps each, where the big model is ahead
+    size, _, why = autosize.choose(3000, {(2, 128): 0.001, (2, 512): 1.0}, step_cap=100)[:3]
+    assert size == (2, 512) and "2x512 ~100" in why
+    # a candidate whose step failed (out of memory) is infinitely slow: never chosen while another was timed
+    assert autosize.choose(3000, {(2, 128): 0.05, (2, 512): float("inf")})[0] == (2, 128)
+
+
+def test_start_up_already_spent_is_not_counted_as_steps(sweep):
+    # 60 s with 20 s gone: the small model's 760 steps beat the big one's 95, where 60 s would give the big its 142
+    slow = {(2, 128): 0.05, (2, 512): 0.4}
+    assert autosize.choose(60, slow, step_cap=None, spent=0.0)[2].count("~1,140") == 1
+    size, _, why = autosize.choose(60, slow, spent=20.0)[:3]
+    assert size == (2, 128) and "~760" in why and "~95" in why and "(40 s of it left after start-up)" in why, why
+    fast = {(2, 128): 0.01, (2, 512): 0.04}
+    assert autosize.choose(600, fast)[0] == (2, 512)
+    assert autosize.choose(600, fast, spent=599.99)[0] == (2, 128)  # almost nothing left: fewer than one step each
+
+
+def test_a_budget_too_short_for_one_step_takes_the_fastest_candidate(sweep):
+    # no extrapolation below one step: a size that cannot take a step learns nothing, whatever its sweep says
+    size, _, why = autosize.choose(0.02, {(2, 128): 0.05, (2, 512): 0.4})[:3]
+    assert size == (2, 128) and "2x512 ~0" in why and "the fastest" in why, why
+    # neither gets a step: equal hopes, and the faster one is taken, whatever its size
+    size, _, why = autosize.choose(0.5, {(2, 128): 0.6, (2, 512): 0.55})[:3]
+    assert size == (2, 512) and "the fastest, as none makes the steps the tables start at" in why, why
+    # one whole step of the small model against none of the big: the small one
+    assert autosize.choose(1.1, {(2, 128): 1.0, (2, 512): 8.0})[0] == (2, 128)
+
+
+def test_choosing_subtracts_what_the_command_spent_before_and_during_the_timing(sweep):
+    from charrnn.model.precision import plan_for
+
+    model_config = ModelConfig(vocab_size=20, hidden_size=512, num_layers=2)
+    cfg = TrainConfig(batch_size=2, seq_len=8, time_budget=100.0, precision="fp32")
+    calls = []
+    elapsed = lambda: calls.append(1) or 30.0  # noqa: E731
+    why = autosize.choose_model_size(model_config, cfg, torch.device("cpu"), OneRank, plan_for,
+                                     elapsed=elapsed).why
+    assert calls == [1] and "(70 s of it left after start-up)" in why, why
+
+
+def test_a_saved_config_leaves_the_size_to_the_budget_unless_it_was_given(tmp_path):
+    """--save-config of a budget run without size options writes the size lines as comments, so that training
+    from the file chooses the size again; with a size given, the file pins it."""
+    from conftest import run_cli
+
+    from charrnn.cli.configfile import read_config
+
+    auto, pinned = tmp_path / "auto.toml", tmp_path / "pinned.toml"
+    run_cli("train", "--time-budget", "60", "--save-config", auto, check=0)
+    assert "# hidden_size = 512  (chosen for the time budget" in auto.read_text()
+    values = read_config(str(auto))
+    assert "hidden_size" not in values and "num_layers" not in values and values["time_budget"] == 60
+    run_cli("train", "--time-budget", "60", "--hidden-size", "256", "--save-config", pinned, check=0)
+    assert read_config(str(pinned))["hidden_size"] == 256 and read_config(str(pinned))["num_layers"] == 2
