@@ -116,7 +116,7 @@ def _write_web_folder(write_web, ckpt, model, vocab, output: str) -> list[str]:
 def write_directory(output: str, files: dict) -> list[str]:
     """Write {name: bytes} into the directory `output`: a new one appears whole (built under a temp name, then
     renamed); an existing one (--force) gets each file replaced atomically. On failure nothing new is left."""
-    from ..store.fileio import TEMP_PREFIX, atomic_write, fsync_dir, write_error
+    from ..store.fileio import atomic_write, write_new_directory
 
     output = os.path.abspath(output)
     if os.path.isdir(output):
@@ -124,22 +124,5 @@ def write_directory(output: str, files: dict) -> list[str]:
             with atomic_write(os.path.join(output, name), what="ONNX model") as f:
                 f.write(data)
         return [os.path.join(output, name) for name in files]
-    parent = os.path.dirname(output)
-    temp = os.path.join(parent, f"{TEMP_PREFIX}{os.path.basename(output)[:100]}.{secrets.token_hex(4)}")
-    try:
-        os.mkdir(temp)
-        for name, data in files.items():
-            with open(os.path.join(temp, name), "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        fsync_dir(temp)
-        os.rename(temp, output)
-        fsync_dir(parent)
-    except OSError as exc:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise write_error(exc, output, "ONNX directory") from None
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+    write_new_directory(output, files, what="ONNX directory")
     return [os.path.join(output, name) for name in files]

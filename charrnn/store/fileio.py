@@ -110,6 +110,30 @@ def write_text(path: str, text: str, what: str = "") -> str:
     return path
 
 
+def write_new_directory(output: str, files: dict, what: str = "") -> None:
+    """Create the directory `output` holding {name: bytes}, whole or not at all: it is built under a temp name
+    beside `output`, every file fsynced, then renamed into place and the parent fsynced. On failure the temp
+    directory is removed and `output` does not exist."""
+    parent = os.path.dirname(os.path.abspath(output))
+    temp = _temp_name(parent, output)
+    try:
+        os.mkdir(temp)
+        for name, data in files.items():
+            with open(os.path.join(temp, name), "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        fsync_dir(temp)
+        os.rename(temp, output)
+        fsync_dir(parent)
+    except OSError as exc:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise write_error(exc, output, what) from None
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+
+
 def fsync_dir(directory: str) -> None:
     """Make the renames in `directory` durable (skipped where the filesystem cannot fsync a directory)."""
     fd = os.open(directory, os.O_RDONLY)

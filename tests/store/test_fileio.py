@@ -210,7 +210,7 @@ def test_a_temp_being_written_is_held_and_never_swept_a_dead_writers_is(tmp_path
     from conftest import cli_env, hang_guard
 
     # a writer in another process, alive and mid-write: its temp survives every sweep
-    code = ("import sys; from charrnn import fileio\n"
+    code = ("import sys; from charrnn.store import fileio\n"
             "with fileio.atomic_write(sys.argv[1]) as f:\n"
             "    f.write(b'x' * 1000); f.flush(); print('writing', flush=True); sys.stdin.readline()\n"
             "print('done', flush=True)")

@@ -16,7 +16,7 @@ from conftest import cli_env, make_corpus
 SCRIPT = """
 import json, resource, sys
 import charrnn
-from charrnn import allocator
+from charrnn.training import allocator
 if sys.argv[3] == "off":
     allocator.keep_freed_memory = lambda: False  # glibc's start-up thresholds, as before the fix
 faults = []
