@@ -218,7 +218,7 @@ def _model(H, L):
 
 
 def bench_sampling(quick: bool, peak: Peak) -> dict:
-    from charrnn.data.dataset import Vocab
+    from charrnn.data.vocab import Vocab
     from charrnn.inference.sampling import generate
 
     H, L = 512, 2
@@ -387,7 +387,7 @@ def bench_corpus(size_mb: int) -> dict:
     # peak RSS from VmHWM: getrusage's ru_maxrss of a child carries over the parent's peak across exec on Linux
     hwm = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])/1024"
     probe = (
-        "import sys, time, json; from charrnn.data.dataset import load_ids; t=time.perf_counter();"
+        "import sys, time, json; from charrnn.data.cache import load_ids; t=time.perf_counter();"
         "c=load_ids(sys.argv[1], progress=False); dt=time.perf_counter()-t;"
         "print(json.dumps({'seconds': dt, 'chars': c.chars, 'vocab': len(c.vocab),"
         f"'peak_rss_mb': {hwm}}}))"
