@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -50,7 +49,7 @@ sys.path.insert(0, HERE)
 import torch  # noqa: E402
 
 from bench_train import StockRNN, compare, make_charrnn, sgemm_peak, useful_flops_per_char  # noqa: E402
-from about import about  # noqa: E402  (machine, date, commit: every result file carries them)
+from about import about, torch_machine  # noqa: E402  (machine, date, commit: every result file carries them)
 from floor import big_products, recurrent_products  # noqa: E402
 
 V = 65  # tiny-shakespeare's vocabulary
@@ -460,17 +459,6 @@ def help_baseline(name: str) -> str:
     return "minimal Typer app " + ("--help" if name.split()[-2] in ("charrnn", "app") else "sample --help")
 
 
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version()}
-
-
 def main() -> None:
     from charrnn.model.precision import cpu_supports_bf16
 
@@ -489,7 +477,7 @@ def main() -> None:
     if args.emulate:
         emulate(args.emulate)  # returns only once running under its variables
     parts = set(args.only.split(","))
-    result = {"about": about(benchmark="run"), "machine": machine(), "loadavg_start": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    result = {"about": about(benchmark="run"), "machine": torch_machine(), "loadavg_start": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
               "precision": args.precision, "native_bf16": cpu_supports_bf16(), "emulate": args.emulate,
               "isa": isa_report()}
     print(f"machine: {result['machine']}  native bf16: {result['native_bf16']}  load average "
