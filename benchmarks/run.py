@@ -461,6 +461,11 @@ def help_baseline(name: str) -> str:
 
 def main() -> None:
     from charrnn.model.precision import cpu_supports_bf16
+    from charrnn.training.allocator import keep_freed_memory
+
+    # the loops run with the malloc thresholds that `charrnn train` sets before its steps (charrnn/training/
+    # allocator.py), so that the loop and the command compare alike, whatever this process freed before
+    keep_freed_memory()
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer rounds and a 64 MB corpus")

@@ -254,9 +254,13 @@ def choose_model_size(model_config, cfg, device, dist, plan_for: Callable, train
 
 def _time_candidates(sizes: list, configs: dict, plans: dict, cfg, device, budget: float) -> tuple[dict, float, bool]:
     """measure() for a fresh model of each size with cfg's batch, at most PROBE_SHARE of the budget a try; the global
-    RNG is left as it was, and a CUDA device's cache emptied after."""
+    RNG is left as it was, and a CUDA device's cache emptied after. The steps are timed with the memory thresholds
+    the run's steps will have (allocator.py), not glibc's start-up ones, which add page faults to each step."""
     import torch
 
+    from .allocator import keep_freed_memory
+
+    keep_freed_memory()
     if device.type == "cuda":
         sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
     elif device.type == "mps":
