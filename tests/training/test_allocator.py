@@ -23,7 +23,7 @@ import sys
 import pytest
 
 from charrnn.training import allocator
-from conftest import TINY, cli_env, make_corpus
+from conftest import TINY, cli_env, hang_guard, make_corpus
 
 PROBE_BYTES = allocator.MMAP_THRESHOLD - 2**20  # under the fixed threshold, far above glibc's start-up 128 KiB
 PAGES = PROBE_BYTES // 4096
@@ -84,7 +84,7 @@ def _probe(tmp_path, mode: str) -> list:
     out = tmp_path / f"{mode}.json"
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(out), mode, str(PROBE_BYTES), "train", str(corpus),
                            *TINY, "--max-steps", "2", "--run-dir", str(tmp_path / mode), "-q"],
-                          env=cli_env(), capture_output=True, text=True, timeout=600)
+                          env=cli_env(), capture_output=True, text=True, timeout=hang_guard(150))
     assert proc.returncode == 0, proc.stderr
     seen = json.loads(out.read_text())
     assert len(seen) == 1, seen  # the hook ran inside the run's steps
