@@ -48,12 +48,26 @@ def package_version(name: str) -> str:
         return "not installed"
 
 
+def machine() -> dict:
+    """CPU model, cores, Python, torch (the installed version) and the system."""
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": package_version("torch"), "system": platform.platform()}
+
+
+def torch_machine() -> dict:
+    """machine() and how torch runs here: its intra-op threads and whether the CPU has native bf16 (imports torch
+    and charrnn: for the scripts that measure with them)."""
+    import torch
+
+    from charrnn.model.precision import cpu_supports_bf16
+
+    return {**machine(), "torch_threads": torch.get_num_threads(), "native_bf16": cpu_supports_bf16()}
+
+
 def about(**extra) -> dict:
     """machine (CPU model, cores, Python, torch), date (UTC, now) and commit, plus any `extra` fields."""
-    machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
-               "torch": package_version("torch"), "system": platform.platform()}
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return {"machine": machine, "date": date, "commit": commit(), **extra}
+    return {"machine": machine(), "date": date, "commit": commit(), **extra}
 
 
 if __name__ == "__main__":

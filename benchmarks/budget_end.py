@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from about import about  # noqa: E402  (machine, date, commit: every result file carries them)
+from about import about, commit  # noqa: E402  (machine, date, commit: every result file carries them)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -44,13 +44,6 @@ def run_once(corpus: str, budget: float, extra: list[str]) -> dict:
 
 def busy_loops(n: int) -> list[subprocess.Popen]:
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, stdout=subprocess.PIPE, text=True).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def main() -> None:

@@ -31,7 +31,6 @@ import functools
 import http.server
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ import tempfile
 import threading
 import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from about import about  # noqa: E402  (machine, date, commit: every result file carries them)
+from about import about, commit, torch_machine  # noqa: E402  (machine, date, commit: every result file carries them)
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
@@ -56,31 +55,6 @@ def fail(message: str) -> None:
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def machine() -> dict:
-    import torch
-
-    from charrnn.model.precision import cpu_supports_bf16
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "bf16": cpu_supports_bf16(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "platform": platform.platform()}
-
-
-def commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
-        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def cli_env() -> dict:
@@ -266,7 +240,7 @@ def main() -> None:
 
     now = datetime.datetime.now(datetime.timezone.utc)
     results = {"about": about(benchmark="export"), "benchmark": "export", "date": now.isoformat(timespec="seconds"), "commit": commit(),
-               "machine": machine(), "corpus": os.path.basename(args.corpus), "chars": args.chars,
+               "machine": torch_machine(), "corpus": os.path.basename(args.corpus), "chars": args.chars,
                "repeats": args.repeats, "smoke": args.smoke, "rows": []}
     with tempfile.TemporaryDirectory(prefix="charrnn-export-bench-") as tmp:
         for hidden in (int(s) for s in args.sizes.split(",")):

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -50,7 +49,7 @@ sys.path.insert(0, HERE)
 import torch  # noqa: E402
 
 from bench_train import StockRNN, compare, make_charrnn, sgemm_peak, useful_flops_per_char  # noqa: E402
-from about import about  # noqa: E402  (machine, date, commit: every result file carries them)
+from about import about, torch_machine  # noqa: E402  (machine, date, commit: every result file carries them)
 from floor import big_products, recurrent_products  # noqa: E402
 
 V = 65  # tiny-shakespeare's vocabulary
@@ -218,7 +217,7 @@ def _model(H, L):
 
 
 def bench_sampling(quick: bool, peak: Peak) -> dict:
-    from charrnn.data.dataset import Vocab
+    from charrnn.data.vocab import Vocab
     from charrnn.inference.sampling import generate
 
     H, L = 512, 2
@@ -387,7 +386,7 @@ def bench_corpus(size_mb: int) -> dict:
     # peak RSS from VmHWM: getrusage's ru_maxrss of a child carries over the parent's peak across exec on Linux
     hwm = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])/1024"
     probe = (
-        "import sys, time, json; from charrnn.data.dataset import load_ids; t=time.perf_counter();"
+        "import sys, time, json; from charrnn.data.cache import load_ids; t=time.perf_counter();"
         "c=load_ids(sys.argv[1], progress=False); dt=time.perf_counter()-t;"
         "print(json.dumps({'seconds': dt, 'chars': c.chars, 'vocab': len(c.vocab),"
         f"'peak_rss_mb': {hwm}}}))"
@@ -460,19 +459,13 @@ def help_baseline(name: str) -> str:
     return "minimal Typer app " + ("--help" if name.split()[-2] in ("charrnn", "app") else "sample --help")
 
 
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version()}
-
-
 def main() -> None:
     from charrnn.model.precision import cpu_supports_bf16
+    from charrnn.training.allocator import keep_freed_memory
+
+    # the loops run with the malloc thresholds that `charrnn train` sets before its steps (charrnn/training/
+    # allocator.py), so that the loop and the command compare alike, whatever this process freed before
+    keep_freed_memory()
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer rounds and a 64 MB corpus")
@@ -489,7 +482,7 @@ def main() -> None:
     if args.emulate:
         emulate(args.emulate)  # returns only once running under its variables
     parts = set(args.only.split(","))
-    result = {"about": about(benchmark="run"), "machine": machine(), "loadavg_start": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    result = {"about": about(benchmark="run"), "machine": torch_machine(), "loadavg_start": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
               "precision": args.precision, "native_bf16": cpu_supports_bf16(), "emulate": args.emulate,
               "isa": isa_report()}
     print(f"machine: {result['machine']}  native bf16: {result['native_bf16']}  load average "

@@ -19,7 +19,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -28,33 +27,10 @@ import tempfile
 import threading
 import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from about import about  # noqa: E402  (machine, date, commit: every result file carries them)
+from about import about, commit, torch_machine  # noqa: E402  (machine, date, commit: every result file carries them)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-
-
-def machine() -> dict:
-    import torch
-
-    from charrnn.model.precision import cpu_supports_bf16
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "native_bf16": cpu_supports_bf16(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def train_throwaway(where: str, hidden: int, layers: int) -> str:
@@ -166,7 +142,7 @@ def main() -> None:
     if args.quick:
         args.hidden, args.chars, args.clients, args.repeats = 32, 200, "1,4", 1
     clients = [int(c) for c in args.clients.split(",")]
-    result = {"about": about(benchmark="serve"), "machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    result = {"about": about(benchmark="serve"), "machine": torch_machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
               "loadavg_start": os.getloadavg(), "model": f"tanh {args.layers}x{args.hidden}", "chars": args.chars,
               "repeats": args.repeats}
     print(f"machine: {result['machine']}  commit {result['commit'][:10]}", flush=True)

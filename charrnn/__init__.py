@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _API = {  # public name -> its module, imported on first use: `import charrnn` loads neither torch nor numpy
     "train": "training.launch", "TrainResult": "training.trainer", "sample": "inference.sampling",
     "generate": "inference.sampling", "evaluate": "inference.evaluation", "CharRNN": "model.network",
-    "Vocab": "data.dataset", "load_checkpoint": "store.checkpoint", "resolve_corpus": "data.corpora",
+    "Vocab": "data.vocab", "load_checkpoint": "store.checkpoint", "resolve_corpus": "data.corpora",
     "checkpoint_info": "store.info", "plot_run": "store.plot", "explain": "inference.views",
     "trace": "inference.views",
 }

@@ -132,7 +132,7 @@ def _on_local_rank(value: dict) -> bool:
 
 
 def _encode_hook(hook) -> None:
-    from charrnn.data import dataset as data
+    from charrnn.data import cache as data
 
     data.encode_hook = hook
 

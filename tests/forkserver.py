@@ -55,7 +55,7 @@ def serve() -> None:
     import tqdm  # noqa: F401
 
     import charrnn.cli.commands  # noqa: F401
-    import charrnn.data.dataset  # noqa: F401
+    import charrnn.data.cache  # noqa: F401
     import charrnn.inference.evaluation  # noqa: F401
     import charrnn.model.network  # noqa: F401
     import charrnn.model.runtime  # noqa: F401

@@ -18,7 +18,7 @@ try:
 except SystemExit as exc:
     assert exc.code in (0, None), exc.code
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "numpy", "numba")
-               or m in ("charrnn.training.launch", "charrnn.training.trainer", "charrnn.data.dataset", "charrnn.model.network"))
+               or m in ("charrnn.training.launch", "charrnn.training.trainer", "charrnn.data.cache", "charrnn.model.network"))
 assert not heavy, f"imported: {heavy[:5]}"
 print("ok")
 """

@@ -153,7 +153,10 @@ def text_ids(ckpt: dict, vocab, file: Optional[str], skip_unknown: bool = False)
     """The ids to score for `eval` (also used by `eval --show`): FILE ('-' for stdin), else the run's test split,
     else its validation split. Returns (ids, what they are, characters skipped as unknown)."""
     from ..config import TrainConfig, from_dict
-    from ..data.dataset import decode_utf8, describe_chars, load_ids, split_ids
+    from ..data.dataset import decode_utf8
+    from ..data.vocab import describe_chars
+    from ..data.cache import load_ids
+    from ..data.batches import split_ids
 
     train_config = from_dict(TrainConfig, ckpt["train_config"])
     skipped = 0

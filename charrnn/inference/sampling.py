@@ -47,7 +47,7 @@ def check_temperature(temperature: float, label: str = "--temperature") -> None:
 def check_prime(vocab, prime: str) -> None:
     unknown = vocab.unknown(prime)
     if unknown:
-        from ..data.dataset import describe_chars
+        from ..data.vocab import describe_chars
 
         raise DataError(f"the prime text has characters not in the model's vocabulary: {describe_chars(unknown)}")
 

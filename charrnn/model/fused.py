@@ -205,7 +205,7 @@ class TanhStack(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_top, grad_lower, grad_last):
         h0, top, lower, *params = ctx.saved_tensors
-        L, masks, workers, jit = ctx.num_layers, ctx.masks, ctx.workers, ctx.jit
+        L, masks, jit = ctx.num_layers, ctx.masks, ctx.jit
         xin = ctx.xin if ctx.xin is not None else lower  # layer l+1's input: h^l (times its dropout mask)
         hs = [*lower.unbind(0), top]
         w_hh, w_xh = params[:L], params[L : 2 * L - 1]
@@ -215,71 +215,86 @@ class TanhStack(torch.autograd.Function):
         dz = top.new_empty((L, T, B, H))  # dL/dz^l_t
         grads = {}
         chunks = [(0, T)] if jit else _chunks(T)
-        K = len(chunks)
-        tasks, deps, index = [], [], {}
 
-        def backward_task(l, t0, t1):
-            def run():
-                g = dz[l, t0:t1]  # C, B, H: dL/dh^l_t, then dL/dz^l_t
-                rows = g.view(-1, H)
-                given = outside[l][t0:t1].reshape(-1, H) if outside[l] is not None else None
-                if l < L - 1:  # through layer l+1's input: d(x^{l+1})/dh^l = W^{l+1}_xh (times the mask)
-                    up = dz[l + 1, t0:t1].reshape(-1, H)
-                    if masks is None and given is not None:
-                        torch.addmm(given, up, w_xh[l], out=rows)
-                    else:
-                        torch.mm(up, w_xh[l], out=rows)
-                        if masks is not None:
-                            rows.mul_(masks[l, t0:t1].reshape(-1, H))
-                        if given is not None:
-                            rows.add_(given)
-                elif given is not None:
-                    rows.copy_(given)
-                else:
-                    rows.zero_()
-                if grad_last is not None and t1 == T:
-                    g[-1].add_(grad_last[l])
-                if jit:  # dz_t = (g_t + dz_{t+1} W) * (1 - h_t^2) for all t, in place
-                    compiled.recurrence(g, g, g.new_zeros((B, H)), w_hh[l].t().contiguous(), hs[l], backward=True)
-                    return
-                # dL/dz at step t1 comes from the chunk after this one, done before it
-                _backward_steps(g, hs[l][t0:t1], w_hh[l], dz[l, t1] if t1 < T else None)
+        def task(item):
+            if item[0] == "w":
+                return lambda: _weight_grads(grads, item[1], dz, h0, hs, w_hh, xin)
+            l, (t0, t1) = item[1], chunks[item[2]]
+            return lambda: _chunk_backward(dz, l, t0, t1, outside, grad_last, hs, w_hh, w_xh, masks, jit)
 
-            return run
-
-        def weight_task(l):
-            def run():
-                rows = dz[l].view(T * B, H)
-                # dL/dW_hh = sum_t dz_t^T h_{t-1}, ONE GEMM over all T*B rows (step 0 pairs with h0)
-                gw = torch.mm(dz[l, 0].t(), h0[l])
-                if T > 1:
-                    gw.addmm_(rows[B:].t(), hs[l][:-1].reshape((T - 1) * B, H))
-                grads["w_hh", l] = gw
-                grads["h0", l] = torch.mm(dz[l, 0], w_hh[l])
-                if l > 0:
-                    grads["w_xh", l] = torch.mm(rows.t(), xin[l - 1].reshape(T * B, H))
-                    grads["b", l] = rows.sum(0)
-
-            return run
-
-        for d in range(K + L - 1):
-            for l in range(L - 1, -1, -1):
-                k = K - 1 - (d - (L - 1 - l))
-                if 0 <= k < K:
-                    index[l, k] = len(tasks)
-                    tasks.append(backward_task(l, *chunks[k]))
-                    deps.append([index[x] for x in ((l, k + 1), (l + 1, k)) if x in index])
-            for l in range(L):  # a layer's weight gradients as soon as its last chunk is done
-                if (l, 0) in index and ("w", l) not in index:
-                    index["w", l] = len(tasks)
-                    tasks.append(weight_task(l))
-                    deps.append([index[l, k] for k in range(K)])
-        _run_tasks(tasks, deps, workers)
+        order, deps = _backward_order(len(chunks), L)
+        _run_tasks([task(item) for item in order], deps, ctx.workers)
         grad_h0 = torch.stack([grads["h0", l] for l in range(L)]) if ctx.needs_input_grad[1] else None
         grad_params = [grads["w_hh", l] for l in range(L)]
         grad_params += [grads["w_xh", l] for l in range(1, L)]
         grad_params += [grads["b", l] for l in range(1, L)]
         return (dz[0], grad_h0, None, None, None, None, *grad_params)
+
+
+def _backward_order(K: int, L: int) -> tuple[list, list]:
+    """The backward's tasks in a valid serial order, and each one's prerequisites (indices into that order):
+    ("z", l, k) for layer l's time chunk k, which waits for chunk k+1 of its layer and chunk k of the layer above
+    (a wavefront from the last chunk of the top layer), and ("w", l) for layer l's weight gradients, as soon as all
+    its chunks are done."""
+    order, deps, index = [], [], {}
+    for d in range(K + L - 1):
+        for l in range(L - 1, -1, -1):
+            k = K - 1 - (d - (L - 1 - l))
+            if 0 <= k < K:
+                index[l, k] = len(order)
+                order.append(("z", l, k))
+                deps.append([index[x] for x in ((l, k + 1), (l + 1, k)) if x in index])
+        for l in range(L):  # a layer's weight gradients as soon as its last chunk is done
+            if (l, 0) in index and ("w", l) not in index:
+                index["w", l] = len(order)
+                order.append(("w", l))
+                deps.append([index[l, k] for k in range(K)])
+    return order, deps
+
+
+def _chunk_backward(dz, l, t0, t1, outside, grad_last, hs, w_hh, w_xh, masks, jit) -> None:
+    """dz[l, t0:t1] = dL/dz^l_t for one time chunk of layer l: the gradient arriving from layer l+1's input and
+    from outside the stack, then back through the chunk's steps."""
+    T, B, H = dz.shape[1:]
+    g = dz[l, t0:t1]  # C, B, H: dL/dh^l_t, then dL/dz^l_t
+    rows = g.view(-1, H)
+    given = outside[l][t0:t1].reshape(-1, H) if outside[l] is not None else None
+    if l < len(hs) - 1:  # through layer l+1's input: d(x^{l+1})/dh^l = W^{l+1}_xh (times the mask)
+        up = dz[l + 1, t0:t1].reshape(-1, H)
+        if masks is None and given is not None:
+            torch.addmm(given, up, w_xh[l], out=rows)
+        else:
+            torch.mm(up, w_xh[l], out=rows)
+            if masks is not None:
+                rows.mul_(masks[l, t0:t1].reshape(-1, H))
+            if given is not None:
+                rows.add_(given)
+    elif given is not None:
+        rows.copy_(given)
+    else:
+        rows.zero_()
+    if grad_last is not None and t1 == T:
+        g[-1].add_(grad_last[l])
+    if jit:  # dz_t = (g_t + dz_{t+1} W) * (1 - h_t^2) for all t, in place
+        compiled.recurrence(g, g, g.new_zeros((B, H)), w_hh[l].t().contiguous(), hs[l], backward=True)
+        return
+    # dL/dz at step t1 comes from the chunk after this one, done before it
+    _backward_steps(g, hs[l][t0:t1], w_hh[l], dz[l, t1] if t1 < T else None)
+
+
+def _weight_grads(grads: dict, l: int, dz, h0, hs, w_hh, xin) -> None:
+    """Layer l's weight gradients from its finished dz, into `grads`."""
+    T, B, H = dz.shape[1:]
+    rows = dz[l].view(T * B, H)
+    # dL/dW_hh = sum_t dz_t^T h_{t-1}, ONE GEMM over all T*B rows (step 0 pairs with h0)
+    gw = torch.mm(dz[l, 0].t(), h0[l])
+    if T > 1:
+        gw.addmm_(rows[B:].t(), hs[l][:-1].reshape((T - 1) * B, H))
+    grads["w_hh", l] = gw
+    grads["h0", l] = torch.mm(dz[l, 0], w_hh[l])
+    if l > 0:
+        grads["w_xh", l] = torch.mm(rows.t(), xin[l - 1].reshape(T * B, H))
+        grads["b", l] = rows.sum(0)
 
 
 def tanh_stack_parts(x1, h0, w_hh, w_xh, b, masks=None, workers=None, jit=None):

@@ -41,7 +41,7 @@ def build_model(ckpt: dict, kernel: str = "auto"):
     global RNG is left as it was (the initial weights it would draw are overwritten anyway)."""
     import torch
 
-    from ..data.dataset import Vocab
+    from ..data.vocab import Vocab
     from .network import CharRNN
 
     try:

@@ -143,7 +143,7 @@ def parse_completion(body, settings: Settings) -> dict:
     vocab = settings.scheduler.vocab
     unknown = sorted(set("".join(prompts) + "".join(stops)) - set(vocab.index))
     if unknown:
-        from ..data.dataset import describe_chars
+        from ..data.vocab import describe_chars
 
         where = "prompt" if set(unknown) & set("".join(prompts)) else "stop"
         raise APIError(400, f"the {where} has characters not in the model's vocabulary: {describe_chars(unknown)}",

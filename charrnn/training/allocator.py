@@ -9,7 +9,11 @@ EPYC. Fixing both thresholds makes every process run as the warm one did: blocks
 heap and are reused, and up to TRIM_THRESHOLD of free heap top is kept. The numbers computed do not change; the
 cost is that the process keeps up to that much freed memory for reuse instead of returning it (the peak it needs
 is the same). Larger blocks (a 3x1024 model's 32 MB activations) are still mapped per step, where the step's
-arithmetic dwarfs their faults."""
+arithmetic dwarfs their faults.
+
+Called where steps are timed or taken: Trainer.run before its first step, autosize before it times the candidate
+sizes (so the speeds it keeps are those of the run's steps), and benchmarks/run.py before its loops (so that the loop
+and `charrnn train` compare alike). tests/training/test_allocator.py checks it on the command line's path."""
 
 from __future__ import annotations
 

@@ -12,12 +12,14 @@ at is not chosen, as nothing measured says what it learns there.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import os
 import time
 from typing import Callable, NamedTuple, Optional
+
+# the timing and the speed file (speeds.py); time_steps, vocab_bucket, ROUNDS and ROUND_CALLS are named here too,
+# as parts of the choice's measurement that its tests reach through this module
+from .speeds import (AGREE, ROUND_CALLS, ROUNDS, TRIES, SpeedStore, measure, speed_keys, time_steps,  # noqa: F401
+                     training_step, vocab_bucket)
 
 # training-split characters -> (layers, hidden) -> [(steps, best validation nats/char)]: tiny-shakespeare (its
 # first 100,000 characters, and all of it), first 90 % / last 10 %, tanh, B32 T128, the defaults otherwise,
@@ -66,11 +68,6 @@ SWEEP_CHARS_PER_STEP = 32 * 128  # the sweeps' batch x sequence length
 
 CANDIDATES = tuple(sorted(next(iter(SWEEPS.values()))))  # tried at start-up, smallest first
 PROBE_SHARE = 0.03  # one timing of the candidates may take at most this share of the budget (>= 1 step a size)
-ROUNDS = 3  # each candidate is timed this many times, in interleaved rounds, and
-ROUND_CALLS = 2  # calls of each size a round at least, the fastest of them its timing
-AGREE = 0.10  # those timings must agree within this share of the fastest to be kept; else
-TRIES = 3  # the rounds are run again, at most this many times in all; then used for this run only, not kept
-SPEEDS_FORMAT = 1  # the speed file's format
 STARTUP_SHARE = 0.05  # the rest of start-up, validations and saves: the share of the budget not spent on steps
 
 
@@ -195,210 +192,6 @@ def choose(budget: float, seconds_per_step: dict, train_chars: Optional[float] =
     return Choice(best, limit, why, steps, predictions)
 
 
-def time_steps(step: Callable[[], None], budget: float, sync: Callable[[], None] = lambda: None,
-               clock: Callable[[], float] = time.perf_counter, warm_up: bool = True, least: int = 1,
-               fastest: bool = False) -> float:
-    """Seconds per call of `step` (after one warm-up call, with `warm_up`): as many calls as fit in `budget`
-    seconds, at least `least` and at most 20; their mean, or with `fastest` the fastest call (what the machine does
-    when nothing else takes its cores for a moment)."""
-    if warm_up:
-        step()
-        sync()
-    calls, start, best = 0, clock(), math.inf
-    while True:
-        before = clock()
-        step()
-        calls += 1
-        sync()
-        now = clock()
-        best = min(best, now - before)
-        elapsed = now - start
-        if (elapsed >= budget and calls >= least) or calls >= 20:
-            return best if fastest else elapsed / calls
-
-
-def spread(times: list) -> float:
-    """How far repeated timings of one thing disagree: (slowest - fastest) / fastest."""
-    low, high = min(times), max(times)
-    return (high - low) / low if low > 0 else (0.0 if high == low else math.inf)
-
-
-def measure(steps: dict, budget: float, sync: Callable[[], None] = lambda: None,
-            clock: Callable[[], float] = time.perf_counter, rounds: int = ROUNDS, tries: int = TRIES,
-            agree: float = AGREE) -> tuple[dict, float, bool]:
-    """Time every step function in `steps` ({size: step}): one warm-up call each, then `rounds` interleaved rounds
-    of about `budget` seconds in all (at least ROUND_CALLS calls of each size a round, the fastest call its timing),
-    so that a change of load shows as timings of one size that disagree. Where
-    they disagree by more than `agree`, all rounds again, `tries` times at most. Returns (the median seconds per
-    step of each size, infinite where its step failed: out of memory; the largest disagreement; whether it was
-    within `agree`, so the speeds may be kept)."""
-    times = {}
-    for size, step in steps.items():
-        try:
-            step()
-            sync()
-        except RuntimeError:  # out of memory
-            times[size] = math.inf
-    live = [size for size in steps if size not in times]
-    worst = 0.0
-    for _ in range(max(1, tries)):
-        samples: dict = {size: [] for size in live}
-        for _ in range(max(1, rounds)):
-            for size in list(live):
-                try:
-                    samples[size].append(time_steps(steps[size], budget / rounds / len(live), sync, clock,
-                                                    warm_up=False, least=ROUND_CALLS, fastest=True))
-                except RuntimeError:
-                    live.remove(size)
-                    times[size] = math.inf
-        worst = max((spread(v) for size, v in samples.items() if size in live), default=0.0)
-        for size in live:
-            ordered = sorted(samples[size])
-            times[size] = ordered[len(ordered) // 2]
-        if worst <= agree:
-            return times, worst, True
-    return times, worst, False
-
-
-def machine_name(device) -> str:
-    """What the device is: the CPU's model name, or the GPU's name."""
-    import platform
-
-    if device.type == "cuda":
-        import torch
-
-        return torch.cuda.get_device_name(device)
-    if device.type != "cpu":
-        return device.type
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def vocab_bucket(vocab_size: int) -> int:
-    """The vocabulary a speed is timed and kept for: the next power of two (at least 32), so that corpora with
-    about as many distinct characters share one measurement."""
-    return max(32, 1 << max(0, int(vocab_size) - 1).bit_length())
-
-
-def speed_key(machine: str, torch_version: str, plan, cell: str, size: tuple, batch: int, seq_len: int,
-              threads: int, vocab: int) -> str:
-    """The speed file's key: what decides how fast a training step runs here."""
-    import dataclasses
-
-    route = ",".join(f"{k}={v}" for k, v in sorted(dataclasses.asdict(plan).items()))
-    return (f"device={machine}|torch={torch_version}|route={route}|cell={cell}|size={size[0]}x{size[1]}"
-            f"|batch={batch}|seq_len={seq_len}|threads={threads}|vocab<={vocab}")
-
-
-class SpeedStore:
-    """The measured seconds per training step, kept in one small JSON file ({"format": 1, "speeds": {key: entry}})
-    under CHARRNN_HOME. Readers never see half a file (it is replaced atomically); writers and measurers take an
-    exclusive flock on the file's directory, so concurrent runs wait for the one timing and then read its speeds,
-    and no writer's entries are lost. Any problem with the file costs a measurement, never the run."""
-
-    def __init__(self, path: Optional[str] = None):
-        from ..store.paths import speeds_file
-
-        self.path = os.path.abspath(path or speeds_file())
-
-    @contextlib.contextmanager
-    def locked(self):
-        """Hold the store's lock (none where the directory cannot be opened or locked: then unguarded)."""
-        fd = None
-        try:
-            import fcntl
-
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            fd = os.open(os.path.dirname(self.path), os.O_RDONLY)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except (ImportError, OSError):
-            if fd is not None:
-                os.close(fd)
-            fd = None
-        try:
-            yield
-        finally:
-            if fd is not None:
-                os.close(fd)  # closing the last descriptor drops the flock
-
-    def read(self) -> tuple[dict, Optional[str]]:
-        """({key: seconds per step}, None), or ({}, what is wrong) where the file cannot be read or parsed; no
-        file is no speeds and nothing wrong. Entries that are not a positive finite number are left out."""
-        try:
-            with open(self.path, "rb") as f:
-                data = json.loads(f.read().decode("utf-8"))
-        except FileNotFoundError:
-            return {}, None
-        except OSError as exc:
-            return {}, f"cannot read the speed file {self.path}: {exc.strerror or exc}"
-        except ValueError:
-            return {}, f"the speed file {self.path} is not valid JSON"
-        if (not isinstance(data, dict) or data.get("format") != SPEEDS_FORMAT
-                or not isinstance(data.get("speeds"), dict)):
-            return {}, f"the speed file {self.path} is not one this version of charrnn wrote"
-        speeds = {}
-        for key, entry in data["speeds"].items():
-            value = entry.get("seconds_per_step") if isinstance(entry, dict) else None
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
-                speeds[key] = float(value)
-        return speeds, None
-
-    def write(self, entries: dict) -> Optional[str]:
-        """Add or replace `entries` ({key: {"seconds_per_step": s, ...}}) keeping the others (call under `locked`);
-        returns what went wrong, or None."""
-        from ..errors import CharrnnError
-        from ..store.fileio import write_text
-
-        try:
-            with open(self.path, "rb") as f:
-                data = json.loads(f.read().decode("utf-8"))
-            kept = data["speeds"] if data.get("format") == SPEEDS_FORMAT and isinstance(data["speeds"], dict) else {}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            kept = {}  # none yet, or unreadable: it is rewritten whole
-        kept.update(entries)
-        try:
-            write_text(self.path, json.dumps({"format": SPEEDS_FORMAT, "speeds": kept}, indent=1, sort_keys=True)
-                       + "\n", "speed file")
-        except CharrnnError as exc:
-            return str(exc)
-        return None
-
-
-def training_step(model_config, cfg, device, plan) -> Callable[[], None]:
-    """One training step of a fresh model of this config (random weights and characters), as the trainer takes
-    it: forward, loss, backward, clip, AdamW."""
-    import torch
-
-    from ..model.network import CharRNN
-    from ..model.precision import torch_dtype
-    from .trainer import clip_gradients, make_optimizer
-
-    model = CharRNN(model_config, kernel=plan.kernel).to(device)
-    model.use_precision(plan)
-    model.train()
-    opt = make_optimizer(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay)
-    g = torch.Generator().manual_seed(0)
-    data = torch.randint(0, model_config.vocab_size, (cfg.batch_size, cfg.seq_len + 1), generator=g).to(device)
-    x, y = data[:, :-1], data[:, 1:]
-    autocast = torch_dtype(plan.autocast)
-
-    def step():
-        with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-            _, loss, _ = model(x, None, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_gradients(model.parameters(), cfg.grad_clip)
-        opt.step()
-
-    return step
-
-
 def choose_model_size(model_config, cfg, device, dist, plan_for: Callable, train_chars: Optional[float] = None,
                       candidates: Optional[list] = None, step_cap: Optional[int] = None,
                       budget: Optional[float] = None, elapsed: Callable[[], float] = lambda: 0.0,
@@ -459,31 +252,15 @@ def choose_model_size(model_config, cfg, device, dist, plan_for: Callable, train
     return choice._replace(speeds=note)
 
 
-def speed_keys(model_config, cfg, device, plan_for: Callable, candidates: list,
-               threads: Optional[int] = None) -> tuple[dict, dict, dict]:
-    """For each candidate size: the model config it is timed with (the vocabulary's bucket, no dropout), its
-    precision plan and its speed file key (`threads`: torch's intra-op threads, default the current count)."""
-    import dataclasses
-
-    import torch
-
-    vocab = vocab_bucket(model_config.vocab_size)
-    machine, threads = machine_name(device), threads or torch.get_num_threads()
-    configs, plans, keys = {}, {}, {}
-    for L, H in candidates:
-        configs[(L, H)] = dataclasses.replace(model_config, num_layers=L, hidden_size=H, dropout=0.0,
-                                              vocab_size=vocab)
-        plans[(L, H)] = plan_for(device, model_config.cell, H, cfg.precision, cfg.kernel)
-        keys[(L, H)] = speed_key(machine, str(torch.__version__), plans[(L, H)], model_config.cell, (L, H),
-                                 cfg.batch_size, cfg.seq_len, threads, vocab)
-    return configs, plans, keys
-
-
 def _time_candidates(sizes: list, configs: dict, plans: dict, cfg, device, budget: float) -> tuple[dict, float, bool]:
     """measure() for a fresh model of each size with cfg's batch, at most PROBE_SHARE of the budget a try; the global
-    RNG is left as it was, and a CUDA device's cache emptied after."""
+    RNG is left as it was, and a CUDA device's cache emptied after. The steps are timed with the memory thresholds
+    the run's steps will have (allocator.py), not glibc's start-up ones, which add page faults to each step."""
     import torch
 
+    from .allocator import keep_freed_memory
+
+    keep_freed_memory()
     if device.type == "cuda":
         sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
     elif device.type == "mps":

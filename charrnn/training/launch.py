@@ -238,7 +238,7 @@ def _is_fifo(path: str) -> bool:
 
 
 def _load_corpus(corpus: Optional[str], cfg: TrainConfig, progress: bool):
-    from ..data.dataset import load_ids
+    from ..data.cache import load_ids
 
     text = load_ids(corpus, cfg.glob, progress=progress, follow_links=cfg.follow_links)  # memory-mapped when big
     if not text.chars:
@@ -264,7 +264,7 @@ def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: Tra
     (with `memory_check`, a model and batch that will not fit in memory). Where `_chooses_size`, the model's size
     is chosen for what is left of the time budget (`elapsed()`: seconds spent since the command started) on this
     machine (charrnn.training.autosize), and recorded."""
-    from ..data.dataset import StreamBatcher, split_ids
+    from ..data.batches import StreamBatcher, split_ids
     from ..model.precision import plan_for
     from .resume import check_corpus
     from .schedule import StopRule

@@ -55,7 +55,7 @@ def check_corpus(resumed: dict, text, vocab) -> None:
             f"({text.chars} characters, sha256 {text.sha256[:12]}...; the run's had {saved['chars']} "
             f"characters, sha256 {saved['sha256'][:12]}...)"
         )
-    from ..data.dataset import Vocab
+    from ..data.vocab import Vocab
 
     if Vocab(resumed["vocab"]) != vocab:
         raise DataError("cannot resume: the corpus's characters differ from the checkpoint's vocabulary")

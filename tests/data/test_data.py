@@ -3,15 +3,9 @@
 import numpy as np
 import pytest
 
-from charrnn.data.dataset import (
-    DEMO_SOURCE,
-    StreamBatcher,
-    Vocab,
-    decode_utf8,
-    demo_files,
-    read_corpus,
-    split_ids,
-)
+from charrnn.data.dataset import DEMO_SOURCE, decode_utf8, demo_files, read_corpus
+from charrnn.data.batches import StreamBatcher, split_ids
+from charrnn.data.vocab import Vocab
 from charrnn.errors import DataError, InputMissingError
 
 
@@ -113,7 +107,7 @@ def test_demo_corpus_is_a_deterministic_few_megabytes():
 
 
 def test_equal_vocabularies_hash_alike():
-    from charrnn.data.dataset import Vocab
+    from charrnn.data.vocab import Vocab
 
     a, b, c = Vocab("abc"), Vocab("cba"), Vocab("abd")
     assert a == b and hash(a) == hash(b)

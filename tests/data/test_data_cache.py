@@ -7,7 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from charrnn.data.dataset import load_ids, read_corpus, Vocab, split_ids, StreamBatcher
+from charrnn.data.cache import load_ids
+from charrnn.data.dataset import read_corpus
+from charrnn.data.vocab import Vocab
+from charrnn.data.batches import split_ids, StreamBatcher
 from charrnn.errors import DataError
 
 TRICKY = [
@@ -74,7 +77,7 @@ def test_second_run_reuses_the_cache(tmp_path, monkeypatch):
     assert [f.rsplit(".", 1)[1] for f in files] == ["ids", "json"] and files[0].startswith(first.sha256)
     stamp = os.stat(cache / files[0]).st_mtime_ns
 
-    import charrnn.data.dataset as data
+    import charrnn.data.cache as data
 
     def fail(*args, **kwargs):
         raise AssertionError("encoded again")

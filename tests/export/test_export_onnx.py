@@ -219,7 +219,7 @@ def test_other_depths_and_a_model_without_its_corpus(cell, layers):
     import torch
 
     from charrnn.config import ModelConfig
-    from charrnn.data.dataset import Vocab
+    from charrnn.data.vocab import Vocab
     from charrnn.export import onnx_model
     from charrnn.model.network import CharRNN
 

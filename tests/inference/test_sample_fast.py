@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from charrnn.config import ModelConfig
-from charrnn.data.dataset import Vocab
+from charrnn.data.vocab import Vocab
 from charrnn.model.network import CharRNN
 from charrnn.inference.sampling import TanhStepper, generate, pick
 

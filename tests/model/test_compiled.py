@@ -214,7 +214,7 @@ def test_a_child_forked_after_training_trains_like_a_fresh_process(tmp_path):
     script = ("import json, sys; sys.path.insert(0, sys.argv[3]); from test_compiled import _train_tiny;"
               "loss, w = _train_tiny(sys.argv[1], sys.argv[2]); import torch;"
               "torch.save(w, sys.argv[2] + '.pt'); print(json.dumps(loss))")
-    fresh = subprocess.run([sys.executable, "-c", script, corpus, str(tmp_path / "fresh"), str(ROOT / "tests")],
+    fresh = subprocess.run([sys.executable, "-c", script, corpus, str(tmp_path / "fresh"), str(ROOT / "tests" / "model")],
                            env=cli_env(), capture_output=True, text=True, timeout=FORK_TIMEOUT)
     assert fresh.returncode == 0, fresh.stderr
     fresh_loss = json.loads(fresh.stdout.strip().splitlines()[-1])

@@ -21,7 +21,7 @@ class _Loop:
 
 def _scheduler(max_streams=4, max_queue=4):
     from charrnn.config import ModelConfig
-    from charrnn.data.dataset import Vocab
+    from charrnn.data.vocab import Vocab
     from charrnn.model.network import CharRNN
     from charrnn.serve.scheduler import Scheduler
 

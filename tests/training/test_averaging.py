@@ -54,7 +54,7 @@ def test_inside_applied_the_model_holds_the_averages_and_gets_its_weights_back_e
 
 def _val_nats(path, text) -> float:
     """The loss a run's validation gives the checkpoint's "model" weights (its split, streams and windows)."""
-    from charrnn.data.dataset import split_ids
+    from charrnn.data.batches import split_ids
     from charrnn.model.runtime import build_model
 
     model, vocab = build_model(load_checkpoint(str(path)))

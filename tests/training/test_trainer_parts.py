@@ -425,7 +425,7 @@ def test_ranks_other_than_0_filter_the_log_without_changing_the_loggers_level():
 # -- samples while training -------------------------------------------------------------------------------------
 
 def _tiny_model(cell: str = "tanh"):
-    from charrnn.data.dataset import Vocab
+    from charrnn.data.vocab import Vocab
     from charrnn.model.network import CharRNN
 
     vocab = Vocab("\nabc ")
