@@ -65,3 +65,9 @@ def truncate_metrics(path: str, step: int) -> None:
     except OSError as exc:
         raise unreadable(exc, path, "metrics file") from None
     fileio.write_text(path, "".join(kept), "metrics file")
+
+
+def step_row(step: int, epoch: int, loss: Optional[float], lr: float, grad_norm, elapsed: float, rate: float) -> dict:
+    """A training row of metrics.jsonl (`grad_norm` a tensor or a number: read here, at a log point)."""
+    return {"step": step, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": float(grad_norm),
+            "elapsed": round(elapsed, 3), "chars_per_sec": round(rate, 1)}

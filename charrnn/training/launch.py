@@ -268,7 +268,7 @@ def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: Tra
     from ..model.precision import plan_for
     from .resume import check_corpus
     from .schedule import StopRule
-    from .trainer import Run
+    from .run import Run
 
     if resumed is not None:
         check_corpus(resumed, text, text.vocab)

@@ -52,6 +52,34 @@ class Sampler:
         return "".join(c[0] for c in chars)
 
 
+class SamplesWhileTraining:
+    """Every --sample-every steps (default: at each evaluation; 0: never) and at the end, a short sample of the
+    weights a user gets: to samples.txt (rank 0 alone samples and writes) and above the progress bar."""
+
+    def __init__(self, run, display, keep_upto: int = 0):
+        every = getattr(run.cfg, "sample_every", None)
+        self.every = None if every == 0 else (every or run.cfg.eval_every)
+        self.main, self.display = run.dist.is_main, display
+        self.config, self.vocab = run.model_config, run.vocab
+        self.log = SampleLog(run.run_dir, enabled=run.dist.is_main, hold_failures=run.dist.enabled).open(keep_upto)
+        self.sampler: Optional[Sampler] = None  # built at the first sample
+
+    def due(self, step: int, final: bool) -> bool:
+        return self.every is not None and (step % self.every == 0 or final)
+
+    def take(self, step: int, steps, val: Optional[float], val_step: Optional[int]) -> None:
+        """Sample `steps.model` in its averaged weights (on rank 0; other ranks do nothing)."""
+        if not self.main:
+            return
+        if self.sampler is None:
+            self.sampler = Sampler(steps.model.config, self.vocab)
+        with steps.averaged():
+            text = self.sampler(steps.model)
+        self.log.write(step, val, val_step, text)
+        shown = text.replace("\r\n", "\n").replace("\r", "\\r")  # a lone CR would overprint the line
+        self.display.message(f"{header(step, val, val_step)}\n{shown}")
+
+
 class SampleLog:
     """Appends samples to RUN_DIR/samples.txt (created at the first sample), flushed each time. A failed write is a
     user error (exit 73/74); with `hold_failures` (torch.distributed) it is held for the next save, like the

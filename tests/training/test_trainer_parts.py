@@ -324,7 +324,7 @@ class PeerDist(Dist):
 def _agree(peer, signum=None):
     from types import SimpleNamespace
 
-    from charrnn.training.trainer import SignalFlag, Trainer
+    from charrnn.training.signals import Agreement as Trainer, SignalFlag
 
     signals = SignalFlag()
     signals.signum = signum
@@ -397,7 +397,7 @@ def test_a_malformed_dist_timeout_is_a_usage_error_when_used_not_at_import(monke
         monkeypatch.setenv("CHARRNN_DIST_TIMEOUT", raw)
         # a fresh copy of the module under another name (charrnn.training.distributed stays as it is): importing it never
         # reads the variable
-        spec = importlib.util.spec_from_file_location("charrnn._distributed_copy", cdist.__file__)
+        spec = importlib.util.spec_from_file_location("charrnn.training._distributed_copy", cdist.__file__)
         copy = importlib.util.module_from_spec(spec)
         monkeypatch.setitem(sys.modules, spec.name, copy)
         spec.loader.exec_module(copy)
