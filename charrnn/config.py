@@ -16,6 +16,7 @@ from .errors import UsageError
 
 CELLS = ("tanh", "gru", "lstm")
 NONFINITE_POLICIES = ("stop", "skip")
+DEFAULT_EPOCHS = 10.0  # a run given no stop at all (no --max-steps, --epochs or --time-budget) trains this many
 
 # `charrnn eval --show / --neuron / --top-neurons`: characters traced and units listed by default
 VIEW_MAX_CHARS = 2000

@@ -116,5 +116,6 @@ class Checkpoints:
             "skipped_in_a_row": t.nonfinite.skipped_in_a_row,
             "ema_updates": t.steps.average.updates if t.steps.average is not None else 0,
             "step_limit": self.run.step_limit,
+            "planned_steps": self.run.stop.total_steps,  # the step limit (None: a time budget alone)
             "stopped_by": t.finishing,  # set in the run's last checkpoint: how it ended
         }

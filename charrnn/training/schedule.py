@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-DEFAULT_EPOCHS = 10.0  # when no stop is given at all
+from ..config import DEFAULT_EPOCHS  # noqa: F401  (re-exported: when no stop is given at all)
 
 
 def learning_rate(cfg, step: int, progress: float) -> float:
