@@ -14,9 +14,12 @@ from typing import Optional
 
 from .nonfinite import MAX_SKIPS_IN_A_ROW, NonFiniteGuard  # noqa: F401  (re-exported)
 from .run import Run, TrainHooks, TrainResult, result_of
+from .schedule import learning_rate
 from .savepoints import Checkpoints, SavePoints, to_cpu  # noqa: F401
 from .signals import Agreed, Agreement, SignalFlag, interrupted  # noqa: F401
 from .step import Step, clip_gradients, make_optimizer  # noqa: F401
+from ..store.metrics import LN2
+from ..store.runlog import step_row
 
 log = logging.getLogger("charrnn")
 
@@ -83,8 +86,6 @@ class Trainer:
         return result_of(self, stopped_by)
 
     def train_one_step(self, start: float) -> None:
-        from .schedule import learning_rate
-
         if self.batch_index == 0:
             self.state = self.steps.model.init_state(self.local_batch, self.device)  # each epoch starts cold
         x, y = self.steps.to_device(*self.run_.batcher.batch(self.batch_index, self.run_.shard))
@@ -113,8 +114,6 @@ class Trainer:
         self.log_evaluate_and_save(agreed, loss, lr, grad_norm)
 
     def log_evaluate_and_save(self, agreed, loss, lr: float, grad_norm) -> None:
-        from ..store.runlog import step_row
-
         rate = self.rate.tick()
         due = self.step % self.cfg.eval_every == 0
         self.finishing = self.stop.reason(self.step, self.elapsed, self.overhead(twice=due))
@@ -167,8 +166,6 @@ class Trainer:
     def evaluate_and_save(self, evaluating: bool) -> bool:
         """Evaluate (and save latest, and best if improved) at evaluation points; else save at --save-every's save
         points. Returns whether a checkpoint was saved."""
-        from ..store.metrics import LN2
-
         if evaluating:
             self.end_cost.busy("eval")
             val = self.validation.score(self, self.display, final=self.finishing is not None)
