@@ -23,7 +23,7 @@ import math
 import os
 from typing import Optional
 
-from ..config import DEFAULT_EPOCHS
+from ..config import step_limit
 from .checkpoint import BEST, FORMAT, LATEST, READABLE_VERSIONS
 from .metrics import LN2
 from .units import duration, size
@@ -206,21 +206,14 @@ def read_meta(path: str) -> Optional[dict]:
 def planned_steps(meta: dict) -> Optional[int]:
     """The run's step limit as latest.pt records it; None if it has none (a time budget alone). A checkpoint from
     before that record: the trainer's horizon, which is the limit unless --schedule-steps set it, else the limit
-    from the recorded options (--max-steps / --epochs, DEFAULT_EPOCHS if no stop was given)."""
+    from the recorded options (config.step_limit, as the trainer's stop rule)."""
     train, progress = meta.get("train_config") or {}, meta.get("progress") or {}
     if "planned_steps" in progress:
         return progress["planned_steps"]
     if not train.get("schedule_steps"):
         return progress.get("schedule_steps")
-    total, epochs = train.get("max_steps"), train.get("epochs")
-    if total is None and epochs is None and train.get("time_budget") is None:
-        epochs = DEFAULT_EPOCHS
-    if epochs is not None:
-        per_epoch = batches_per_epoch(meta)
-        if per_epoch:
-            by_epochs = max(1, math.ceil(epochs * per_epoch))
-            total = by_epochs if total is None else min(total, by_epochs)
-    return total
+    return step_limit(train.get("max_steps"), train.get("epochs"), train.get("time_budget"),
+                      batches_per_epoch(meta) or None)
 
 
 def batches_per_epoch(meta: dict) -> Optional[int]:

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from ..config import DEFAULT_EPOCHS  # noqa: F401  (re-exported: when no stop is given at all)
+from ..config import DEFAULT_EPOCHS, step_limit  # noqa: F401  (DEFAULT_EPOCHS re-exported)
 
 
 def learning_rate(cfg, step: int, progress: float) -> float:
@@ -39,12 +39,7 @@ class StopRule:
 
     @classmethod
     def for_run(cls, cfg, batches_per_epoch: int) -> "StopRule":
-        total, epochs = cfg.max_steps, cfg.epochs
-        if cfg.max_steps is None and cfg.epochs is None and cfg.time_budget is None:
-            epochs = DEFAULT_EPOCHS
-        if epochs is not None:
-            by_epochs = max(1, math.ceil(epochs * batches_per_epoch))
-            total = by_epochs if total is None else min(total, by_epochs)
+        total = step_limit(cfg.max_steps, cfg.epochs, cfg.time_budget, batches_per_epoch)
         return cls(total, cfg.time_budget, cfg.max_steps, cfg.schedule_steps or total)
 
     def reason(self, step: int, elapsed: float, overhead: float = 0.0) -> Optional[str]:
