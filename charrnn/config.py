@@ -16,6 +16,7 @@ from .errors import UsageError
 
 CELLS = ("tanh", "gru", "lstm")
 NONFINITE_POLICIES = ("stop", "skip")
+DEFAULT_EPOCHS = 10.0  # a run given no stop at all (no --max-steps, --epochs or --time-budget) trains this many
 
 # `charrnn eval --show / --neuron / --top-neurons`: characters traced and units listed by default
 VIEW_MAX_CHARS = 2000
@@ -313,6 +314,19 @@ def parse_duration(text: str | float | int | None) -> Optional[float]:
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
 
 
+
+def step_limit(max_steps: Optional[int], epochs: Optional[float], time_budget: Optional[float],
+               batches_per_epoch: Optional[int]) -> Optional[int]:
+    """The step a run stops at: --max-steps and/or --epochs (the smaller; DEFAULT_EPOCHS when no stop is given at
+    all), at least one step; None with a time budget alone (or epochs with `batches_per_epoch` unknown: None)."""
+    total = max_steps
+    if max_steps is None and epochs is None and time_budget is None:
+        epochs = DEFAULT_EPOCHS
+    if epochs is not None and batches_per_epoch is not None:
+        by_epochs = max(1, math.ceil(epochs * batches_per_epoch))
+        total = by_epochs if total is None else min(total, by_epochs)
+    return total
+
 __all__ = ["ModelConfig", "TrainConfig", "CELLS", "parse_duration", "to_dict", "from_dict", "default_of", "field",
            "auto_dropout", "parse_dropout", "parse_recurrent_init", "check_field", "check_number", "FIELD_RANGES",
-           "auto_val_chars", "parse_val_chars"]
+           "auto_val_chars", "parse_val_chars", "DEFAULT_EPOCHS", "step_limit"]

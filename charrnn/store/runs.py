@@ -23,8 +23,10 @@ import math
 import os
 from typing import Optional
 
+from ..config import step_limit
 from .checkpoint import BEST, FORMAT, LATEST, READABLE_VERSIONS
 from .metrics import LN2
+from .units import duration, size
 
 LOCK = "lock"
 RUNNING, FINISHED, INTERRUPTED, UNREADABLE = "running", "finished", "interrupted", "unreadable"
@@ -202,21 +204,16 @@ def read_meta(path: str) -> Optional[dict]:
 
 
 def planned_steps(meta: dict) -> Optional[int]:
-    """The run's step limit, from what latest.pt records; None if it has none (a time budget alone)."""
-    from ..training.schedule import DEFAULT_EPOCHS
-
+    """The run's step limit as latest.pt records it; None if it has none (a time budget alone). A checkpoint from
+    before that record: the trainer's horizon, which is the limit unless --schedule-steps set it, else the limit
+    from the recorded options (config.step_limit, as the trainer's stop rule)."""
     train, progress = meta.get("train_config") or {}, meta.get("progress") or {}
+    if "planned_steps" in progress:
+        return progress["planned_steps"]
     if not train.get("schedule_steps"):
-        return progress.get("schedule_steps")  # the trainer's horizon: its step limit unless --schedule-steps
-    total, epochs = train.get("max_steps"), train.get("epochs")
-    if total is None and epochs is None and train.get("time_budget") is None:
-        epochs = DEFAULT_EPOCHS
-    if epochs is not None:
-        per_epoch = batches_per_epoch(meta)
-        if per_epoch:
-            by_epochs = max(1, math.ceil(epochs * per_epoch))
-            total = by_epochs if total is None else min(total, by_epochs)
-    return total
+        return progress.get("schedule_steps")
+    return step_limit(train.get("max_steps"), train.get("epochs"), train.get("time_budget"),
+                      batches_per_epoch(meta) or None)
 
 
 def batches_per_epoch(meta: dict) -> Optional[int]:
@@ -235,18 +232,19 @@ def batches_per_epoch(meta: dict) -> Optional[int]:
 
 
 def run_state(meta: dict) -> str:
-    """finished or interrupted: as latest.pt says the run ended (a time-budgeted run stops short of its budget in
-    training time: start-up and the final validation and save count too), else by the stop rule applied to its step
-    and training time (a checkpoint that does not record how the run ended)."""
-    from ..training.schedule import StopRule
-
+    """finished or interrupted, as latest.pt records how the run ended (`stopped_by`, set in its last checkpoint;
+    a time-budgeted run stops short of its budget in training time, as start-up and the final validation and save
+    count too). A checkpoint from before that record (no `planned_steps` either): finished if its step reached
+    the step limit or its training time the budget."""
     train, progress = meta.get("train_config") or {}, meta.get("progress") or {}
     if progress.get("stopped_by"):
         return FINISHED
-    total = planned_steps(meta)
-    rule = StopRule(total, train.get("time_budget"), train.get("max_steps"), total)
-    reason = rule.reason(progress.get("step") or 0, progress.get("elapsed") or 0.0)
-    return FINISHED if reason is not None else INTERRUPTED
+    if "planned_steps" in progress:
+        return INTERRUPTED
+    total, budget = planned_steps(meta), train.get("time_budget")
+    ended = (total is not None and (progress.get("step") or 0) >= total) or (
+        budget is not None and (progress.get("elapsed") or 0.0) >= budget)
+    return FINISHED if ended else INTERRUPTED
 
 
 def describe_run(directory: str) -> dict:
@@ -310,14 +308,6 @@ def disk_usage(directory: str) -> int:
 # the table
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""  # unreachable
-
-
 def _corpus_name(source: Optional[str]) -> str:
     if not source:
         return "?"
@@ -332,8 +322,6 @@ STATE_STYLE = {RUNNING: "cyan", FINISHED: "", INTERRUPTED: "yellow", UNREADABLE:
 def runs_table(runs: list[dict]):
     """A rich Table of the runs, one row each."""
     from rich.table import Table
-
-    from ..training.report import _duration
 
     table = Table(box=None, header_style="bold", pad_edge=False)
     table.add_column("run", overflow="fold")
@@ -358,12 +346,12 @@ def runs_table(runs: list[dict]):
             _corpus_name(r["corpus"]) if known else "-",
             model,
             steps,
-            _duration(r["elapsed"]) if r["elapsed"] is not None else "-",
+            duration(r["elapsed"]) if r["elapsed"] is not None else "-",
             f"{best:.4f}" if best is not None else "-",
             f"{r['best_val_bpc']:.4f}" if best is not None else "-",
             *(_option_text(key, (r.get("options") or {}).get(key, "?") if r.get("options") else "?") for key in differ),
             f"[{STATE_STYLE[r['state']]}]{r['state']}[/]" if STATE_STYLE[r["state"]] else r["state"],
-            _size(r["size_bytes"]),
+            size(r["size_bytes"], binary=True),
         )
     return table
 
@@ -372,7 +360,5 @@ def _option_text(key: str, value) -> str:
     if value is None:
         return "auto" if key == "dropout" else "-"
     if key == "time_budget" and isinstance(value, (int, float)):
-        from ..training.report import _duration
-
-        return _duration(value)
+        return duration(value)
     return f"{value:g}" if isinstance(value, float) else str(value)

@@ -43,3 +43,27 @@ class DropoutProbe:
         passes = planned / self.batches_per_epoch
         return auto_dropout(passes), (f"auto: about {passes:.1f} passes over the training split in the time budget, "
                                       f"at {self.chars_per_step / per_step:,.0f} chars/s")
+
+
+class AutoDropout:
+    """--dropout auto in a run: with a length in steps, decided at once (into `model_config`, before the model is
+    built); with a time budget, by a DropoutProbe from the steps after `first_step`, into the model."""
+
+    def __init__(self, model_config, stop, batches_per_epoch: int, chars_per_step: int, first_step: int = 0):
+        import logging
+
+        self.log, self.probe = logging.getLogger("charrnn"), None
+        if model_config.dropout is None and stop.budget is None:
+            model_config.dropout, why = dropout_for_steps(stop.total_steps, batches_per_epoch)
+            self.log.info(f"dropout {model_config.dropout:g} ({why})")
+        elif model_config.dropout is None:
+            self.probe = DropoutProbe(first_step, stop.budget, stop.total_steps, batches_per_epoch, chars_per_step)
+
+    def observe(self, step: int, elapsed: float, model) -> None:
+        """After each step, with `elapsed` the command's seconds so far (start-up included): set the model's dropout
+        once the probe decides."""
+        decided = self.probe.observe(step, elapsed) if self.probe is not None else None
+        if decided is not None:
+            model.set_dropout(decided[0])  # the model's own config copy, which checkpoints save
+            self.log.info(f"dropout {decided[0]:g} ({decided[1]})")
+            self.probe = None

@@ -9,19 +9,19 @@ Everything that can be refused is refused here, before the run directory exists,
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
-import time
 from typing import Callable, Optional
 
 from ..store import checkpoint as ckpt_io
 from ..config import ModelConfig, TrainConfig, auto_val_chars
-from ..errors import CannotCreateError, CharrnnError, DataError, Interrupted, NonFiniteLossError, StartupInterrupted, \
-     UsageError, WriteError
+from ..errors import DataError, Interrupted, NonFiniteLossError, UsageError, WriteError
+from .memory import _out_of_memory_as_error, check_memory, memory_needed  # noqa: F401  (memory_needed: re-exported)
 from .resume import LR_CHANGES, RESUMABLE_CHANGES, merge_configs
+from .rundir import _discard_unsaved, _prepare_run_dir, _prepare_run_dir_on_rank_0, default_run_dir
 from .schedule import DEFAULT_EPOCHS, learning_rate
+from .signals import startup_signals
 from .trainer import TrainHooks, TrainResult, clip_gradients, make_optimizer, to_cpu
 
 log = logging.getLogger("charrnn")
@@ -112,67 +112,6 @@ def train(
                 distributed.shutdown(dist, together)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# signals before the loop: the loop's own handlers (trainer.SignalFlag) finish a step and save; before there is
-# anything to save, a signal stops start-up at once
-
-
-class _StartupSignals:
-    """While active (startup_signals), SIGINT and SIGTERM raise StartupInterrupted: one line, exit 130 / 143,
-    nothing trained or saved (train() removes what it created). A signal the process started with ignored (SIGINT
-    in a shell's background job) stays ignored, here and in the training loop."""
-
-    active: Optional["_StartupSignals"] = None
-
-    def __init__(self):
-        self.done = False  # set when training has run: a signal then no longer means "nothing was trained"
-        self._old: dict = {}
-
-    def install(self) -> None:
-        import signal
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(sig) is not signal.SIG_IGN:
-                self._old[sig] = signal.signal(sig, self._handle)
-
-    def restore(self) -> None:
-        import signal
-
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        self._old.clear()
-
-    def _handle(self, signum, frame):
-        import signal
-
-        from ..errors import EXIT_SIGINT, EXIT_SIGTERM
-
-        name, code = ("SIGINT", EXIT_SIGINT) if signum == signal.SIGINT else ("SIGTERM", EXIT_SIGTERM)
-        if self.done:
-            raise StartupInterrupted(f"{name}: stopped after training had ended", code)
-        raise StartupInterrupted(f"{name} during start-up: nothing was trained or saved", code)
-
-
-@contextlib.contextmanager
-def startup_signals():
-    """SIGINT/SIGTERM raise StartupInterrupted inside (nested uses share the outer one: the CLI installs it as its
-    train command starts, train() for library callers)."""
-    guard = _StartupSignals.active
-    if guard is not None:
-        yield guard
-        return
-    guard = _StartupSignals.active = _StartupSignals()
-    guard.install()
-    try:
-        yield guard
-    finally:
-        guard.restore()
-        _StartupSignals.active = None
-
-
 def check_run_name(name: Optional[str], run_dir: Optional[str], resume: Optional[str]) -> None:
     """--name: the prefix of a new run directory's name (NAME-YYYYmmdd-HHMMSS), one path component."""
     if name is None:
@@ -197,21 +136,6 @@ def _configs(model_config, train_config, resume, run_dir, explicit, allow_lr_cha
     for config in (model_config, cfg):
         config.validate()
     return model_config, cfg, resumed, run_dir
-
-
-def _prepare_run_dir_on_rank_0(dist, run_dir, resumed, corpus, name):
-    """Under torchrun: rank 0 creates and locks the run directory; its refusal is raised on every rank, and the
-    directory it created is every rank's. Returns (the lock on rank 0, else None; the run directory)."""
-    lock, failure = None, None
-    if dist.is_main:
-        try:
-            lock, run_dir = _prepare_run_dir(run_dir, resumed, corpus, name)
-        except CharrnnError as exc:
-            failure = exc
-    failure = dist.agree_on_failure(failure)  # rank 0's verdict, on every rank (also the barrier)
-    if failure is not None:
-        raise failure
-    return lock, dist.broadcast_str(run_dir or "")
 
 
 def _corpus_source(corpus: Optional[str], resumed: Optional[dict]) -> Optional[str]:
@@ -268,7 +192,7 @@ def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: Tra
     from ..model.precision import plan_for
     from .resume import check_corpus
     from .schedule import StopRule
-    from .trainer import Run
+    from .run import Run
 
     if resumed is not None:
         check_corpus(resumed, text, text.vocab)
@@ -368,254 +292,6 @@ def _choose_size(model_config: ModelConfig, cfg: TrainConfig, train_chars: int, 
     return why, limit, choice.steps.get((L, H))
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# memory: refuse up front what cannot fit (a huge --hidden-size used to take all memory and be OOM-killed)
-
-GB = 10**9
-
-
-def memory_needed(model_config: ModelConfig, cfg: TrainConfig, streams: int) -> tuple[int, int]:
-    """(bytes, parameters) one training step needs, roughly: fp32 weights, gradients and AdamW's two moments
-    (16 bytes a parameter, 20 with --ema's averages), the activations kept for backward (L x T x B x H x 4 bytes,
-    times 4 per gate set: the cell's outputs, pre-activations, dropout and gradients), and the logits with their
-    softmax and gradient. Python integers, so no size overflows."""
-    V, H, L = max(1, model_config.vocab_size), model_config.hidden_size, model_config.num_layers
-    T = cfg.seq_len
-    gates = {"gru": 3, "lstm": 4}.get(model_config.cell, 1)
-    if model_config.cell == "tanh":
-        core = (2 * L - 1) * H * H + L * H  # W_hh per layer, W_xh for layers 2..L, biases
-    else:
-        core = L * gates * (2 * H * H + 2 * H)  # torch's GRU/LSTM: input and hidden weights and biases per gate
-    parameters = V * H + core + H * V + V  # embedding (layer 1's input weights), core, head
-    activations = L * T * streams * H * 4 * 4 * gates + T * streams * H * 4
-    logits = T * streams * V * 4 * 3
-    return parameters * 4 * (1 + 1 + 2 + (cfg.ema > 0)) + activations + logits, parameters
-
-
-def memory_available(device) -> Optional[int]:
-    """Bytes free for this run: a CUDA device's free memory, or on CPU MemAvailable (within a cgroup's limit);
-    None where unknown (MPS)."""
-    if device.type == "cuda":
-        import torch
-
-        return int(torch.cuda.mem_get_info(device)[0])
-    if device.type != "cpu":
-        return None
-    available = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    if available is None:
-        try:
-            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return None
-    for limit_path, usage_path in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            with open(limit_path) as f, open(usage_path) as g:
-                limit, usage = f.read().strip(), int(g.read().strip())
-        except (OSError, ValueError):
-            continue
-        if limit.isdigit() and int(limit) < 2**60:  # "max" or a huge number: no limit
-            available = min(available, max(0, int(limit) - usage))
-    return available
-
-
-def check_memory(model_config: ModelConfig, cfg: TrainConfig, device, world: int = 1) -> None:
-    """UsageError (exit 2) when the model, its optimizer state and one batch need more memory than is available.
-    Under torchrun each process holds its own copy: on CPU the node's processes share its memory."""
-    available = memory_available(device)
-    if available is None:
-        return
-    streams = max(1, cfg.batch_size // max(1, world))
-    needed, parameters = memory_needed(model_config, cfg, streams)
-    sharing = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" and world > 1 else 1
-    if needed * sharing <= available:
-        return
-    where = "this machine has" if device.type == "cpu" else f"{device} has"
-    each = f" ({sharing} processes, each)" if sharing > 1 else ""
-    raise UsageError(
-        f"--hidden-size {model_config.hidden_size} with --num-layers {model_config.num_layers}, --batch-size "
-        f"{cfg.batch_size} and --seq-len {cfg.seq_len} needs about {_size(needed)}{each} to train "
-        f"({_count(parameters)} parameters); {where} {_size(available)} available (--no-memory-check to try anyway)"
-    )
-
-
-def _size(n: int) -> str:
-    if n < GB // 10:
-        return f"{n / 10**6:.0f} MB"
-    if n < 10**6 * GB:
-        return f"{n / GB:,.1f} GB"
-    from decimal import Decimal
-
-    return f"{Decimal(n) / GB:.2e} GB"
-
-
-def _count(n: int) -> str:
-    if n < 10**15:
-        return f"{n:,}"
-    from decimal import Decimal
-
-    return f"{Decimal(n):.2e}"
-
-
-def _out_of_memory_as_error(fn):
-    """fn(), with running out of memory (a size past --no-memory-check, or memory taken meanwhile) as one line."""
-    try:
-        return fn()
-    except (MemoryError, RuntimeError) as exc:
-        import torch
-
-        oom_types = (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
-        oom = isinstance(exc, oom_types) or "can't allocate memory" in str(exc)
-        if not oom:
-            raise
-        first = (str(exc).strip().splitlines() or ["MemoryError"])[0][:200]
-        raise CharrnnError(f"out of memory: {first} (lower --hidden-size, --num-layers or --batch-size)") from exc
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# a run that fails before its first checkpoint leaves nothing behind
-
-
-def _discard_unsaved(run_dir: str, lock: "ckpt_io.RunLock", exc: BaseException, say: bool = True) -> None:
-    """After a failure: if the run saved no checkpoint, remove what it created (the run directory if it made it;
-    else only its own files: lock, metrics.jsonl, samples.txt) and say so in the error's message (or a log line
-    for an exception without one, e.g. Ctrl-C)."""
-    if os.path.exists(os.path.join(run_dir, ckpt_io.LATEST)):
-        return  # a resumed run, or one that saved: everything stays
-    removed = []
-    try:
-        if lock.made is not None:
-            import shutil
-
-            shutil.rmtree(run_dir)
-            parent = os.path.dirname(os.path.abspath(run_dir))
-            while len(parent) >= len(lock.made):  # the parents made for it too (e.g. checkpoints/), if left empty
-                try:
-                    os.rmdir(parent)
-                except OSError:
-                    break
-                parent = os.path.dirname(parent)
-            what = f"removed the run directory {run_dir}"
-        else:
-            from ..store.metrics import METRICS
-
-            for name in ("lock", METRICS, "samples.txt"):
-                path = os.path.join(run_dir, name)
-                if name not in lock.had and os.path.isfile(path):
-                    os.unlink(path)
-                    removed.append(name)
-            ckpt_io.remove_stale_temps(run_dir)
-            if not removed:
-                return
-            what = f"removed this run's {', '.join(removed)} from {run_dir}"
-    except OSError as err:
-        log.warning(f"could not clean up {run_dir} after the failure: {err.strerror or err}")
-        return
-    if not say:
-        return
-    if isinstance(exc, (CharrnnError, StartupInterrupted)) and exc.message:
-        said = "no checkpoint was saved" in exc.message or "nothing was" in exc.message  # it says so already
-        exc.message = f"{exc.message}; {what}" if said else f"{exc.message}; nothing was saved, so {what}"
-        exc.args = (exc.message,)
-    else:
-        log.warning(f"nothing was saved: {what}")
-
-
 def _quiet_rank(record: logging.LogRecord) -> bool:
     """A filter for ranks other than 0: warnings and errors only (the logger's own level stays the user's)."""
     return record.levelno >= logging.WARNING
-
-
-def default_run_dir(source: str, base: Optional[str] = None) -> str:
-    """The name a new run directory takes first: BASE/STEM-YYYYmmdd-HHMMSS (train() adds -2, -3, ... when a run
-    started in the same second took it)."""
-    if base is None:
-        from ..store.paths import runs_dir
-
-        base = runs_dir()  # $CHARRNN_HOME/checkpoints
-    return os.path.join(base, f"{_stem(source)}-{time.strftime('%Y%m%d-%H%M%S')}")
-
-
-def _stem(source: Optional[str]) -> str:
-    from ..data.dataset import DEMO_SOURCE
-
-    if source is None or source == DEMO_SOURCE or source.startswith("<demo"):
-        return "demo"
-    stem = "stdin" if source == "-" else os.path.basename(source.rstrip("/"))
-    return os.path.splitext(stem)[0] or "run"
-
-
-def _create_run_dir(stem: str, base: Optional[str] = None) -> tuple[str, str]:
-    """Create a new run directory BASE/STEM-TIME exclusively (os.mkdir: of runs started in the same second each
-    gets its own, the later ones with a suffix -2, -3, ...). Returns (its path, the topmost directory made)."""
-    if base is None:
-        from ..store.paths import runs_dir
-
-        base = runs_dir()
-    first = os.path.join(base, f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    parent = os.path.dirname(first)
-    made = _first_missing(parent)
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as exc:
-        raise CannotCreateError(f"cannot create run directory {first}: {exc.strerror or exc}") from None
-    for n in range(1, 10_000):
-        path = first if n == 1 else f"{first}-{n}"
-        try:
-            os.mkdir(path)
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise CannotCreateError(f"cannot create run directory {path}: {exc.strerror or exc}") from None
-        return path, made or os.path.abspath(path)
-    raise CannotCreateError(f"cannot create run directory {first}: too many runs started this second")
-
-
-def _first_missing(path: str) -> Optional[str]:
-    """The topmost directory on the way to `path` that does not exist yet (absolute), or None if path exists."""
-    path = os.path.abspath(path)
-    if os.path.isdir(path):
-        return None
-    while not os.path.exists(os.path.dirname(path)) and os.path.dirname(path) != path:
-        path = os.path.dirname(path)
-    return path
-
-
-def _prepare_run_dir(run_dir: Optional[str], resumed: Optional[dict], corpus: Optional[str] = None,
-                     name: Optional[str] = None) -> tuple["ckpt_io.RunLock", str]:
-    """Create the run directory (without `run_dir`: a new one named after `name` or the corpus), check it is
-    writable, lock it, and clean up after a killed run. Returns the lock and the directory. The lock records the
-    directories this run made (`made`: the topmost, or None) and what was in it before (`had`), for
-    _discard_unsaved."""
-    if run_dir is None:
-        run_dir, made = _create_run_dir(name or _stem(corpus))
-    else:
-        made = _first_missing(run_dir)
-        try:
-            os.makedirs(run_dir, exist_ok=True)
-        except OSError as exc:
-            raise CannotCreateError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
-    if not os.access(run_dir, os.W_OK | os.X_OK):
-        raise CannotCreateError(f"run directory {run_dir} is not writable")
-    had = set() if made else set(os.listdir(run_dir))
-    lock = ckpt_io.RunLock(run_dir).acquire()
-    lock.made, lock.had = made, had
-    same_run = resumed is not None and os.path.realpath(run_dir) == os.path.realpath(os.path.dirname(resumed["path"]))
-    if not same_run and os.path.exists(os.path.join(run_dir, ckpt_io.LATEST)):
-        lock.release(remove="lock" not in had)
-        raise CannotCreateError(
-            f"run directory {run_dir} already holds a run: continue it with --resume {run_dir}, "
-            f"or pass another --run-dir"
-        )
-    removed = ckpt_io.remove_stale_temps(run_dir)
-    if removed:
-        log.info(f"removed {removed} unfinished checkpoint file(s) left in {run_dir} by an interrupted save")
-    return lock, run_dir

@@ -16,6 +16,8 @@ import sys
 import time
 from typing import Optional, TextIO
 
+from ..store.units import duration
+
 
 class RateMeter:
     """Characters per second over the last second or more (host time: no GPU sync)."""
@@ -31,14 +33,6 @@ class RateMeter:
             self.rate = self._steps * self.chars_per_step / (now - self._t0)
             self._t0, self._steps = now, 0
         return self.rate
-
-
-def duration(seconds: float) -> str:
-    """12s, 1m05s, 2h03m07s."""
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
 
 
 class ProgressDisplay:

@@ -7,6 +7,7 @@ import os
 from typing import Optional, Sequence
 
 from ..store.metrics import LN2
+from ..store.units import duration
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 
 
@@ -27,12 +28,6 @@ def sparkline(values: Sequence[float], width: int = 40) -> str:
     return "".join(SPARK_CHARS[round((v - low) / span * top) if span > 0 else 0] for v in values)
 
 
-def _duration(seconds: float) -> str:
-    from .progress import duration
-
-    return duration(seconds)
-
-
 def process_age() -> Optional[float]:
     """Seconds since this process started (Linux: /proc), or None where that cannot be read."""
     try:
@@ -49,11 +44,11 @@ def time_row(result, wall: Optional[float] = None) -> str:
     """Training time (the steps and the periodic evaluations; across resumes) and,
     where known, this command's wall time (with start-up, the final validation and saving)."""
     before = getattr(result, "elapsed_before", 0.0) or 0.0
-    text = f"{_duration(result.elapsed)} training"
+    text = f"{duration(result.elapsed)} training"
     if before > 0:
-        text += f" ({_duration(before)} of it before this resume)"
+        text += f" ({duration(before)} of it before this resume)"
     if wall is not None:
-        text += (f"; {_duration(wall)} wall for this command (with start-up and the final validation and save, "
+        text += (f"; {duration(wall)} wall for this command (with start-up and the final validation and save, "
                  f"which training time leaves out)")
     return text
 

@@ -91,3 +91,25 @@ def schedule_change_warning(progress: dict, horizon: Optional[int], step: int) -
         return (f"the learning-rate schedule now decays over {horizon} steps instead of {old}, so this run will "
                 f"differ from an uninterrupted one (pass --schedule-steps to fix the schedule's length)")
     return None
+
+
+def starting_state(run, steps, streams: int):
+    """The carried hidden state the loop starts from (this rank's `streams`), with `steps` (training.step.Step)
+    and the RNG where a resumed run left them; a fresh distributed run seeds each rank's dropout masks apart."""
+    import logging
+
+    import torch
+
+    resumed = run.resumed
+    if resumed is None:
+        if run.dist.enabled:
+            torch.manual_seed(run.cfg.seed + 1 + run.dist.rank)  # distinct dropout masks per rank
+        return steps.model.init_state(streams, run.device)
+    steps.restore(resumed)
+    restore_rng(resumed["rng"], run.dist, run.device)
+    log = logging.getLogger("charrnn")
+    log.info(f"resuming {resumed['path']} at step {resumed['progress']['step']}")
+    warning = schedule_change_warning(resumed["progress"], run.stop.horizon, resumed["progress"]["step"])
+    if warning:
+        log.warning(warning)
+    return resumed["hidden"][..., run.shard, :].to(run.device)  # (..., B, H): this rank's streams

@@ -12,12 +12,10 @@ metrics.jsonl.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from typing import Optional
 
-from ..store import fileio
-from ..errors import CharrnnError, unreadable
+from ..store.runlog import RunLog, truncate
 
 SAMPLES = "samples.txt"
 SAMPLE_CHARS = 200
@@ -52,34 +50,42 @@ class Sampler:
         return "".join(c[0] for c in chars)
 
 
-class SampleLog:
-    """Appends samples to RUN_DIR/samples.txt (created at the first sample), flushed each time. A failed write is a
-    user error (exit 73/74); with `hold_failures` (torch.distributed) it is held for the next save, like the
-    metrics log's."""
+class SamplesWhileTraining:
+    """Every --sample-every steps (default: at each evaluation; 0: never) and at the end, a short sample of the
+    weights a user gets: to samples.txt (rank 0 alone samples and writes) and above the progress bar."""
+
+    def __init__(self, run, display, keep_upto: int = 0):
+        every = getattr(run.cfg, "sample_every", None)
+        self.every = None if every == 0 else (every or run.cfg.eval_every)
+        self.main, self.display = run.dist.is_main, display
+        self.config, self.vocab = run.model_config, run.vocab
+        self.log = SampleLog(run.run_dir, enabled=run.dist.is_main, hold_failures=run.dist.enabled).open(keep_upto)
+        self.sampler: Optional[Sampler] = None  # built at the first sample
+
+    def due(self, step: int, final: bool) -> bool:
+        return self.every is not None and (step % self.every == 0 or final)
+
+    def take(self, step: int, steps, val: Optional[float], val_step: Optional[int]) -> None:
+        """Sample `steps.model` in its averaged weights (on rank 0; other ranks do nothing)."""
+        if not self.main:
+            return
+        if self.sampler is None:
+            self.sampler = Sampler(steps.model.config, self.vocab)
+        with steps.averaged():
+            text = self.sampler(steps.model)
+        self.log.write(step, val, val_step, text)
+        shown = text.replace("\r\n", "\n").replace("\r", "\\r")  # a lone CR would overprint the line
+        self.display.message(f"{header(step, val, val_step)}\n{shown}")
+
+
+class SampleLog(RunLog):
+    """RUN_DIR/samples.txt (created at the first sample), one of the run's logs (store/runlog.py)."""
 
     def __init__(self, run_dir: str, enabled: bool = True, hold_failures: bool = False):
-        self.path = os.path.join(run_dir, SAMPLES)
-        self.enabled, self.hold_failures = enabled, hold_failures
-        self.failure: Optional[CharrnnError] = None
-
-    def open(self, keep_upto: int = 0) -> "SampleLog":
-        """Keep the entries up to step `keep_upto` (a resumed run's), then append."""
-        if self.enabled:
-            truncate_samples(self.path, keep_upto)
-        return self
+        super().__init__(run_dir, SAMPLES, "samples file", read_entries, enabled, hold_failures)
 
     def write(self, step: int, val: Optional[float], val_step: Optional[int], text: str) -> None:
-        if not self.enabled or self.failure is not None:
-            return
-        try:
-            with open(self.path, "a", encoding="utf-8", newline="") as f:
-                f.write(f"{header(step, val, val_step)}\n{text}\n\n")
-                f.flush()
-        except OSError as exc:
-            failure = fileio.write_error(exc, self.path, "samples file")
-            if not self.hold_failures:
-                raise failure from None
-            self.failure = failure
+        self.append(f"{header(step, val, val_step)}\n{text}\n\n")
 
 
 def read_entries(text: str) -> list[tuple[int, str]]:
@@ -96,13 +102,4 @@ def read_entries(text: str) -> list[tuple[int, str]]:
 
 def truncate_samples(path: str, step: int) -> None:
     """Drop the entries past `step` (written after the checkpoint a run resumes from), atomically."""
-    if not os.path.exists(path):
-        return
-    try:
-        with open(path, encoding="utf-8", errors="replace", newline="") as f:
-            text = f.read()
-    except OSError as exc:
-        raise unreadable(exc, path, "samples file") from None
-    kept = "".join(entry for entry_step, entry in read_entries(text) if entry_step <= step)
-    if kept != text:
-        fileio.write_text(path, kept, "samples file")
+    truncate(path, step, read_entries, "samples file")

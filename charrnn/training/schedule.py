@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-DEFAULT_EPOCHS = 10.0  # when no stop is given at all
+from ..config import DEFAULT_EPOCHS, step_limit  # noqa: F401  (DEFAULT_EPOCHS re-exported)
 
 
 def learning_rate(cfg, step: int, progress: float) -> float:
@@ -39,12 +39,7 @@ class StopRule:
 
     @classmethod
     def for_run(cls, cfg, batches_per_epoch: int) -> "StopRule":
-        total, epochs = cfg.max_steps, cfg.epochs
-        if cfg.max_steps is None and cfg.epochs is None and cfg.time_budget is None:
-            epochs = DEFAULT_EPOCHS
-        if epochs is not None:
-            by_epochs = max(1, math.ceil(epochs * batches_per_epoch))
-            total = by_epochs if total is None else min(total, by_epochs)
+        total = step_limit(cfg.max_steps, cfg.epochs, cfg.time_budget, batches_per_epoch)
         return cls(total, cfg.time_budget, cfg.max_steps, cfg.schedule_steps or total)
 
     def reason(self, step: int, elapsed: float, overhead: float = 0.0) -> Optional[str]:
@@ -77,16 +72,31 @@ EVAL_SPEEDUP = 3.0
 class EndCost:
     """The seconds a time-budgeted run must still have after a step before it takes another: that step, then the
     final validation and save. Learned from the run's training clock (agreed across ranks, so every rank decides
-    alike): the time between steps, and how much longer an iteration that evaluated (validation, save, sample) took
-    (the slowest such iteration so far).
+    alike), under the conditions the run is in now (a machine that gets busier makes every step and the end slower):
+
+    - a step: the slower of the latest step and the moving average of steps;
+    - the end: what an evaluating iteration (validation, save, sample) added to a step, the slowest so far, or, if
+      steps have slowed since, that evaluation in steps of its time times the step now (the end scales with them);
+    - a margin for how much step times vary now (their moving mean deviation over their mean, times the end).
+
     Until an evaluation has been timed, it is guessed: the validation's characters at EVAL_SPEEDUP times the
     training speed, plus `save_guess` seconds."""
 
     def __init__(self, val_chars: int, chars_per_step: int, save_guess: float, elapsed: float = 0.0):
         self.val_chars, self.chars_per_step, self.save_guess = val_chars, max(1, chars_per_step), save_guess
         self.step_seconds: Optional[float] = None  # a training step (a moving average, from the second step on)
-        self.end_seconds: Optional[float] = None  # what an evaluating iteration adds (the latest timed)
+        self.latest_step: Optional[float] = None  # the latest step's seconds
+        self.spread = 0.0  # the moving mean deviation of step times from step_seconds
+        self.end_seconds: Optional[float] = None  # what an evaluating iteration adds (the slowest timed)
+        self.end_steps = 0.0  # the same in steps of the time steps took then (the largest timed)
         self._last, self._busy, self._first = elapsed, None, True
+
+    @classmethod
+    def for_run(cls, val_chars: int, chars_per_step: int, parameters: int, ema: bool,
+                elapsed: float = 0.0) -> "EndCost":
+        """With a first guess at a save: the checkpoint's bytes (weights and AdamW's two moments, and --ema's
+        averages) at 100 MB/s, plus a tenth of a second."""
+        return cls(val_chars, chars_per_step, 0.1 + (12 + 4 * ema) * parameters / 100e6, elapsed)
 
     def busy(self, kind: str) -> None:
         """This iteration did more than a step: "eval" (a validation and a save) or "other" (a save or sample)."""
@@ -101,16 +111,28 @@ class EndCost:
         if first:
             return  # a run's first step pays one-time costs (allocations, threads starting): not a step's time
         if busy is None:
+            if self.step_seconds is not None:
+                self.spread = 0.7 * self.spread + 0.3 * abs(took - self.step_seconds)
             self.step_seconds = took if self.step_seconds is None else 0.7 * self.step_seconds + 0.3 * took
+            self.latest_step = took
         elif busy == "eval" and self.step_seconds is not None:
             # the slowest evaluation so far: on a loaded machine the final one may be slower than the last one
-            self.end_seconds = max(self.end_seconds or 0.0, took - self.step_seconds)
+            extra = took - self.step_seconds
+            self.end_seconds = max(self.end_seconds or 0.0, extra)
+            self.end_steps = max(self.end_steps, extra / self.step_seconds if self.step_seconds > 0 else 0.0)
+
+    def step_now(self) -> float:
+        """A step's seconds under the conditions now: the slower of the latest and the moving average."""
+        return max(self.step_seconds or 0.0, self.latest_step or 0.0)
 
     def seconds(self, twice: bool = False) -> float:
         """What to keep in hand: a step and the end; `twice`: an evaluation is due now, and after it, one more step
         must still leave room for the final one."""
-        step = self.step_seconds or 0.0
-        end = self.end_seconds
-        if end is None:
+        step = self.step_now()
+        if self.end_seconds is None:
             end = self.val_chars * step / self.chars_per_step / EVAL_SPEEDUP + self.save_guess
+        else:
+            end = max(self.end_seconds, self.end_steps * step)
+        if self.step_seconds:
+            end *= 1.0 + self.spread / self.step_seconds  # steps vary this much now: so may the end
         return step + end * (2 if twice else 1)

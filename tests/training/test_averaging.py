@@ -138,7 +138,7 @@ def test_a_step_the_loss_scaler_skipped_does_not_move_the_average():
     the average stays with them, its update count too. A real GradScaler on the CPU, a real overflow."""
     from types import SimpleNamespace
 
-    from charrnn.training.trainer import Trainer
+    from charrnn.training.step import Step as Trainer
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)

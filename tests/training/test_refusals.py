@@ -120,7 +120,7 @@ def test_memory_estimate_and_the_override(tmp_path, monkeypatch):
 
     import charrnn
 
-    train_mod = importlib.import_module("charrnn.training.launch")  # the module (charrnn.train is also the function)
+    train_mod = importlib.import_module("charrnn.training.memory")  # the module that checks memory
     model = ModelConfig(hidden_size=512, num_layers=2, vocab_size=65)
     needed, parameters = train_mod.memory_needed(model, TrainConfig(), streams=32)
     assert parameters == 65 * 512 + 3 * 512 * 512 + 2 * 512 + 512 * 65 + 65  # what CharRNN really holds

@@ -324,7 +324,7 @@ class PeerDist(Dist):
 def _agree(peer, signum=None):
     from types import SimpleNamespace
 
-    from charrnn.training.trainer import SignalFlag, Trainer
+    from charrnn.training.signals import Agreement as Trainer, SignalFlag
 
     signals = SignalFlag()
     signals.signum = signum
@@ -397,7 +397,7 @@ def test_a_malformed_dist_timeout_is_a_usage_error_when_used_not_at_import(monke
         monkeypatch.setenv("CHARRNN_DIST_TIMEOUT", raw)
         # a fresh copy of the module under another name (charrnn.training.distributed stays as it is): importing it never
         # reads the variable
-        spec = importlib.util.spec_from_file_location("charrnn._distributed_copy", cdist.__file__)
+        spec = importlib.util.spec_from_file_location("charrnn.training._distributed_copy", cdist.__file__)
         copy = importlib.util.module_from_spec(spec)
         monkeypatch.setitem(sys.modules, spec.name, copy)
         spec.loader.exec_module(copy)
@@ -520,3 +520,75 @@ def test_the_last_checkpoint_says_how_the_run_ended_and_info_says_auto_dropout_w
     mid_run = dict(info, stopped_by=None)  # a checkpoint saved before the end (e.g. at a signal)
     assert "dropout auto: not decided yet at this checkpoint (trained without dropout so far)" in format_info(mid_run)
     assert result.wall is not None and result.wall >= result.elapsed and result.elapsed_before == 0.0
+
+
+# -- the loop's parts, each alone ----------------------------------------------------------------------------------
+
+def test_save_points_are_every_n_steps_or_every_so_many_seconds_of_training_time():
+    from charrnn.training.savepoints import SavePoints
+
+    by_steps = SavePoints(steps=5, seconds=None)
+    assert [s for s in range(1, 16) if by_steps.due(s, 0.0)] == [5, 10, 15]
+    by_time = SavePoints(steps=None, seconds=60.0, elapsed=100.0)  # a resumed run: counted from its elapsed
+    assert not by_time.due(7, 159.9) and by_time.due(7, 160.0)
+    by_time.saved(160.0)
+    assert not by_time.due(8, 219.0) and by_time.due(9, 220.0)
+    assert not SavePoints(None, None).due(10, 1e9)  # only at evaluation points
+    assert TrainConfig(save_every="90s").save_interval() == (None, 90.0)  # what the trainer builds them from
+
+
+def test_nonfinite_guard_skips_up_to_the_limit_then_stops_naming_the_step(tmp_path):
+    from charrnn.errors import NonFiniteLossError
+    from charrnn.training.nonfinite import MAX_SKIPS_IN_A_ROW, NonFiniteGuard
+
+    latest = tmp_path / "latest.pt"
+    skipping = NonFiniteGuard("skip", str(latest), torch.device("cpu"))
+    for step in range(1, MAX_SKIPS_IN_A_ROW + 1):
+        skipping.skip_or_stop(step)  # skipped: returns
+    with pytest.raises(NonFiniteLossError, match=f"step 11 \\({MAX_SKIPS_IN_A_ROW + 1} steps in a row\\); no "
+                                                 f"checkpoint was saved"):
+        skipping.skip_or_stop(MAX_SKIPS_IN_A_ROW + 1)
+    skipping.step_taken()
+    assert skipping.skipped_in_a_row == 0
+    latest.write_bytes(b"x")
+    stopping = NonFiniteGuard("stop", str(latest), torch.device("cpu"))
+    with pytest.raises(NonFiniteLossError, match=f"step 4; the last good checkpoint is {latest}"):
+        stopping.skip_or_stop(4)
+    # noted on the device, acted on at the next read: the first bad step is the one named
+    noted = NonFiniteGuard("stop", str(latest), torch.device("cpu"))
+    noted.note(torch.tensor(False), 2)
+    noted.check_noted()  # nothing bad yet
+    noted.note(torch.tensor(True), 3)
+    noted.note(torch.tensor(True), 4)
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 3;"):
+        noted.check_noted()
+
+
+def test_validation_keeps_the_best_and_the_latest_score():
+    from types import SimpleNamespace
+
+    from charrnn.training.validation import Validation
+
+    run = SimpleNamespace(splits=SimpleNamespace(val=[0] * 100), cfg=TrainConfig(batch_size=4, val_chars=None),
+                          dist=Dist(), device=torch.device("cpu"))
+    val = Validation(run, hooks=None, best=2.0)  # a resumed run's best
+    assert val.record(10, 2.5) is False and (val.best, val.last, val.last_step) == (2.0, 2.5, 10)
+    assert val.record(20, 1.5) is True and val.best == 1.5 and val.history == [2.5, 1.5]
+    assert val.record(30, None) is True and val.last_step == 20  # no validation split: the latest is the best
+
+
+def test_samples_while_training_are_due_every_n_steps_at_evaluations_by_default_and_at_the_end(tmp_path):
+    from types import SimpleNamespace
+
+    from charrnn.training.samplelog import SamplesWhileTraining
+
+    def due(**cfg):
+        run = SimpleNamespace(cfg=TrainConfig(eval_every=10, **cfg), dist=Dist(), model_config=ModelConfig(),
+                              vocab=None, run_dir=str(tmp_path))
+        samples = SamplesWhileTraining(run, display=None)
+        return [s for s in range(1, 26) if samples.due(s, final=s == 25)]
+
+    assert due() == [10, 20, 25]
+    assert due(sample_every=7) == [7, 14, 21, 25]
+    assert due(sample_every=0) == []  # never, not even at the end
+    assert not (tmp_path / SAMPLES).exists()

@@ -5,6 +5,8 @@ through the trainer's hooks, never with timing assertions)."""
 
 from __future__ import annotations
 
+import copy
+
 import io
 import logging
 import math
@@ -226,6 +228,38 @@ def test_end_cost_learns_a_step_and_an_evaluation_from_the_training_clock():
     assert cost.end_seconds == pytest.approx(7.0) and cost.step_seconds == 1.0
     cost.observe(40.4 + 2.0)
     assert cost.step_seconds == pytest.approx(0.7 * 1.0 + 0.3 * 2.0)
+
+
+def test_the_end_is_sized_from_the_step_times_now_so_a_run_that_gets_busier_stops_sooner():
+    """Injected costs: 1 s steps and an evaluation that adds 5 s; then the machine gets busier and steps take 2 s.
+    The end kept in hand grows with the step time now (the evaluation scales with it) and with how much steps
+    vary, so the stop rule stops a budget run sooner than the quiet estimate would."""
+    def steady(cost, start, seconds, n):
+        for i in range(n):
+            cost.observe(start + (i + 1) * seconds)
+        return start + n * seconds
+
+    quiet = EndCost(val_chars=6400, chars_per_step=64, save_guess=0.5)
+    quiet.observe(0.0)  # the first step: not counted
+    now = steady(quiet, 0.0, 1.0, 10)
+    quiet.busy("eval")
+    now += 1.0 + 5.0
+    quiet.observe(now)
+    assert quiet.seconds() == pytest.approx(6.0) and quiet.spread == 0.0
+    loaded = copy.deepcopy(quiet)
+    steady(loaded, now, 2.0, 1)  # one step at twice the time: the latest step, at once
+    assert loaded.step_now() == 2.0
+    assert loaded.seconds() >= 2.0 + 5.0 * 2.0  # the evaluation, 5 steps' worth, at the step time now
+    assert loaded.seconds() > 2.0 + 10.0  # and a margin: steps vary now
+    steady(quiet, now, 1.0, 1)
+    assert quiet.seconds() == pytest.approx(6.0)  # steady conditions: no margin, nothing rescaled
+
+    rule = StopRule.for_run(TrainConfig(time_budget=100), 10)
+    startup = 2.0
+    assert rule.reason(50, 90.0, overhead=startup + quiet.seconds()) is None  # 98 s: one more step fits
+    assert rule.reason(50, 90.0, overhead=startup + loaded.seconds()) == "time_budget"  # 104+ s: it does not
+    # the moving average alone (what the end was sized from before) would have gone on
+    assert rule.reason(50, 90.0, overhead=startup + loaded.step_seconds + loaded.end_seconds) is None
 
 
 class FakeTime(TrainHooks):
