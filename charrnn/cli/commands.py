@@ -202,7 +202,6 @@ def train(
 
     def go():
         from .configfile import save_config as write_config, settle_configs
-        from ..data.corpora import resolve_corpus
         from ..training.launch import train as train_fn
 
         model_config = ModelConfig(cell=cell, hidden_size=hidden_size, num_layers=num_layers,
@@ -220,10 +219,10 @@ def train(
         explicit = settle_configs(model_config, train_config, config, _explicit(ctx))
         if save_config is not None:
             return write_config(save_config, model_config, train_config, explicit)
-        return train_fn(resolve_corpus(corpus, sha256=sha256), model_config, train_config, run_dir=run_dir,
-                        resume=resume, explicit=explicit, progress=not quiet, allow_lr_change=allow_lr_change,
-                        memory_check=not no_memory_check, started=_command_started(), name=name,
-                        remeasure=remeasure)
+        # the corpus is resolved (downloaded, hashed for --sha256) after the run directory is locked
+        return train_fn(corpus, model_config, train_config, run_dir=run_dir, resume=resume, explicit=explicit,
+                        progress=not quiet, allow_lr_change=allow_lr_change, memory_check=not no_memory_check,
+                        started=_command_started(), name=name, remeasure=remeasure, sha256=sha256)
 
     from ..training.launch import startup_signals
 

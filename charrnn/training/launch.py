@@ -45,6 +45,7 @@ def train(
     started: Optional[float] = None,
     name: Optional[str] = None,
     remeasure: bool = False,
+    sha256: Optional[str] = None,
 ) -> TrainResult:
     """Train a CharRNN on `corpus` (a file, a directory, '-' for stdin, None for the demo corpus).
 
@@ -58,8 +59,11 @@ def train(
     runs started together never share one) and locked before the corpus is read. A run that fails before its first
     checkpoint removes what it created; SIGINT/SIGTERM before training begins raise StartupInterrupted.
     `remeasure`: a run that chooses its size times the candidates again, not reading their kept speeds.
+    `corpus` may also be a named corpus or an http(s) URL, downloaded (once) after the lock is taken; `sha256`: the
+    corpus's expected sha256 (checked after a download, or of a local file: a mismatch is a DataError).
     """
     from . import distributed, trainer as trainer_mod
+    from ..data.corpora import corpus_path, resolve_corpus
 
     with startup_signals() as guard:
         hooks = hooks or trainer_mod.hooks
@@ -68,20 +72,22 @@ def train(
         model_config, cfg, resumed, run_dir = _configs(model_config, train_config, resume, run_dir, explicit,
                                                        allow_lr_change)
         corpus = _corpus_source(corpus, resumed)
+        local = corpus_path(corpus, sha256)  # where a URL or name will be (no download, no hashing yet)
         torchrun = distributed.launched_by_torchrun()
         lock, dist, together, began = None, None, False, False  # together: every rank leaves at the same point
         if not torchrun:  # what can refuse the run comes first: the run directory, before the corpus is read
-            lock, run_dir = _prepare_run_dir(run_dir, resumed, corpus, name)
+            lock, run_dir = _prepare_run_dir(run_dir, resumed, local, name)
         try:
             # a bad corpus fails in a blink, before torch is imported (under torchrun: below, once per node)
-            text = None if torchrun else _load_corpus(corpus, cfg, progress)
+            text = None if torchrun else _load_corpus(resolve_corpus(corpus, sha256), cfg, progress)
             dist, device = distributed.from_environment(cfg.device)
             if torchrun:
                 together = True  # a refusal of the run directory is agreed: every rank raises it
-                lock, run_dir = _prepare_run_dir_on_rank_0(dist, run_dir, resumed, corpus, name)
+                lock, run_dir = _prepare_run_dir_on_rank_0(dist, run_dir, resumed, local, name)
                 # one process per node reads (and downloads, encodes) the corpus first; a failure there is every
                 # rank's, raised by all at this point
-                text = dist.first_on_each_node(lambda: _load_corpus(corpus, cfg, progress and dist.local_rank == 0))
+                text = dist.first_on_each_node(lambda: _load_corpus(resolve_corpus(corpus, sha256), cfg,
+                                                                    progress and dist.local_rank == 0))
                 together = False
             spent = lambda: hooks.clock() - started  # noqa: E731  (of the time budget, before the first step)
             run = _make_run(text, resumed, model_config, cfg, dist, device, memory_check, explicit, spent, remeasure)
@@ -225,6 +231,7 @@ def _corpus_source(corpus: Optional[str], resumed: Optional[dict]) -> Optional[s
             raise UsageError(f"this run was trained on {corpus} (a FIFO): pass the corpus again to resume it")
     if corpus is None or corpus == DEMO_SOURCE:
         log.info("no corpus given: training on the built-in demo corpus (Python standard library source)")
+        return None  # the demo corpus, given or recorded
     return corpus
 
 
