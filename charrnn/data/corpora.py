@@ -95,21 +95,33 @@ def _check_sha256_arg(sha256: Optional[str]) -> Optional[str]:
 
 def resolve_corpus(arg: Optional[str], sha256: Optional[str] = None, data_dir: Optional[str] = None) -> Optional[str]:
     """The local path (or None / '-') that `data.read_corpus` should read for a CORPUS argument; see the module doc."""
+    path = corpus_path(arg, sha256, data_dir)  # the refusals that cost nothing come first
     expected = _check_sha256_arg(sha256)
-    if arg is None or arg == "-" or os.path.exists(arg):
+    if path == arg:  # None, '-' or a local path
         if expected is not None and arg not in (None, "-") and os.path.isfile(arg):
             actual = file_sha256(arg)
             if actual != expected:
                 raise DataError(f"{arg} has sha256 {actual}, not the expected {expected}")
         return arg
+    if arg in NAMED:
+        return fetch(NAMED[arg].source_url(), path, NAMED[arg].sha256, what=arg)
+    return fetch(arg, path, expected, what=arg)
+
+
+def corpus_path(arg: Optional[str], sha256: Optional[str] = None, data_dir: Optional[str] = None) -> Optional[str]:
+    """The path `resolve_corpus(arg, sha256)` returns, found without reading, hashing or downloading anything (a
+    run directory is named and locked before the corpus is resolved). Raises what needs no work: a malformed
+    sha256, a named corpus with another sha256, an argument that is no path, name or URL."""
+    expected = _check_sha256_arg(sha256)
+    if arg is None or arg == "-" or os.path.exists(arg):
+        return arg
     directory = data_dir or default_data_dir()
     if arg in NAMED:
-        corpus = NAMED[arg]
-        if expected is not None and expected != corpus.sha256:
+        if expected is not None and expected != NAMED[arg].sha256:
             raise UsageError(f"--sha256 does not match the built-in sha256 of the named corpus {arg!r}")
-        return fetch(corpus.source_url(), os.path.join(directory, corpus.filename), corpus.sha256, what=arg)
+        return os.path.join(directory, NAMED[arg].filename)
     if is_url(arg):
-        return fetch(arg, cache_path_for_url(arg, directory), expected, what=arg)
+        return cache_path_for_url(arg, directory)
     names = ", ".join(sorted(NAMED))
     raise InputMissingError(
         f"no such file or directory, and not a named corpus or URL: {arg} (named corpora: {names}; "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from ..store import checkpoint as ckpt_io
 from ..config import ModelConfig, TrainConfig, auto_val_chars
@@ -43,10 +43,11 @@ def train(
     hooks: Optional[TrainHooks] = None,
     memory_check: bool = True,
     started: Optional[float] = None,
+    sha256: Optional[str] = None,
     name: Optional[str] = None,
     remeasure: bool = False,
 ) -> TrainResult:
-    """Train a CharRNN on `corpus` (a file, a directory, '-' for stdin, None for the demo corpus).
+    """Train a CharRNN on `corpus` (a file, a directory, '-' for stdin, a corpus name or URL, None for the demo corpus).
 
     `explicit` names the options the user set on purpose (the CLI passes them); when resuming, those must agree
     with the checkpoint except for the ones in RESUMABLE_CHANGES (and LR_CHANGES with `allow_lr_change`); with a
@@ -55,9 +56,9 @@ def train(
     passed in are not changed: what the run decides is recorded in its checkpoints. `memory_check`: refuse what
     will not fit in memory (UsageError). `started`: the command's start, on the hooks' clock (default: now).
     `name`: the new run directory's prefix (default: the corpus's name). The run directory is created (exclusively:
-    runs started together never share one) and locked before the corpus is read. A run that fails before its first
-    checkpoint removes what it created; SIGINT/SIGTERM before training begins raise StartupInterrupted.
-    `remeasure`: a run that chooses its size times the candidates again, not reading their kept speeds.
+    runs started together never share one) and locked before the corpus is downloaded, hashed (`sha256`) or read. A
+    run that fails before its first checkpoint removes what it created; SIGINT/SIGTERM before training begins raise
+    StartupInterrupted. `remeasure`: time the size candidates again, not reading their kept speeds.
     """
     from . import distributed, trainer as trainer_mod
 
@@ -67,20 +68,19 @@ def train(
         check_run_name(name, run_dir, resume)
         model_config, cfg, resumed, run_dir = _configs(model_config, train_config, resume, run_dir, explicit,
                                                        allow_lr_change)
-        corpus = _corpus_source(corpus, resumed)
+        corpus = _corpus_source(corpus, resumed, sha256)  # where a name or URL goes: nothing downloaded or hashed yet
         torchrun = distributed.launched_by_torchrun()
         lock, dist, together, began = None, None, False, False  # together: every rank leaves at the same point
         if not torchrun:  # what can refuse the run comes first: the run directory, before the corpus is read
-            lock, run_dir = _prepare_run_dir(run_dir, resumed, corpus, name)
+            lock, run_dir = _prepare_run_dir(run_dir, resumed, corpus.local, name)
         try:
             # a bad corpus fails in a blink, before torch is imported (under torchrun: below, once per node)
             text = None if torchrun else _load_corpus(corpus, cfg, progress)
             dist, device = distributed.from_environment(cfg.device)
             if torchrun:
                 together = True  # a refusal of the run directory is agreed: every rank raises it
-                lock, run_dir = _prepare_run_dir_on_rank_0(dist, run_dir, resumed, corpus, name)
-                # one process per node reads (and downloads, encodes) the corpus first; a failure there is every
-                # rank's, raised by all at this point
+                lock, run_dir = _prepare_run_dir_on_rank_0(dist, run_dir, resumed, corpus.local, name)
+                # one process per node reads (and downloads, encodes) the corpus first; all ranks raise its failure
                 text = dist.first_on_each_node(lambda: _load_corpus(corpus, cfg, progress and dist.local_rank == 0))
                 together = False
             spent = lambda: hooks.clock() - started  # noqa: E731  (of the time budget, before the first step)
@@ -138,7 +138,19 @@ def _configs(model_config, train_config, resume, run_dir, explicit, allow_lr_cha
     return model_config, cfg, resumed, run_dir
 
 
-def _corpus_source(corpus: Optional[str], resumed: Optional[dict]) -> Optional[str]:
+class _Corpus(NamedTuple):
+    """A CORPUS argument as given (None: the demo corpus) with its expected sha256, and `local`: the path it reads
+    from once resolved (a name's or URL's file in the data directory), known without downloading or hashing."""
+
+    arg: Optional[str]
+    sha256: Optional[str]
+    local: Optional[str]
+
+
+def _corpus_source(corpus: Optional[str], resumed: Optional[dict], sha256: Optional[str] = None) -> _Corpus:
+    """The corpus to read (a resumed run's own, unless another is given); refuses at once what needs no reading (a
+    malformed sha256, a name that is no file, corpus or URL)."""
+    from ..data.corpora import corpus_path
     from ..data.dataset import DEMO_SOURCE
 
     if resumed is not None and corpus is None:
@@ -149,7 +161,8 @@ def _corpus_source(corpus: Optional[str], resumed: Optional[dict]) -> Optional[s
             raise UsageError(f"this run was trained on {corpus} (a FIFO): pass the corpus again to resume it")
     if corpus is None or corpus == DEMO_SOURCE:
         log.info("no corpus given: training on the built-in demo corpus (Python standard library source)")
-    return corpus
+        corpus = None  # the demo corpus, given or recorded
+    return _Corpus(corpus, sha256, corpus_path(corpus, sha256))
 
 
 def _is_fifo(path: str) -> bool:
@@ -161,10 +174,13 @@ def _is_fifo(path: str) -> bool:
         return False
 
 
-def _load_corpus(corpus: Optional[str], cfg: TrainConfig, progress: bool):
+def _load_corpus(corpus: _Corpus, cfg: TrainConfig, progress: bool):
+    """Resolve the corpus (download a name or URL once, check its sha256) and read it."""
+    from ..data.corpora import resolve_corpus
     from ..data.cache import load_ids
 
-    text = load_ids(corpus, cfg.glob, progress=progress, follow_links=cfg.follow_links)  # memory-mapped when big
+    text = load_ids(resolve_corpus(corpus.arg, corpus.sha256), cfg.glob, progress=progress,
+                    follow_links=cfg.follow_links)  # memory-mapped when big
     if not text.chars:
         raise DataError(
             f"the corpus {text.source} is empty: one batch needs {cfg.batch_size * cfg.seq_len + 1} characters "
