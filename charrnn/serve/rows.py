@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..inference.sampling import pick
-
 
 def make_rows(model, capacity: int, device):
     """The stepper for `model` on `device` (a torch.device) with room for `capacity` rows."""
@@ -135,14 +133,6 @@ class PaddedRows(_TorchRows):
         with torch.inference_mode():  # every row, active or not: a fixed shape for every product
             logits, self.state = self.model.step(torch.from_numpy(padded).to(self.device), self.state)
             return logits[:B].float().cpu().numpy()
-
-
-def choose(logits: np.ndarray, uniforms: np.ndarray, temperature: float, top_k, top_p) -> np.ndarray:
-    """Ids drawn for rows that share their sampling options: temperature 0 takes the most likely character
-    (greedy; the lowest id on a tie), otherwise sample.pick's rule (each row's arithmetic its own)."""
-    if temperature == 0:
-        return np.argmax(logits, axis=1)
-    return pick(logits, uniforms, temperature, top_k, top_p)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -21,7 +21,8 @@ from typing import Optional
 
 import numpy as np
 
-from .rows import choose, log_softmax, make_rows
+from ..inference.sampling import pick
+from .rows import log_softmax, make_rows
 
 UNIFORM_BLOCK = 1024  # uniforms drawn from a job's generator this many at a time (as sample.generate does)
 SHUTDOWN_GRACE = 2.0  # seconds the streams in flight get to finish once the server is told to stop
@@ -331,7 +332,7 @@ class Scheduler:
         picked = {}
         for (temperature, top_k, top_p), rows in groups.items():
             u = np.array([active[i][0].uniform() for i in rows])
-            for i, c in zip(rows, choose(logits[rows], u, temperature, top_k, top_p).tolist()):
+            for i, c in zip(rows, pick(logits[rows], u, temperature, top_k, top_p).tolist()):
                 picked[i] = c
         wanting = [i for i in drawing if active[i][0].logprobs is not None]
         lps = log_softmax(logits[wanting]) if wanting else None
