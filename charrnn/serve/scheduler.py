@@ -109,6 +109,7 @@ class Request:
         self.first_char: Optional[float] = None
         self.finished: Optional[float] = None
         self.admitted = False
+        self.touched = -1  # the scheduler's draw that last gave this request a character
 
     @property
     def done(self) -> bool:
@@ -134,6 +135,8 @@ class Scheduler:
         self.device = device
         self.metrics = metrics
         self.rows = make_rows(model, max_streams, device)
+        self.ids = np.zeros(max_streams, np.int64)  # each step's inputs
+        self.draws = 0  # steps that drew characters so far
         self.config = model.config
         self._warm()
         self.chars = vocab.chars
@@ -312,7 +315,7 @@ class Scheduler:
     def _step(self) -> None:
         active = self.active
         B = len(active)
-        ids = np.empty(B, np.int64)
+        ids = self.ids[:B]
         drawing = []  # rows that draw a character after this step
         for i, (job, _) in enumerate(active):
             if job.pos < len(job.prompt_ids):
@@ -324,27 +327,43 @@ class Scheduler:
                 ids[i] = job.last
                 drawing.append(i)
         logits = self.rows.step(ids)
-        if not drawing:
-            return
+        if drawing:
+            self._draw(logits, drawing)
+
+    def _pick(self, logits: np.ndarray, drawing: list[int]) -> list[int]:
+        """The ids drawn for the rows in `drawing` (in its order): one pick per set of sampling options."""
+        active = self.active
+        options = active[drawing[0]][0].options
+        if all(active[i][0].options == options for i in drawing):  # the usual case: one call for all rows
+            u = np.array([active[i][0].uniform() for i in drawing])
+            return pick(logits if len(drawing) == len(active) else logits[drawing], u, *options).tolist()
         groups: dict = {}
-        for i in drawing:
-            groups.setdefault(active[i][0].options, []).append(i)
-        picked = {}
-        for (temperature, top_k, top_p), rows in groups.items():
+        for n, i in enumerate(drawing):
+            groups.setdefault(active[i][0].options, []).append(n)
+        picked = [0] * len(drawing)
+        for options, members in groups.items():
+            rows = [drawing[n] for n in members]
             u = np.array([active[i][0].uniform() for i in rows])
-            for i, c in zip(rows, pick(logits[rows], u, temperature, top_k, top_p).tolist()):
-                picked[i] = c
+            for n, c in zip(members, pick(logits[rows], u, *options).tolist()):
+                picked[n] = c
+        return picked
+
+    def _draw(self, logits: np.ndarray, drawing: list[int]) -> None:
+        """Draw the next character of every row in `drawing`, record it, and wake the handlers due a wake-up."""
+        active = self.active
+        picked = self._pick(logits, drawing)
         wanting = [i for i in drawing if active[i][0].logprobs is not None]
-        lps = log_softmax(logits[wanting]) if wanting else None
+        lps = dict(zip(wanting, log_softmax(logits[wanting]))) if wanting else None
         now = time.monotonic()
-        touched = {}
+        self.draws += 1
+        draw = self.draws
+        touched = []
         chars = self.chars
-        for i in drawing:
+        for i, c in zip(drawing, picked):
             job, request = active[i]
-            c = picked[i]
             job.last = c
-            if job.logprobs is not None:
-                row = lps[wanting.index(i)]
+            if lps is not None and job.logprobs is not None:
+                row = lps[i]
                 top = {}
                 if job.logprobs > 0:
                     for t in np.argsort(-row, kind="stable")[: job.logprobs].tolist():
@@ -356,11 +375,13 @@ class Scheduler:
                 request.last_wake = 0.0  # the first character goes out at once
                 if self.metrics is not None:
                     self.metrics.ttfc.observe(now - request.submitted)
-            touched[id(request)] = request
+            if request.touched != draw:
+                request.touched = draw
+                touched.append(request)
         if self.metrics is not None:
             self.metrics.characters.inc(len(drawing))
         with self.cond:
-            for request in touched.values():
+            for request in touched:
                 if all(job.finish_reason is not None for job in request.jobs):
                     self._finish(request)
                 elif now - request.last_wake >= FLUSH_INTERVAL:
