@@ -97,3 +97,28 @@ def test_the_padded_stepper_computes_the_models_step(cell):
         got = rows.step(ids)
         assert got.shape == (3, model.config.vocab_size)
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("hidden, layers, vocab", [(512, 2, 65), (100, 2, 37)])
+def test_a_tanh_row_is_the_same_bytes_in_batches_of_1_to_17_at_any_position(hidden, layers, vocab):
+    """The compiled tanh stepper at the benchmark's size (2x512, where 8 rows and more share numba's threads) and at
+    an odd width (2x100: no multiple of a vector's width, and batches that end in a partial block of rows): row r of
+    a batch of B gets the same bytes as the same inputs stepped alone, for every B from 1 to 17 and r first, middle
+    or last."""
+    from charrnn.serve.rows import NumbaTanhRows, make_rows
+
+    model = _model("tanh", hidden, layers, vocab)
+    rows = make_rows(model, 17, torch.device("cpu"))
+    if not isinstance(rows, NumbaTanhRows):
+        pytest.skip("numba does not load here: the per-row stepper (covered above) is used")
+    rng = np.random.default_rng(4)
+    T = 4
+    mine = rng.integers(0, vocab, T)
+    alone = _run(rows, mine[:, None])  # row 0 of a batch of one
+    for B in range(1, 18):
+        for r in sorted({0, B // 2, B - 1}):
+            batch = rng.integers(0, vocab, (T, B))
+            batch[:, r] = mine
+            rows = make_rows(model, 17, torch.device("cpu"))
+            got = np.stack([rows.step(np.ascontiguousarray(ids, dtype=np.int64))[r].copy() for ids in batch])
+            assert got.tobytes() == alone.tobytes(), (hidden, B, r)
