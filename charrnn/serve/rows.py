@@ -18,6 +18,8 @@ freed one) and calls `step(ids)` with B ids; `reset(row)` zeroes a row's state, 
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 
@@ -40,9 +42,10 @@ def make_rows(model, capacity: int, device):
 
 
 class NumbaTanhRows:
-    parallel_from = 8  # rows from which the blocks of 4 rows are shared among numba's threads ...
+    parallel_from = 8  # rows from which the blocks of 4 rows may be shared among numba's threads ...
     parallel_hidden = 256  # ... in a model this wide or wider: below it a step is a few microseconds of work, less
     # than waking the threads costs (2x32, 16 rows, on a busy 2-core machine: 3 ms a step shared, 0.16 ms not)
+    explore_every = 64  # steps with that many rows: one of them runs the kernel not in favour, to time it again
 
     def __init__(self, model, capacity: int):
         from . import _rowkernels
@@ -54,6 +57,8 @@ class NumbaTanhRows:
         self.state = np.zeros((L, capacity, H), np.float32)
         self.pre = np.zeros((capacity, H), np.float32)
         self.logits = np.zeros((capacity, self.head_t.shape[1]), np.float32)
+        self.per_row = [0.0, 0.0]  # seconds per row, a moving average, of the serial kernel [0] and the shared [1]
+        self.big_steps = 0
 
     def load(self, model) -> None:
         import torch
@@ -72,11 +77,24 @@ class NumbaTanhRows:
             self.head_b = arr(model.head.bias)
 
     def step(self, ids: np.ndarray) -> np.ndarray:
+        """Logits of rows 0..B-1. From parallel_from rows of a wide model, the serial kernel or the one shared among
+        numba's threads, whichever has been faster per row lately (timed as it runs, the other one tried every
+        explore_every steps): on a busy machine waking the threads can cost more than it saves. Both kernels give
+        the same bytes (each element's operations are the same), so the choice changes the time only."""
         B = len(ids)
-        shared = B >= self.parallel_from and self.state.shape[2] >= self.parallel_hidden
-        k = self.kernels.tanh_step_parallel if shared else self.kernels.tanh_step
-        k(ids, self.table, self.w_xh_t, self.bias, self.w_hh_t, self.head_t, self.head_b, self.state, self.pre,
-          self.logits)
+        args = (ids, self.table, self.w_xh_t, self.bias, self.w_hh_t, self.head_t, self.head_b, self.state,
+                self.pre, self.logits)
+        if B < self.parallel_from or self.state.shape[2] < self.parallel_hidden:
+            self.kernels.tanh_step(*args)
+            return self.logits[:B]
+        self.big_steps += 1
+        shared = int(self.per_row[1] <= self.per_row[0])  # untimed (0.0) kernels go first
+        if self.big_steps % self.explore_every == 0:
+            shared = 1 - shared
+        t0 = time.perf_counter()
+        (self.kernels.tanh_step_parallel if shared else self.kernels.tanh_step)(*args)
+        took = (time.perf_counter() - t0) / B
+        self.per_row[shared] = took if self.per_row[shared] == 0.0 else 0.8 * self.per_row[shared] + 0.2 * took
         return self.logits[:B]
 
     def reset(self, row: int) -> None:

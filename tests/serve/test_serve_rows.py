@@ -99,16 +99,25 @@ def test_the_padded_stepper_computes_the_models_step(cell):
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("hidden, layers, vocab", [(512, 2, 65), (100, 2, 37)])
-def test_a_tanh_row_is_the_same_bytes_in_batches_of_1_to_17_at_any_position(hidden, layers, vocab):
-    """The compiled tanh stepper at the benchmark's size (2x512, where 8 rows and more share numba's threads) and at
-    an odd width (2x100: no multiple of a vector's width, and batches that end in a partial block of rows): row r of
-    a batch of B gets the same bytes as the same inputs stepped alone, for every B from 1 to 17 and r first, middle
-    or last."""
+@pytest.mark.parametrize("hidden, layers, vocab, shared", [(512, 2, 65, False), (512, 2, 65, True),
+                                                           (100, 2, 37, False)])
+def test_a_tanh_row_is_the_same_bytes_in_batches_of_1_to_17_at_any_position(hidden, layers, vocab, shared):
+    """The compiled tanh stepper at the benchmark's size (2x512; from 8 rows its kernel on one thread, and the one
+    shared among numba's threads) and at an odd width (2x100: no multiple of a vector's width, and batches that end
+    in a partial block of rows): row r of a batch of B gets the same bytes as the same inputs stepped alone (always
+    the serial kernel), for every B from 1 to 17 and r first, middle or last."""
     from charrnn.serve.rows import NumbaTanhRows, make_rows
 
+    def fresh():
+        rows = make_rows(model, 17, torch.device("cpu"))
+        if shared:  # the shared kernel has been the faster so far, and stays in favour (never re-timed here)
+            rows.per_row, rows.explore_every = [float("inf"), 0.0], 10**9
+        else:
+            rows.parallel_from = 10**9
+        return rows
+
     model = _model("tanh", hidden, layers, vocab)
-    rows = make_rows(model, 17, torch.device("cpu"))
+    rows = fresh()
     if not isinstance(rows, NumbaTanhRows):
         pytest.skip("numba does not load here: the per-row stepper (covered above) is used")
     rng = np.random.default_rng(4)
@@ -119,6 +128,33 @@ def test_a_tanh_row_is_the_same_bytes_in_batches_of_1_to_17_at_any_position(hidd
         for r in sorted({0, B // 2, B - 1}):
             batch = rng.integers(0, vocab, (T, B))
             batch[:, r] = mine
-            rows = make_rows(model, 17, torch.device("cpu"))
+            rows = fresh()
             got = np.stack([rows.step(np.ascontiguousarray(ids, dtype=np.int64))[r].copy() for ids in batch])
             assert got.tobytes() == alone.tobytes(), (hidden, B, r)
+    if shared:
+        assert rows.per_row[1] > 0 and rows.per_row[0] == float("inf"), "the shared kernel did not run"
+
+
+def test_the_faster_kernel_is_chosen_and_the_other_retimed():
+    """From parallel_from rows, step() runs whichever kernel has been faster per row, and the other one every
+    explore_every steps (the kernels are stand-ins here that only count their calls)."""
+    from charrnn.serve.rows import NumbaTanhRows
+
+    rows = NumbaTanhRows(_model("tanh", 256, 1, 11), 8)
+    calls = {"serial": 0, "shared": 0}
+
+    class Kernels:
+        @staticmethod
+        def tanh_step(*args):
+            calls["serial"] += 1
+
+        @staticmethod
+        def tanh_step_parallel(*args):
+            calls["shared"] += 1
+
+    rows.kernels, rows.explore_every = Kernels, 10
+    rows.per_row = [1.0, 2.0]  # the serial kernel has been faster so far
+    for _ in range(100):
+        rows.step(np.zeros(8, np.int64))
+    assert calls["shared"] >= 10 and calls["serial"] >= 10  # each ran: one is chosen, the other retimed
+    assert calls["shared"] + calls["serial"] == 100
