@@ -53,10 +53,15 @@ class NumbaTanhRows:
         self.kernels = _rowkernels
         self.capacity = capacity
         self.load(model)
-        L, H = self.w_hh_t.shape[0], self.w_hh_t.shape[1]
-        self.state = np.zeros((L, capacity, H), np.float32)
-        self.pre = np.zeros((capacity, H), np.float32)
-        self.logits = np.zeros((capacity, self.head_t.shape[1]), np.float32)
+        L, H, V = self.w_hh.shape[0], self.w_hh.shape[1], self.head.shape[0]
+        # a block of 4 rows and a row alone must give the same bytes (_rowkernels.py); where they do not, every
+        # batch is padded to whole blocks (the rows past B compute what nobody reads)
+        self.padded = not _rowkernels.paths_agree([(H, H), (V, H)])
+        room = -(-capacity // _rowkernels.ROWS) * _rowkernels.ROWS
+        self.ids = np.zeros(room, np.int64)
+        self.state = np.zeros((L, room, H), np.float32)
+        self.pre = np.zeros((room, H), np.float32)
+        self.logits = np.zeros((room, V), np.float32)
         self.per_row = [0.0, 0.0]  # seconds per row, a moving average, of the serial kernel [0] and the shared [1]
         self.big_steps = 0
 
@@ -69,11 +74,11 @@ class NumbaTanhRows:
         with torch.no_grad():
             H = model.config.hidden_size
             self.table = arr(model.embed.weight + model.bias[0])  # V, H: W^1_xh + b^1
-            self.w_hh_t = np.stack([arr(w.t()) for w in model.w_hh])  # L, H, H
-            self.w_xh_t = (np.stack([arr(w.t()) for w in model.w_xh]) if len(model.w_xh)
-                           else np.zeros((1, H, H), np.float32))  # numba needs an array even for one layer
+            self.w_hh = np.stack([arr(w) for w in model.w_hh])  # L, H, H (row j: output j's weights)
+            self.w_xh = (np.stack([arr(w) for w in model.w_xh]) if len(model.w_xh)
+                         else np.zeros((1, H, H), np.float32))  # numba needs an array even for one layer
             self.bias = np.stack([arr(b) for b in model.bias])  # L, H
-            self.head_t = arr(model.head.weight.t())  # H, V
+            self.head = arr(model.head.weight)  # V, H
             self.head_b = arr(model.head.bias)
 
     def step(self, ids: np.ndarray) -> np.ndarray:
@@ -82,7 +87,9 @@ class NumbaTanhRows:
         explore_every steps): on a busy machine waking the threads can cost more than it saves. Both kernels give
         the same bytes (each element's operations are the same), so the choice changes the time only."""
         B = len(ids)
-        args = (ids, self.table, self.w_xh_t, self.bias, self.w_hh_t, self.head_t, self.head_b, self.state,
+        n = -(-B // self.kernels.ROWS) * self.kernels.ROWS if self.padded else B
+        self.ids[:B] = ids
+        args = (self.ids[:n], self.table, self.w_xh, self.bias, self.w_hh, self.head, self.head_b, self.state,
                 self.pre, self.logits)
         if B < self.parallel_from or self.state.shape[2] < self.parallel_hidden:
             self.kernels.tanh_step(*args)
