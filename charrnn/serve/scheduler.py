@@ -137,6 +137,7 @@ class Scheduler:
         self.rows = make_rows(model, max_streams, device)
         self.ids = np.zeros(max_streams, np.int64)  # each step's inputs
         self.draws = 0  # steps that drew characters so far
+        self.unreported = 0  # characters generated and not yet added to the metrics' counter
         self.config = model.config
         self._warm()
         self.chars = vocab.chars
@@ -214,6 +215,9 @@ class Scheduler:
         self.requests.discard(request)
         if self.metrics is not None:
             self.metrics.request_duration.observe(request.finished - request.submitted)
+            if self.unreported:
+                self.metrics.characters.inc(self.unreported)
+                self.unreported = 0
         request.notify()
 
     def _admit(self) -> None:
@@ -357,7 +361,8 @@ class Scheduler:
         now = time.monotonic()
         self.draws += 1
         draw = self.draws
-        touched = []
+        touched = []  # the requests given a character now, once each
+        ended = []  # those of them with a job that ended now
         chars = self.chars
         for i, c in zip(drawing, picked):
             job, request = active[i]
@@ -369,7 +374,8 @@ class Scheduler:
                     for t in np.argsort(-row, kind="stable")[: job.logprobs].tolist():
                         top[chars[t]] = float(row[t])
                 job.entries.append((float(row[c]), top))
-            job.add(chars[c])
+            if job.add(chars[c]):
+                ended.append(request)
             if request.first_char is None:
                 request.first_char = now
                 request.last_wake = 0.0  # the first character goes out at once
@@ -378,12 +384,15 @@ class Scheduler:
             if request.touched != draw:
                 request.touched = draw
                 touched.append(request)
-        if self.metrics is not None:
-            self.metrics.characters.inc(len(drawing))
+        self.unreported += len(drawing)
+        finished = [r for r in dict.fromkeys(ended) if not r.done and all(j.finish_reason is not None for j in r.jobs)]
+        due = [r for r in touched if not r.done and r not in finished and now - r.last_wake >= FLUSH_INTERVAL]
+        if (finished or due) and self.metrics is not None:  # counted before a handler wakes, not at every step
+            self.metrics.characters.inc(self.unreported)
+            self.unreported = 0
         with self.cond:
-            for request in touched:
-                if all(job.finish_reason is not None for job in request.jobs):
-                    self._finish(request)
-                elif now - request.last_wake >= FLUSH_INTERVAL:
-                    request.last_wake = now
-                    request.notify()
+            for request in finished:
+                self._finish(request)
+            for request in due:
+                request.last_wake = now
+                request.notify()
