@@ -4,8 +4,9 @@ A seeded request must get the same text alone or beside any other requests, so a
 how many rows share the step or which. Three ways, by where the model runs:
 
 - tanh on the CPU with numba (the usual case): `NumbaTanhRows`, one compiled call per step for all rows, in which
-  every element is formed by the same IEEE operations whatever the batch (see _rowkernels.py for why a BLAS call
-  cannot promise that).
+  a row's values depend on its own inputs alone: blocks of 4 rows and the rows left over give the same bytes
+  (checked when it is made; every batch padded to whole blocks where not). See _rowkernels.py for why a BLAS call
+  cannot promise that.
 - any other cell on the CPU, or tanh without numba: `PerRowRows` steps each row on its own, always in the shape of
   a batch of one (the same computation for a row whoever else is active).
 - CUDA (or MPS): `PaddedRows` steps the whole capacity every time, active or not, so the shape of every product
