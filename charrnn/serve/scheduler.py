@@ -338,6 +338,10 @@ class Scheduler:
         """The ids drawn for the rows in `drawing` (in its order): one pick per set of sampling options."""
         active = self.active
         options = active[drawing[0]][0].options
+        if len(drawing) == 1:  # one row: its uniform as a view of its block, no new array
+            job = active[drawing[0]][0]
+            job.uniform()
+            return pick(logits[drawing[0] : drawing[0] + 1], job.uniforms[job.used - 1 : job.used], *options).tolist()
         if all(active[i][0].options == options for i in drawing):  # the usual case: one call for all rows
             u = np.array([active[i][0].uniform() for i in drawing])
             return pick(logits if len(drawing) == len(active) else logits[drawing], u, *options).tolist()
@@ -359,10 +363,8 @@ class Scheduler:
         wanting = [i for i in drawing if active[i][0].logprobs is not None]
         lps = dict(zip(wanting, log_softmax(logits[wanting]))) if wanting else None
         now = time.monotonic()
-        self.draws += 1
-        draw = self.draws
-        touched = []  # the requests given a character now, once each
-        ended = []  # those of them with a job that ended now
+        self.draws = draw = self.draws + 1
+        touched, ended = [], []  # the requests given a character now (once each); those with a job that ended
         chars = self.chars
         for i, c in zip(drawing, picked):
             job, request = active[i]
