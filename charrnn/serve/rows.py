@@ -169,3 +169,12 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64)
     z = z - z.max(axis=1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def logprob_entry(row: np.ndarray, c: int, n: int, chars) -> tuple:
+    """(the log probability of id c, {char: log probability} of the n most likely) from a row of log probabilities."""
+    top = {}
+    if n > 0:
+        for t in np.argsort(-row, kind="stable")[:n].tolist():
+            top[chars[t]] = float(row[t])
+    return float(row[c]), top

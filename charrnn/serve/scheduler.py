@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 
 from ..inference.sampling import pick
-from .rows import log_softmax, make_rows
+from .rows import log_softmax, logprob_entry, make_rows
 
 UNIFORM_BLOCK = 1024  # uniforms drawn from a job's generator this many at a time (as sample.generate does)
 SHUTDOWN_GRACE = 2.0  # seconds the streams in flight get to finish once the server is told to stop
@@ -334,32 +334,10 @@ class Scheduler:
         if drawing:
             self._draw(logits, drawing)
 
-    def _pick(self, logits: np.ndarray, drawing: list[int]) -> list[int]:
-        """The ids drawn for the rows in `drawing` (in its order): one pick per set of sampling options."""
-        active = self.active
-        options = active[drawing[0]][0].options
-        if len(drawing) == 1:  # one row: its uniform as a view of its block, no new array
-            job = active[drawing[0]][0]
-            job.uniform()
-            return pick(logits[drawing[0] : drawing[0] + 1], job.uniforms[job.used - 1 : job.used], *options).tolist()
-        if all(active[i][0].options == options for i in drawing):  # the usual case: one call for all rows
-            u = np.array([active[i][0].uniform() for i in drawing])
-            return pick(logits if len(drawing) == len(active) else logits[drawing], u, *options).tolist()
-        groups: dict = {}
-        for n, i in enumerate(drawing):
-            groups.setdefault(active[i][0].options, []).append(n)
-        picked = [0] * len(drawing)
-        for options, members in groups.items():
-            rows = [drawing[n] for n in members]
-            u = np.array([active[i][0].uniform() for i in rows])
-            for n, c in zip(members, pick(logits[rows], u, *options).tolist()):
-                picked[n] = c
-        return picked
-
     def _draw(self, logits: np.ndarray, drawing: list[int]) -> None:
         """Draw the next character of every row in `drawing`, record it, and wake the handlers due a wake-up."""
         active = self.active
-        picked = self._pick(logits, drawing)
+        picked = draw_ids(active, logits, drawing)
         wanting = [i for i in drawing if active[i][0].logprobs is not None]
         lps = dict(zip(wanting, log_softmax(logits[wanting]))) if wanting else None
         now = time.monotonic()
@@ -370,12 +348,7 @@ class Scheduler:
             job, request = active[i]
             job.last = c
             if lps is not None and job.logprobs is not None:
-                row = lps[i]
-                top = {}
-                if job.logprobs > 0:
-                    for t in np.argsort(-row, kind="stable")[: job.logprobs].tolist():
-                        top[chars[t]] = float(row[t])
-                job.entries.append((float(row[c]), top))
+                job.entries.append(logprob_entry(lps[i], c, job.logprobs, chars))
             if job.add(chars[c]):
                 ended.append(request)
             if request.first_char is None:
@@ -398,3 +371,26 @@ class Scheduler:
             for request in due:
                 request.last_wake = now
                 request.notify()
+
+
+def draw_ids(active: list, logits: np.ndarray, drawing: list[int]) -> list[int]:
+    """The ids drawn for the rows in `drawing` of `active` ((job, request) per row), in its order: one pick per set
+    of sampling options."""
+    options = active[drawing[0]][0].options
+    if len(drawing) == 1:  # one row: its uniform as a view of its block, no new array
+        job = active[drawing[0]][0]
+        job.uniform()
+        return pick(logits[drawing[0] : drawing[0] + 1], job.uniforms[job.used - 1 : job.used], *options).tolist()
+    if all(active[i][0].options == options for i in drawing):  # the usual case: one call for all rows
+        u = np.array([active[i][0].uniform() for i in drawing])
+        return pick(logits if len(drawing) == len(active) else logits[drawing], u, *options).tolist()
+    groups: dict = {}
+    for n, i in enumerate(drawing):
+        groups.setdefault(active[i][0].options, []).append(n)
+    picked = [0] * len(drawing)
+    for options, members in groups.items():
+        rows = [drawing[n] for n in members]
+        u = np.array([active[i][0].uniform() for i in rows])
+        for n, c in zip(members, pick(logits[rows], u, *options).tolist()):
+            picked[n] = c
+    return picked
