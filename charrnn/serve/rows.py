@@ -101,8 +101,9 @@ class NumbaTanhRows:
             shared = 1 - shared
         t0 = time.perf_counter()
         (self.kernels.tanh_step_parallel if shared else self.kernels.tanh_step)(*args)
-        took = (time.perf_counter() - t0) / B
-        self.per_row[shared] = took if self.per_row[shared] == 0.0 else 0.8 * self.per_row[shared] + 0.2 * took
+        took, was = (time.perf_counter() - t0) / B, self.per_row[shared]
+        # a time under half the average replaces it: one slow call (the first, compiling) must not keep a kernel out
+        self.per_row[shared] = took if was == 0.0 or took < was / 2 else 0.8 * was + 0.2 * took
         return self.logits[:B]
 
     def reset(self, row: int) -> None:
