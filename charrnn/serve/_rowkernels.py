@@ -3,63 +3,150 @@
 Why not torch's addmm or numpy's matmul: a BLAS picks its kernel and blocking by the shape of the product (gemv for
 one row, gemm micro-kernels for several, edge kernels for the rows left over), so a row's sums may be rounded
 differently depending on how many other rows share the call. serve promises that a seeded request gets the same
-text alone or beside any others, so here every output element is formed by the same sequence of IEEE operations
-whatever the batch: it starts from its bias (or table row), then adds x[k] * w[k, j] for k = 0, 1, ... in order,
-one multiply and one add each (no fastmath: no reassociation, no FMA contraction). Loops run over j innermost (LLVM
-vectorizes across outputs, which needs no reassociation) and over blocks of 4 rows that share each loaded weight
-row; the blocking changes which rows are computed together, never the operations that form one element.
+text alone or beside any others, so here a row's results may depend on nothing but its own inputs.
+
+Each output element is its bias (or table row) plus one dot product per weight matrix, over k, of the row's input
+and the matrix's row j (the weights as torch keeps them: row j of W is contiguous over k). A dot product is 8 chains
+of fused multiply-adds summed in an order LLVM picks when it vectorizes the k loop (fastmath: reassociation and
+contraction, as the training kernels in model/_kernels.py). Rows go in blocks of 4 (4 rows x 2 columns: 8 chains,
+each weight loaded once for 4 rows); the rows left over (B % 4) go one at a time, 8 columns at a time: 8 chains too,
+so LLVM vectorizes both loops alike and a row gets the same bytes in either. That is checked, not assumed:
+`paths_agree` compares the two on random data for the model's shapes when serve starts (rows.py), and where they
+differ (another CPU, another LLVM) every batch is padded to whole blocks, so no row ever takes the other path.
 """
 
 from __future__ import annotations
 
 import numba
+import numpy as np
 
-from ..model._kernels import _tanh_fast  # float32 tanh, element by element (vectorized; the training kernel's own)
+from ..model._kernels import _FAST, _tanh_fast  # float32 tanh, element by element (the training kernel's own)
+
+ROWS = 4
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _accumulate(dst, src, wt, i0, i1):  # pragma: no cover - compiled
-    """dst[i, :] += sum_k src[i, k] * wt[k, :] for rows i0 <= i < i1, k in order."""
-    K, N = wt.shape
-    for k in range(K):
-        w = wt[k]
-        for i in range(i0, i1):
-            a = src[i, k]
-            o = dst[i]
-            for j in range(N):
-                o[j] = o[j] + a * w[j]
+@numba.njit(fastmath=_FAST, cache=True, nogil=True, error_model="numpy")
+def _dots4(dst, src, w, i0):  # pragma: no cover - compiled
+    """dst[i, j] += src[i] . w[j] for the rows i0..i0+3 and every j: 4 rows x 2 columns at a time."""
+    N, K = w.shape
+    i1, i2, i3 = i0 + 1, i0 + 2, i0 + 3
+    zero = dst.dtype.type(0)
+    for j in range(0, N, 2):
+        j1 = min(j + 1, N - 1)  # odd N: the last column twice (every value is read before any write)
+        s0a = s1a = s2a = s3a = s0b = s1b = s2b = s3b = zero
+        for k in range(K):
+            a, b = w[j, k], w[j1, k]
+            p0, p1, p2, p3 = src[i0, k], src[i1, k], src[i2, k], src[i3, k]
+            s0a += p0 * a
+            s1a += p1 * a
+            s2a += p2 * a
+            s3a += p3 * a
+            s0b += p0 * b
+            s1b += p1 * b
+            s2b += p2 * b
+            s3b += p3 * b
+        v0a, v1a, v2a, v3a = dst[i0, j] + s0a, dst[i1, j] + s1a, dst[i2, j] + s2a, dst[i3, j] + s3a
+        v0b, v1b, v2b, v3b = dst[i0, j1] + s0b, dst[i1, j1] + s1b, dst[i2, j1] + s2b, dst[i3, j1] + s3b
+        dst[i0, j], dst[i1, j], dst[i2, j], dst[i3, j] = v0a, v1a, v2a, v3a
+        dst[i0, j1], dst[i1, j1], dst[i2, j1], dst[i3, j1] = v0b, v1b, v2b, v3b
+
+
+@numba.njit(fastmath=_FAST, cache=True, nogil=True, error_model="numpy")
+def _dots1(dst, src, w, i):  # pragma: no cover - compiled
+    """dst[i, j] += src[i] . w[j] for the one row i and every j: 8 columns at a time (8 chains, as _dots4)."""
+    N, K = w.shape
+    zero = dst.dtype.type(0)
+    for j in range(0, N, 8):
+        j1, j2, j3 = min(j + 1, N - 1), min(j + 2, N - 1), min(j + 3, N - 1)
+        j4, j5, j6, j7 = min(j + 4, N - 1), min(j + 5, N - 1), min(j + 6, N - 1), min(j + 7, N - 1)
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = zero
+        for k in range(K):
+            p = src[i, k]
+            s0 += p * w[j, k]
+            s1 += p * w[j1, k]
+            s2 += p * w[j2, k]
+            s3 += p * w[j3, k]
+            s4 += p * w[j4, k]
+            s5 += p * w[j5, k]
+            s6 += p * w[j6, k]
+            s7 += p * w[j7, k]
+        v0, v1, v2, v3 = dst[i, j] + s0, dst[i, j1] + s1, dst[i, j2] + s2, dst[i, j3] + s3
+        v4, v5, v6, v7 = dst[i, j4] + s4, dst[i, j5] + s5, dst[i, j6] + s6, dst[i, j7] + s7
+        dst[i, j], dst[i, j1], dst[i, j2], dst[i, j3] = v0, v1, v2, v3
+        dst[i, j4], dst[i, j5], dst[i, j6], dst[i, j7] = v4, v5, v6, v7
 
 
 @numba.njit(cache=True, nogil=True)
-def _block(ids, table, w_xh_t, bias, w_hh_t, head_t, head_b, state, pre, logits, i0, i1):  # pragma: no cover
-    L = w_hh_t.shape[0]
-    for i in range(i0, i1):
-        pre[i, :] = table[ids[i]]  # W^1_xh x + b^1: the lookup table has the layer-1 bias folded in
-    for layer in range(L):
-        if layer > 0:
-            for i in range(i0, i1):
-                pre[i, :] = bias[layer]
-            _accumulate(pre, state[layer - 1], w_xh_t[layer - 1], i0, i1)
-        _accumulate(pre, state[layer], w_hh_t[layer], i0, i1)
+def _dots(dst, src, w, i0, i1):  # pragma: no cover - compiled
+    """Rows i0..i1-1 (at most 4): a whole block, or the rows left over one by one."""
+    if i1 - i0 == ROWS:
+        _dots4(dst, src, w, i0)
+    else:
         for i in range(i0, i1):
-            _tanh_fast(pre[i])  # a function of each element alone: the same whatever the batch
-            state[layer, i, :] = pre[i]
+            _dots1(dst, src, w, i)
+
+
+@numba.njit(cache=True, nogil=True)
+def _layer(ids, table, w_xh, bias, w_hh, state, pre, layer, i0, i1):  # pragma: no cover - compiled
+    """Layer `layer` of rows i0..i1-1: its new state (written once the old one has been read)."""
+    for i in range(i0, i1):
+        pre[i, :] = table[ids[i]] if layer == 0 else bias[layer]  # the table has the layer-1 bias folded in
+    if layer > 0:
+        _dots(pre, state[layer - 1], w_xh[layer - 1], i0, i1)
+    _dots(pre, state[layer], w_hh[layer], i0, i1)
+    for i in range(i0, i1):
+        _tanh_fast(pre[i])  # a function of each element alone
+        state[layer, i, :] = pre[i]
+
+
+@numba.njit(cache=True, nogil=True)
+def _head(head, head_b, state, logits, i0, i1):  # pragma: no cover - compiled
     for i in range(i0, i1):
         logits[i, :] = head_b
-    _accumulate(logits, state[L - 1], head_t, i0, i1)
+    _dots(logits, state[state.shape[0] - 1], head, i0, i1)
 
 
 @numba.njit(cache=True, nogil=True)
-def tanh_step(ids, table, w_xh_t, bias, w_hh_t, head_t, head_b, state, pre, logits):  # pragma: no cover
-    """One generation step for rows 0..B-1 of a tanh CharRNN, in place: state (L, B, H), logits (B, V)."""
+def tanh_step(ids, table, w_xh, bias, w_hh, head, head_b, state, pre, logits):  # pragma: no cover - compiled
+    """One generation step for rows 0..B-1 of a tanh CharRNN, in place: state (L, B, H), logits (B, V). Layer by
+    layer over all blocks, so a layer's weights are reused from the cache by the blocks after the first."""
     B = ids.shape[0]
-    for blk in range((B + 3) // 4):
-        _block(ids, table, w_xh_t, bias, w_hh_t, head_t, head_b, state, pre, logits, blk * 4, min(blk * 4 + 4, B))
+    for layer in range(state.shape[0]):
+        for i0 in range(0, B, ROWS):
+            _layer(ids, table, w_xh, bias, w_hh, state, pre, layer, i0, min(i0 + ROWS, B))
+    for i0 in range(0, B, ROWS):
+        _head(head, head_b, state, logits, i0, min(i0 + ROWS, B))
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def tanh_step_parallel(ids, table, w_xh_t, bias, w_hh_t, head_t, head_b, state, pre, logits):  # pragma: no cover
+def tanh_step_parallel(ids, table, w_xh, bias, w_hh, head, head_b, state, pre, logits):  # pragma: no cover
     """tanh_step with the blocks of rows shared among numba's threads (each row's operations are the same)."""
     B = ids.shape[0]
-    for blk in numba.prange((B + 3) // 4):
-        _block(ids, table, w_xh_t, bias, w_hh_t, head_t, head_b, state, pre, logits, blk * 4, min(blk * 4 + 4, B))
+    for blk in numba.prange((B + ROWS - 1) // ROWS):
+        i0 = blk * ROWS
+        i1 = min(i0 + ROWS, B)
+        for layer in range(state.shape[0]):
+            _layer(ids, table, w_xh, bias, w_hh, state, pre, layer, i0, i1)
+        _head(head, head_b, state, logits, i0, i1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _both_paths(block, alone, src, w):  # pragma: no cover - compiled
+    _dots4(block, src, w, 0)
+    for i in range(ROWS):
+        _dots1(alone, src, w, i)
+
+
+def paths_agree(shapes, seed: int = 0) -> bool:
+    """Whether a block of 4 rows and the rows one by one give the same bytes, for weight matrices of these
+    (N, K) shapes (float32), on random inputs."""
+    rng = np.random.default_rng(seed)
+    for N, K in shapes:
+        w = rng.standard_normal((N, K)).astype(np.float32)
+        src = rng.standard_normal((ROWS, K)).astype(np.float32)
+        block = rng.standard_normal((ROWS, N)).astype(np.float32)
+        alone = block.copy()
+        _both_paths(block, alone, src, w)
+        if block.tobytes() != alone.tobytes():
+            return False
+    return True

@@ -4,8 +4,9 @@ A seeded request must get the same text alone or beside any other requests, so a
 how many rows share the step or which. Three ways, by where the model runs:
 
 - tanh on the CPU with numba (the usual case): `NumbaTanhRows`, one compiled call per step for all rows, in which
-  every element is formed by the same IEEE operations whatever the batch (see _rowkernels.py for why a BLAS call
-  cannot promise that).
+  a row's values depend on its own inputs alone: blocks of 4 rows and the rows left over give the same bytes
+  (checked when it is made; every batch padded to whole blocks where not). See _rowkernels.py for why a BLAS call
+  cannot promise that.
 - any other cell on the CPU, or tanh without numba: `PerRowRows` steps each row on its own, always in the shape of
   a batch of one (the same computation for a row whoever else is active).
 - CUDA (or MPS): `PaddedRows` steps the whole capacity every time, active or not, so the shape of every product
@@ -18,9 +19,9 @@ freed one) and calls `step(ids)` with B ids; `reset(row)` zeroes a row's state, 
 
 from __future__ import annotations
 
-import numpy as np
+import time
 
-from ..inference.sampling import pick
+import numpy as np
 
 
 def make_rows(model, capacity: int, device):
@@ -42,7 +43,10 @@ def make_rows(model, capacity: int, device):
 
 
 class NumbaTanhRows:
-    parallel_from = 8  # rows from which the blocks of 4 rows are shared among numba's threads
+    parallel_from = 8  # rows from which the blocks of 4 rows may be shared among numba's threads ...
+    parallel_hidden = 256  # ... in a model this wide or wider: below it a step is a few microseconds of work, less
+    # than waking the threads costs (2x32, 16 rows, on a busy 2-core machine: 3 ms a step shared, 0.16 ms not)
+    explore_every = 64  # steps with that many rows: one of them runs the kernel not in favour, to time it again
 
     def __init__(self, model, capacity: int):
         from . import _rowkernels
@@ -50,10 +54,17 @@ class NumbaTanhRows:
         self.kernels = _rowkernels
         self.capacity = capacity
         self.load(model)
-        L, H = self.w_hh_t.shape[0], self.w_hh_t.shape[1]
-        self.state = np.zeros((L, capacity, H), np.float32)
-        self.pre = np.zeros((capacity, H), np.float32)
-        self.logits = np.zeros((capacity, self.head_t.shape[1]), np.float32)
+        L, H, V = self.w_hh.shape[0], self.w_hh.shape[1], self.head.shape[0]
+        # a block of 4 rows and a row alone must give the same bytes (_rowkernels.py); where they do not, every
+        # batch is padded to whole blocks (the rows past B compute what nobody reads)
+        self.padded = not _rowkernels.paths_agree([(H, H), (V, H)])
+        room = -(-capacity // _rowkernels.ROWS) * _rowkernels.ROWS
+        self.ids = np.zeros(room, np.int64)
+        self.state = np.zeros((L, room, H), np.float32)
+        self.pre = np.zeros((room, H), np.float32)
+        self.logits = np.zeros((room, V), np.float32)
+        self.per_row = [0.0, 0.0]  # seconds per row, a moving average, of the serial kernel [0] and the shared [1]
+        self.big_steps = 0
 
     def load(self, model) -> None:
         import torch
@@ -64,18 +75,35 @@ class NumbaTanhRows:
         with torch.no_grad():
             H = model.config.hidden_size
             self.table = arr(model.embed.weight + model.bias[0])  # V, H: W^1_xh + b^1
-            self.w_hh_t = np.stack([arr(w.t()) for w in model.w_hh])  # L, H, H
-            self.w_xh_t = (np.stack([arr(w.t()) for w in model.w_xh]) if len(model.w_xh)
-                           else np.zeros((1, H, H), np.float32))  # numba needs an array even for one layer
+            self.w_hh = np.stack([arr(w) for w in model.w_hh])  # L, H, H (row j: output j's weights)
+            self.w_xh = (np.stack([arr(w) for w in model.w_xh]) if len(model.w_xh)
+                         else np.zeros((1, H, H), np.float32))  # numba needs an array even for one layer
             self.bias = np.stack([arr(b) for b in model.bias])  # L, H
-            self.head_t = arr(model.head.weight.t())  # H, V
+            self.head = arr(model.head.weight)  # V, H
             self.head_b = arr(model.head.bias)
 
     def step(self, ids: np.ndarray) -> np.ndarray:
+        """Logits of rows 0..B-1. From parallel_from rows of a wide model, the serial kernel or the one shared among
+        numba's threads, whichever has been faster per row lately (timed as it runs, the other one tried every
+        explore_every steps): on a busy machine waking the threads can cost more than it saves. Both kernels give
+        the same bytes (each element's operations are the same), so the choice changes the time only."""
         B = len(ids)
-        k = self.kernels.tanh_step_parallel if B >= self.parallel_from else self.kernels.tanh_step
-        k(ids, self.table, self.w_xh_t, self.bias, self.w_hh_t, self.head_t, self.head_b, self.state, self.pre,
-          self.logits)
+        n = -(-B // self.kernels.ROWS) * self.kernels.ROWS if self.padded else B
+        self.ids[:B] = ids
+        args = (self.ids[:n], self.table, self.w_xh, self.bias, self.w_hh, self.head, self.head_b, self.state,
+                self.pre, self.logits)
+        if B < self.parallel_from or self.state.shape[2] < self.parallel_hidden:
+            self.kernels.tanh_step(*args)
+            return self.logits[:B]
+        self.big_steps += 1
+        shared = int(self.per_row[1] <= self.per_row[0])  # untimed (0.0) kernels go first
+        if self.big_steps % self.explore_every == 0:
+            shared = 1 - shared
+        t0 = time.perf_counter()
+        (self.kernels.tanh_step_parallel if shared else self.kernels.tanh_step)(*args)
+        took, was = (time.perf_counter() - t0) / B, self.per_row[shared]
+        # a time under half the average replaces it: one slow call (the first, compiling) must not keep a kernel out
+        self.per_row[shared] = took if was == 0.0 or took < was / 2 else 0.8 * was + 0.2 * took
         return self.logits[:B]
 
     def reset(self, row: int) -> None:
@@ -137,16 +165,17 @@ class PaddedRows(_TorchRows):
             return logits[:B].float().cpu().numpy()
 
 
-def choose(logits: np.ndarray, uniforms: np.ndarray, temperature: float, top_k, top_p) -> np.ndarray:
-    """Ids drawn for rows that share their sampling options: temperature 0 takes the most likely character
-    (greedy; the lowest id on a tie), otherwise sample.pick's rule (each row's arithmetic its own)."""
-    if temperature == 0:
-        return np.argmax(logits, axis=1)
-    return pick(logits, uniforms, temperature, top_k, top_p)
-
-
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """The model's log probabilities (temperature 1), float64, row by row."""
     z = np.asarray(logits, dtype=np.float64)
     z = z - z.max(axis=1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def logprob_entry(row: np.ndarray, c: int, n: int, chars) -> tuple:
+    """(the log probability of id c, {char: log probability} of the n most likely) from a row of log probabilities."""
+    top = {}
+    if n > 0:
+        for t in np.argsort(-row, kind="stable")[:n].tolist():
+            top[chars[t]] = float(row[t])
+    return float(row[c]), top

@@ -21,7 +21,8 @@ from typing import Optional
 
 import numpy as np
 
-from .rows import choose, log_softmax, make_rows
+from ..inference.sampling import pick
+from .rows import log_softmax, logprob_entry, make_rows
 
 UNIFORM_BLOCK = 1024  # uniforms drawn from a job's generator this many at a time (as sample.generate does)
 SHUTDOWN_GRACE = 2.0  # seconds the streams in flight get to finish once the server is told to stop
@@ -108,6 +109,7 @@ class Request:
         self.first_char: Optional[float] = None
         self.finished: Optional[float] = None
         self.admitted = False
+        self.touched = -1  # the scheduler's draw that last gave this request a character
 
     @property
     def done(self) -> bool:
@@ -133,6 +135,9 @@ class Scheduler:
         self.device = device
         self.metrics = metrics
         self.rows = make_rows(model, max_streams, device)
+        self.ids = np.zeros(max_streams, np.int64)  # each step's inputs
+        self.draws = 0  # steps that drew characters so far
+        self.unreported = 0  # characters generated and not yet added to the metrics' counter
         self.config = model.config
         self._warm()
         self.chars = vocab.chars
@@ -210,6 +215,9 @@ class Scheduler:
         self.requests.discard(request)
         if self.metrics is not None:
             self.metrics.request_duration.observe(request.finished - request.submitted)
+            if self.unreported:
+                self.metrics.characters.inc(self.unreported)
+                self.unreported = 0
         request.notify()
 
     def _admit(self) -> None:
@@ -311,7 +319,7 @@ class Scheduler:
     def _step(self) -> None:
         active = self.active
         B = len(active)
-        ids = np.empty(B, np.int64)
+        ids = self.ids[:B]
         drawing = []  # rows that draw a character after this step
         for i, (job, _) in enumerate(active):
             if job.pos < len(job.prompt_ids):
@@ -323,45 +331,66 @@ class Scheduler:
                 ids[i] = job.last
                 drawing.append(i)
         logits = self.rows.step(ids)
-        if not drawing:
-            return
-        groups: dict = {}
-        for i in drawing:
-            groups.setdefault(active[i][0].options, []).append(i)
-        picked = {}
-        for (temperature, top_k, top_p), rows in groups.items():
-            u = np.array([active[i][0].uniform() for i in rows])
-            for i, c in zip(rows, choose(logits[rows], u, temperature, top_k, top_p).tolist()):
-                picked[i] = c
+        if drawing:
+            self._draw(logits, drawing)
+
+    def _draw(self, logits: np.ndarray, drawing: list[int]) -> None:
+        """Draw the next character of every row in `drawing`, record it, and wake the handlers due a wake-up."""
+        active = self.active
+        picked = draw_ids(active, logits, drawing)
         wanting = [i for i in drawing if active[i][0].logprobs is not None]
-        lps = log_softmax(logits[wanting]) if wanting else None
+        lps = dict(zip(wanting, log_softmax(logits[wanting]))) if wanting else None
         now = time.monotonic()
-        touched = {}
+        self.draws = draw = self.draws + 1
+        touched, ended = [], []  # the requests given a character now (once each); those with a job that ended
         chars = self.chars
-        for i in drawing:
+        for i, c in zip(drawing, picked):
             job, request = active[i]
-            c = picked[i]
             job.last = c
-            if job.logprobs is not None:
-                row = lps[wanting.index(i)]
-                top = {}
-                if job.logprobs > 0:
-                    for t in np.argsort(-row, kind="stable")[: job.logprobs].tolist():
-                        top[chars[t]] = float(row[t])
-                job.entries.append((float(row[c]), top))
-            job.add(chars[c])
+            if lps is not None and job.logprobs is not None:
+                job.entries.append(logprob_entry(lps[i], c, job.logprobs, chars))
+            if job.add(chars[c]):
+                ended.append(request)
             if request.first_char is None:
                 request.first_char = now
                 request.last_wake = 0.0  # the first character goes out at once
                 if self.metrics is not None:
                     self.metrics.ttfc.observe(now - request.submitted)
-            touched[id(request)] = request
-        if self.metrics is not None:
-            self.metrics.characters.inc(len(drawing))
+            if request.touched != draw:
+                request.touched = draw
+                touched.append(request)
+        self.unreported += len(drawing)
+        finished = [r for r in dict.fromkeys(ended) if not r.done and all(j.finish_reason is not None for j in r.jobs)]
+        due = [r for r in touched if not r.done and r not in finished and now - r.last_wake >= FLUSH_INTERVAL]
+        if (finished or due) and self.metrics is not None:  # counted before a handler wakes, not at every step
+            self.metrics.characters.inc(self.unreported)
+            self.unreported = 0
         with self.cond:
-            for request in touched.values():
-                if all(job.finish_reason is not None for job in request.jobs):
-                    self._finish(request)
-                elif now - request.last_wake >= FLUSH_INTERVAL:
-                    request.last_wake = now
-                    request.notify()
+            for request in finished:
+                self._finish(request)
+            for request in due:
+                request.last_wake = now
+                request.notify()
+
+
+def draw_ids(active: list, logits: np.ndarray, drawing: list[int]) -> list[int]:
+    """The ids drawn for the rows in `drawing` of `active` ((job, request) per row), in its order: one pick per set
+    of sampling options."""
+    options = active[drawing[0]][0].options
+    if len(drawing) == 1:  # one row: its uniform as a view of its block, no new array
+        job = active[drawing[0]][0]
+        job.uniform()
+        return pick(logits[drawing[0] : drawing[0] + 1], job.uniforms[job.used - 1 : job.used], *options).tolist()
+    if all(active[i][0].options == options for i in drawing):  # the usual case: one call for all rows
+        u = np.array([active[i][0].uniform() for i in drawing])
+        return pick(logits if len(drawing) == len(active) else logits[drawing], u, *options).tolist()
+    groups: dict = {}
+    for n, i in enumerate(drawing):
+        groups.setdefault(active[i][0].options, []).append(n)
+    picked = [0] * len(drawing)
+    for options, members in groups.items():
+        rows = [drawing[n] for n in members]
+        u = np.array([active[i][0].uniform() for i in rows])
+        for n, c in zip(members, pick(logits[rows], u, *options).tolist()):
+            picked[n] = c
+    return picked

@@ -97,3 +97,70 @@ def test_the_padded_stepper_computes_the_models_step(cell):
         got = rows.step(ids)
         assert got.shape == (3, model.config.vocab_size)
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("hidden, layers, vocab, shared, padded", [
+    (512, 2, 65, False, False), (512, 2, 65, True, False), (100, 2, 37, False, False), (100, 2, 37, False, True)])
+def test_a_tanh_row_is_the_same_bytes_in_batches_of_1_to_17_at_any_position(hidden, layers, vocab, shared, padded):
+    """The compiled tanh stepper at the benchmark's size (2x512; from 8 rows its kernel on one thread, and the one
+    shared among numba's threads) and at an odd width (2x100: no multiple of a vector's width, and batches that end
+    in a partial block of rows): row r of a batch of B gets the same bytes as the same inputs stepped alone (always
+    the serial kernel), for every B from 1 to 17 and r first, middle or last: blocks of 4 rows and the rows left over
+    one by one agree (as the stepper checked when it was made), and so does the padded way (every batch in whole
+    blocks), taken where they would not."""
+    from charrnn.serve.rows import NumbaTanhRows, make_rows
+
+    def fresh():
+        rows = make_rows(model, 17, torch.device("cpu"))
+        if shared:  # the shared kernel has been the faster so far, and stays in favour (never re-timed here)
+            rows.per_row, rows.explore_every = [float("inf"), 0.0], 10**9
+        else:
+            rows.parallel_from = 10**9
+        if isinstance(rows, NumbaTanhRows):
+            if rows.padded and not padded:
+                pytest.skip("a block of rows and a row alone disagree on this CPU: serve pads every batch here")
+            rows.padded = padded
+        return rows
+
+    model = _model("tanh", hidden, layers, vocab)
+    rows = fresh()
+    if not isinstance(rows, NumbaTanhRows):
+        pytest.skip("numba does not load here: the per-row stepper (covered above) is used")
+    rng = np.random.default_rng(4)
+    T = 4
+    mine = rng.integers(0, vocab, T)
+    alone = _run(rows, mine[:, None])  # row 0 of a batch of one
+    for B in range(1, 18):
+        for r in sorted({0, B // 2, B - 1}):
+            batch = rng.integers(0, vocab, (T, B))
+            batch[:, r] = mine
+            rows = fresh()
+            got = np.stack([rows.step(np.ascontiguousarray(ids, dtype=np.int64))[r].copy() for ids in batch])
+            assert got.tobytes() == alone.tobytes(), (hidden, B, r)
+    if shared:
+        assert rows.per_row[1] > 0 and rows.per_row[0] == float("inf"), "the shared kernel did not run"
+
+
+def test_the_faster_kernel_is_chosen_and_the_other_retimed():
+    """From parallel_from rows, step() runs whichever kernel has been faster per row, and the other one every
+    explore_every steps (the kernels are stand-ins here that only count their calls)."""
+    from charrnn.serve.rows import NumbaTanhRows
+
+    rows = NumbaTanhRows(_model("tanh", 256, 1, 11), 8)
+    calls = {"serial": 0, "shared": 0}
+
+    class Kernels:
+        @staticmethod
+        def tanh_step(*args):
+            calls["serial"] += 1
+
+        @staticmethod
+        def tanh_step_parallel(*args):
+            calls["shared"] += 1
+
+    rows.kernels, rows.explore_every = Kernels, 10
+    rows.per_row = [1.0, 2.0]  # the serial kernel has been faster so far
+    for _ in range(100):
+        rows.step(np.zeros(8, np.int64))
+    assert calls["shared"] >= 10 and calls["serial"] >= 10  # each ran: one is chosen, the other retimed
+    assert calls["shared"] + calls["serial"] == 100
