@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,14 @@ TIMEOUT_FACTOR = float(os.environ.get("CHARRNN_TEST_TIMEOUT_FACTOR", "4"))
 if not TIMEOUT_FACTOR > 0:  # nan or <= 0 would turn every guard into an instant failure
     raise ValueError(f"CHARRNN_TEST_TIMEOUT_FACTOR must be a positive number, not {TIMEOUT_FACTOR}")
 
+
+def pytest_configure(config):
+    # A suite started as a background job (`pytest &` in a script, nohup) inherits SIGINT ignored, and so does
+    # every charrnn it starts: charrnn then keeps ignoring it, as a background job should (a test checks that). The
+    # tests that send SIGINT are about its default disposition, so the suite starts from it: a Python handler here
+    # is reset to the default in each child at exec.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def hang_guard(seconds: float) -> float:
     """`seconds` (what a quiet machine needs with room to spare) scaled by TIMEOUT_FACTOR: how long a test waits

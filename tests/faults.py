@@ -6,6 +6,9 @@ or kills: pass `{"hooks": {NAME: VALUE}}` to the fork server (tests/forkserver.p
 `python tests/faults.py '{NAME: VALUE}' ARGS...` (the CLI with those faults installed). The names:
 
     slow_write: SECONDS     checkpoint writes go in 8 chunks with SECONDS between them (a kill lands mid-save)
+    stall_write: {"write": N, "chunk": C, "marker": PATH}
+                            the Nth checkpoint file written (1: the first) stops once C + 1 pieces of it are
+                            written, creates PATH and waits to be killed (a kill lands mid-save, whatever the load)
     enospc_after: BYTES     checkpoint writes fail with ENOSPC once BYTES have been written (a full disk)
     nan_at: {"steps": [13, 14], "value": "nan" or "inf", "rank": 0}
                             the loss of those steps is multiplied by NaN (or Inf) on that rank, so its gradients
@@ -40,8 +43,8 @@ CHECKPOINT_SUFFIX = ".pt"
 class _FaultyFile:
     """Wraps the temp file of an atomic write: writes go through `write_chunk` in 8 pieces."""
 
-    def __init__(self, f, delay: float = 0.0, room: int | None = None):
-        self.f, self.delay, self.room = f, delay, room
+    def __init__(self, f, delay: float = 0.0, room: int | None = None, stall: tuple | None = None):
+        self.f, self.delay, self.room, self.stall, self.pieces = f, delay, room, stall, 0
 
     def write(self, data) -> int:
         data = bytes(data)
@@ -59,6 +62,12 @@ class _FaultyFile:
             self.f.flush()
             if self.delay:
                 time.sleep(self.delay)
+            self.pieces += 1
+            if self.stall is not None and self.pieces > self.stall[0]:
+                with open(self.stall[1], "w"):
+                    pass
+                while True:  # until SIGKILL
+                    time.sleep(1)
         return len(data)
 
     def __getattr__(self, name):
@@ -75,6 +84,18 @@ def _only(suffix: str, wrap):
 def slow_writes(seconds: float, suffix: str = CHECKPOINT_SUFFIX):
     """A fileio.write_hook: files ending in `suffix` are written in 8 chunks, `seconds` apart."""
     return _only(suffix, lambda f: _FaultyFile(f, delay=float(seconds)))
+
+
+def stalled_write(value: dict, suffix: str = CHECKPOINT_SUFFIX):
+    """A fileio.write_hook: the value["write"]-th file ending in `suffix` stops after its chunk value["chunk"],
+    creates value["marker"] and waits to be killed."""
+    written = [0]
+
+    def wrap(f):
+        written[0] += 1
+        return _FaultyFile(f, stall=(int(value["chunk"]), value["marker"])) if written[0] == int(value["write"]) else f
+
+    return _only(suffix, wrap)
 
 
 def disk_full_after(n_bytes: int, suffix: str = CHECKPOINT_SUFFIX):
@@ -158,6 +179,7 @@ INSTALLERS = {
     "encode_fails": lambda value: _on_local_rank(value) and _encode_hook(encode_fails(value)),
     "slow_write": lambda value: _set_write_hook(slow_writes(value)),
     "enospc_after": lambda value: _set_write_hook(disk_full_after(value)),
+    "stall_write": lambda value: _set_write_hook(stalled_write(value)),
     "nan_at": _nan_at,
     "pause_at": lambda value: _set("pause_step", int(value)),
     "crash_at": lambda value: _set("crash", value),

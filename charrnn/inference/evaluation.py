@@ -137,7 +137,7 @@ def evaluate(
     ids, what, skipped = text_ids(ckpt, vocab, file, skip_unknown)
     if len(ids) < 2:
         raise DataError(f"{what} has {len(ids)} character(s); at least 2 are needed to score one")
-    from ..training.progress import ScoreProgress
+    from .progress import ScoreProgress
 
     with ScoreProgress(len(ids) - 1, what, enabled=progress) as shown:
         score = score_ids(model, ids, streams=streams, chunk=max(64, train_config.seq_len), device=dev,

@@ -105,12 +105,19 @@ def train(
             raise
         finally:
             guard.done = True
-            if lock is not None:
-                lock.release()  # and removes the lock file: only a killed run leaves one
-            log.removeFilter(_quiet_rank)
-            if dist is not None:
-                distributed.shutdown(dist, together)
+            _release(lock, dist, together)
 
+
+def _release(lock, dist, together: bool) -> None:
+    """What train() holds, let go however it ends: the run directory's lock (and its file: only a killed run leaves
+    one), rank 0's voice, the process group (`together`: every rank leaves at the same point)."""
+    from . import distributed
+
+    if lock is not None:
+        lock.release()
+    log.removeFilter(_quiet_rank)
+    if dist is not None:
+        distributed.shutdown(dist, together)
 
 def check_run_name(name: Optional[str], run_dir: Optional[str], resume: Optional[str]) -> None:
     """--name: the prefix of a new run directory's name (NAME-YYYYmmdd-HHMMSS), one path component."""

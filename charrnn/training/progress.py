@@ -4,8 +4,7 @@ On a terminal: a bar (steps of the step limit, or elapsed of the time budget) an
 like its summary: step (of the limit), elapsed (of the budget), chars/s, val, loss, epoch, lr; no tqdm clocks or rates; messages (the charrnn logger's lines, samples) are written above the bar
 through tqdm, so they never land on a bar frame. Off a terminal (a file, a pipe): no bar frames at all, but one
 plain line every --log-every steps (step, epoch, loss, val, lr, chars/s, elapsed) and each message on its own line.
-Validations say what they are scoring while they run. `charrnn eval` shows how far it got through a long text
-(ScoreProgress): a bar on a terminal, a line every tenth elsewhere, once it has run for a couple of seconds.
+Validations say what they are scoring while they run (charrnn.inference.progress shows how far scoring has got).
 """
 
 from __future__ import annotations
@@ -153,46 +152,6 @@ class ProgressDisplay:
             if above in logger.handlers:
                 logger.handlers[logger.handlers.index(above)] = handler
         self._swapped.clear()
-
-
-class ScoreProgress:
-    """How far scoring a text has got, on stderr: on a terminal a tqdm bar of characters, elsewhere a plain line at
-    each tenth ("charrnn: scoring FILE: 30% (300,000 of 1,000,000 characters)"). Nothing for a text scored within
-    `delay` seconds (a short file), nothing on stdout. A context manager; `update(chars)` takes the count so far."""
-
-    def __init__(self, total: int, what: str, enabled: bool = True, delay: float = 2.0,
-                 stream: Optional[TextIO] = None, terminal: Optional[bool] = None, clock=time.perf_counter):
-        self.total, self.what, self.enabled, self.delay, self.clock = max(1, total), what, enabled, delay, clock
-        self.stream = stream if stream is not None else sys.stderr
-        if terminal is None:
-            terminal = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.terminal, self.bar, self.shown_tenths = terminal, None, 0
-        self.started = clock()
-
-    def __enter__(self) -> "ScoreProgress":
-        if self.enabled and self.terminal:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=self.total, desc=f"scoring {self.what}", unit="char", unit_scale=True,
-                            file=self.stream, delay=self.delay, dynamic_ncols=True, leave=False)
-        return self
-
-    def update(self, chars: int) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.update(chars - self.bar.n)
-            return
-        tenths = min(10, chars * 10 // self.total)
-        if tenths > self.shown_tenths and self.clock() - self.started >= self.delay:
-            self.shown_tenths = tenths
-            self.stream.write(f"charrnn: scoring {self.what}: {tenths * 10}% ({chars:,} of {self.total:,} "
-                              f"characters)\n")
-            self.stream.flush()
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 class _AboveTheBar(logging.Handler):

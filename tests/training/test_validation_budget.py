@@ -20,7 +20,7 @@ from charrnn.config import (VAL_CHARS_CAP, VAL_CHARS_FLOOR, ModelConfig, TrainCo
 from charrnn.cli.configfile import config_toml, read_config
 from charrnn.errors import UsageError
 from charrnn.inference.evaluation import score_ids, scored_chars, windows
-from charrnn.training.progress import ScoreProgress
+from charrnn.inference.progress import ScoreProgress
 from charrnn.training.resume import merge_configs
 from charrnn.model.runtime import build_model
 from charrnn.training.schedule import EVAL_SPEEDUP, EndCost, StopRule
