@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -29,6 +30,17 @@ def pytest_configure(config):
     # is reset to the default in each child at exec.
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+@pytest.fixture(autouse=True)
+def _charrnn_logger_as_it_was():
+    """A test that runs the CLI in this process gets its setup_logging: the charrnn logger's handler then writes to
+    that test's captured stderr (closed after it) and propagation is off. Put the logger back after every test."""
+    logger = logging.getLogger("charrnn")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
 
 def hang_guard(seconds: float) -> float:
     """`seconds` (what a quiet machine needs with room to spare) scaled by TIMEOUT_FACTOR: how long a test waits
