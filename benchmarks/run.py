@@ -315,7 +315,8 @@ def bench_cli(quick: bool, precision: str, loop_rows: list, loop_sample: dict, H
         charrnn_cli("train", corpus, "--hidden-size", str(sample_hidden), "--num-layers", "2", "--batch-size", "4",
                     "--seq-len", "16", "--max-steps", "1", "--val-frac", "0.001", "--sample-every", "0", "--run-dir",
                     ckpt, "-q")
-        short, long_ = lengths or (200, 2000 if quick else 5000)
+        # long enough that start-up's variation (seconds) is small beside the generation measured
+        short, long_ = lengths or (200, 20000)
         walls = {short: [], long_: []}
         for _ in range(3):
             for length in (short, long_):
