@@ -57,6 +57,34 @@ def _tanh_fast(row):  # pragma: no cover
 
 
 @numba.njit(fastmath=_FAST, cache=True, nogil=True, error_model="numpy")
+def dots4x2(dst, base, src, w, i0):  # pragma: no cover - compiled
+    """dst[i, j] = base[i, j] + src[i] . w[j] for the rows i0..i0+3 and every j, 4 rows x 2 columns at a time: 8
+    FMA chains over k (base may be dst: every value is read before any write). The training kernel's block and
+    serve's batch-invariant rows both step through it."""
+    N, K = w.shape
+    i1, i2, i3 = i0 + 1, i0 + 2, i0 + 3
+    zero = dst.dtype.type(0)
+    for j in range(0, N, 2):
+        j1 = min(j + 1, N - 1)  # odd N: the last column twice (every value is read before any write)
+        s0a = s1a = s2a = s3a = s0b = s1b = s2b = s3b = zero
+        for k in range(K):
+            a, b = w[j, k], w[j1, k]
+            p0, p1, p2, p3 = src[i0, k], src[i1, k], src[i2, k], src[i3, k]
+            s0a += p0 * a
+            s1a += p1 * a
+            s2a += p2 * a
+            s3a += p3 * a
+            s0b += p0 * b
+            s1b += p1 * b
+            s2b += p2 * b
+            s3b += p3 * b
+        v0a, v1a, v2a, v3a = base[i0, j] + s0a, base[i1, j] + s1a, base[i2, j] + s2a, base[i3, j] + s3a
+        v0b, v1b, v2b, v3b = base[i0, j1] + s0b, base[i1, j1] + s1b, base[i2, j1] + s2b, base[i3, j1] + s3b
+        dst[i0, j], dst[i1, j], dst[i2, j], dst[i3, j] = v0a, v1a, v2a, v3a
+        dst[i0, j1], dst[i1, j1], dst[i2, j1], dst[i3, j1] = v0b, v1b, v2b, v3b
+
+
+@numba.njit(fastmath=_FAST, cache=True, nogil=True, error_model="numpy")
 def _block(pre, out, first, w, hs, backward, fast, i0):  # pragma: no cover
     """Rows i0 .. i0+3 (those that exist) for all T steps. Four rows: outputs (4 rows) x (2 columns) as dot products
     over k, 8 FMA chains. Fewer (the last block when B % 4 != 0, the whole batch when B < 4): each real row alone,
@@ -74,27 +102,7 @@ def _block(pre, out, first, w, hs, backward, fast, i0):  # pragma: no cover
         else:
             src = out[t - 1]
         if rows == ROWS:
-            i1, i2, i3 = i0 + 1, i0 + 2, i0 + 3
-            for j in range(0, H, 2):
-                # a repeated last column (odd H) gets the same value twice: every value is read before any write
-                j1 = min(j + 1, H - 1)
-                s0a = s1a = s2a = s3a = s0b = s1b = s2b = s3b = zero
-                for k in range(H):
-                    a, b = w[j, k], w[j1, k]
-                    p0, p1, p2, p3 = src[i0, k], src[i1, k], src[i2, k], src[i3, k]
-                    s0a += p0 * a
-                    s1a += p1 * a
-                    s2a += p2 * a
-                    s3a += p3 * a
-                    s0b += p0 * b
-                    s1b += p1 * b
-                    s2b += p2 * b
-                    s3b += p3 * b
-                v0a, v1a, v2a, v3a = pre[t, i0, j] + s0a, pre[t, i1, j] + s1a, pre[t, i2, j] + s2a, pre[t, i3, j] + s3a
-                v0b, v1b = pre[t, i0, j1] + s0b, pre[t, i1, j1] + s1b
-                v2b, v3b = pre[t, i2, j1] + s2b, pre[t, i3, j1] + s3b
-                out[t, i0, j], out[t, i1, j], out[t, i2, j], out[t, i3, j] = v0a, v1a, v2a, v3a
-                out[t, i0, j1], out[t, i1, j1], out[t, i2, j1], out[t, i3, j1] = v0b, v1b, v2b, v3b
+            dots4x2(out[t], pre[t], src, w, i0)
         else:
             for i in range(i0, i0 + rows):
                 for j in range(0, H, 4):  # one row x 4 columns: 4 FMA chains

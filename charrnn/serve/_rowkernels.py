@@ -20,40 +20,14 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ..model._kernels import _FAST, _tanh_fast  # float32 tanh, element by element (the training kernel's own)
+from ..model._kernels import _FAST, _tanh_fast, dots4x2  # float32 tanh element by element; the 4-row block
 
 ROWS = 4
 
 
 @numba.njit(fastmath=_FAST, cache=True, nogil=True, error_model="numpy")
-def _dots4(dst, src, w, i0):  # pragma: no cover - compiled
-    """dst[i, j] += src[i] . w[j] for the rows i0..i0+3 and every j: 4 rows x 2 columns at a time."""
-    N, K = w.shape
-    i1, i2, i3 = i0 + 1, i0 + 2, i0 + 3
-    zero = dst.dtype.type(0)
-    for j in range(0, N, 2):
-        j1 = min(j + 1, N - 1)  # odd N: the last column twice (every value is read before any write)
-        s0a = s1a = s2a = s3a = s0b = s1b = s2b = s3b = zero
-        for k in range(K):
-            a, b = w[j, k], w[j1, k]
-            p0, p1, p2, p3 = src[i0, k], src[i1, k], src[i2, k], src[i3, k]
-            s0a += p0 * a
-            s1a += p1 * a
-            s2a += p2 * a
-            s3a += p3 * a
-            s0b += p0 * b
-            s1b += p1 * b
-            s2b += p2 * b
-            s3b += p3 * b
-        v0a, v1a, v2a, v3a = dst[i0, j] + s0a, dst[i1, j] + s1a, dst[i2, j] + s2a, dst[i3, j] + s3a
-        v0b, v1b, v2b, v3b = dst[i0, j1] + s0b, dst[i1, j1] + s1b, dst[i2, j1] + s2b, dst[i3, j1] + s3b
-        dst[i0, j], dst[i1, j], dst[i2, j], dst[i3, j] = v0a, v1a, v2a, v3a
-        dst[i0, j1], dst[i1, j1], dst[i2, j1], dst[i3, j1] = v0b, v1b, v2b, v3b
-
-
-@numba.njit(fastmath=_FAST, cache=True, nogil=True, error_model="numpy")
 def _dots1(dst, src, w, i):  # pragma: no cover - compiled
-    """dst[i, j] += src[i] . w[j] for the one row i and every j: 8 columns at a time (8 chains, as _dots4)."""
+    """dst[i, j] += src[i] . w[j] for the one row i and every j: 8 columns at a time (8 chains, as dots4x2)."""
     N, K = w.shape
     zero = dst.dtype.type(0)
     for j in range(0, N, 8):
@@ -80,7 +54,7 @@ def _dots1(dst, src, w, i):  # pragma: no cover - compiled
 def _dots(dst, src, w, i0, i1):  # pragma: no cover - compiled
     """Rows i0..i1-1 (at most 4): a whole block, or the rows left over one by one."""
     if i1 - i0 == ROWS:
-        _dots4(dst, src, w, i0)
+        dots4x2(dst, dst, src, w, i0)
     else:
         for i in range(i0, i1):
             _dots1(dst, src, w, i)
@@ -132,7 +106,7 @@ def tanh_step_parallel(ids, table, w_xh, bias, w_hh, head, head_b, state, pre, l
 
 @numba.njit(cache=True, nogil=True)
 def _both_paths(block, alone, src, w):  # pragma: no cover - compiled
-    _dots4(block, src, w, 0)
+    dots4x2(block, block, src, w, 0)
     for i in range(ROWS):
         _dots1(alone, src, w, i)
 
