@@ -31,6 +31,7 @@ def pytest_configure(config):
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
+
 @pytest.fixture(autouse=True)
 def _charrnn_logger_as_it_was():
     """A test that runs the CLI in this process gets its setup_logging: the charrnn logger's handler then writes to
@@ -41,6 +42,7 @@ def _charrnn_logger_as_it_was():
     logger.handlers[:] = handlers
     logger.setLevel(level)
     logger.propagate = propagate
+
 
 def hang_guard(seconds: float) -> float:
     """`seconds` (what a quiet machine needs with room to spare) scaled by TIMEOUT_FACTOR: how long a test waits

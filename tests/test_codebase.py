@@ -35,6 +35,7 @@ def test_no_function_is_longer_than_about_80_lines():
 # issue 29's size rules, for the whole package
 MODULE_LINES, FUNCTION_BODY, CLASS_LINES, INIT_LINES = 400, 60, 250, 40
 
+
 def _sizes(root: pathlib.Path = PACKAGE):
     """(kind, where, size, the rule's limit) for every module, function body (its statements, docstring included,
     below the signature) and class in the package."""

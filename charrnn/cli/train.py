@@ -106,7 +106,7 @@ def train(
                         progress=not quiet, allow_lr_change=allow_lr_change, memory_check=not no_memory_check,
                         started=_command_started(), name=name, remeasure=remeasure, sha256=sha256)
 
-    from ..training.launch import startup_signals
+    from ..training.signals import startup_signals
 
     with startup_signals():  # until the loop's own handlers: a signal stops start-up at once, with one line
         _train_done(guarded(go), save_config, quiet)

@@ -1,6 +1,6 @@
 """Corpora by name and by URL: download once into the data directory, verify a sha256, reuse the cached file.
 
-`resolve_corpus(arg)` turns a CORPUS argument into something `data.read_corpus` reads:
+`resolve_corpus(arg)` turns a CORPUS argument into something `data.dataset.read_corpus` reads:
 
 - None (the demo corpus), `-` (stdin) and any existing local path are returned unchanged: a name that is also
   a local file or directory means the local one;
@@ -94,7 +94,8 @@ def _check_sha256_arg(sha256: Optional[str]) -> Optional[str]:
 
 
 def resolve_corpus(arg: Optional[str], sha256: Optional[str] = None, data_dir: Optional[str] = None) -> Optional[str]:
-    """The local path (or None / '-') that `data.read_corpus` should read for a CORPUS argument; see the module doc."""
+    """The local path (or None / '-') that `data.dataset.read_corpus` should read for a CORPUS argument; see the
+    module doc."""
     path = corpus_path(arg, sha256, data_dir)  # the refusals that cost nothing come first
     expected = _check_sha256_arg(sha256)
     if path == arg:  # None, '-' or a local path

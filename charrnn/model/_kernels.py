@@ -60,7 +60,8 @@ def _tanh_fast(row):  # pragma: no cover
 def dots4x2(dst, base, src, w, i0):  # pragma: no cover - compiled
     """dst[i, j] = base[i, j] + src[i] . w[j] for the rows i0..i0+3 and every j, 4 rows x 2 columns at a time: 8
     FMA chains over k (base may be dst: every value is read before any write). The training kernel's block and
-    serve's batch-invariant rows both step through it."""
+    serve's batch-invariant rows both step through it. numba's cache does not see a change here from serve's
+    functions (another file): after editing this one, clear the __pycache__ of charrnn/serve too."""
     N, K = w.shape
     i1, i2, i3 = i0 + 1, i0 + 2, i0 + 3
     zero = dst.dtype.type(0)

@@ -218,7 +218,7 @@ def planned_steps(meta: dict) -> Optional[int]:
 
 def batches_per_epoch(meta: dict) -> Optional[int]:
     """Steps per pass over the training split: from the step counters after a whole epoch (step = epoch *
-    batches + batch), else from the corpus size as data.split_ids and data.StreamBatcher lay it out."""
+    batches + batch), else from the corpus size as data/batches.py's split_ids and StreamBatcher lay it out."""
     train, progress = meta.get("train_config") or {}, meta.get("progress") or {}
     step, epoch, batch = progress.get("step"), progress.get("epoch"), progress.get("batch")
     if isinstance(step, int) and isinstance(epoch, int) and isinstance(batch, int) and epoch >= 1:

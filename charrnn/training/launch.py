@@ -1,10 +1,11 @@
 """`charrnn train`: set a run up, then hand it to the training loop (training/trainer.py).
 
-    configuration (fresh, or the checkpoint's with the options that may change) -> corpus (once per node under
-    torchrun) -> splits and stream batcher -> process group and device -> precision plan -> stop rule -> run
-    directory (created, locked, cleaned) -> Trainer(...).run()
+    configuration (fresh, or the checkpoint's with the options that may change) -> corpus argument checked (no
+    I/O) -> run directory (created, locked) -> corpus read, downloaded, hashed (once per node under torchrun) ->
+    process group and device -> splits and stream batcher -> precision plan -> stop rule -> Trainer(...).run()
 
-Everything that can be refused is refused here, before the run directory exists, with one clear line.
+What needs no reading is refused before the run directory exists; a later refusal removes what was made. Either
+way: one clear line, and nothing left behind.
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ def train(
     hooks: Optional[TrainHooks] = None,
     memory_check: bool = True,
     started: Optional[float] = None,
-    sha256: Optional[str] = None,
     name: Optional[str] = None,
     remeasure: bool = False,
+    sha256: Optional[str] = None,
 ) -> TrainResult:
     """Train a CharRNN on `corpus` (a file, a directory, '-' for stdin, a corpus name or URL, None for the demo corpus).
 
@@ -118,6 +119,7 @@ def _release(lock, dist, together: bool) -> None:
     log.removeFilter(_quiet_rank)
     if dist is not None:
         distributed.shutdown(dist, together)
+
 
 def check_run_name(name: Optional[str], run_dir: Optional[str], resume: Optional[str]) -> None:
     """--name: the prefix of a new run directory's name (NAME-YYYYmmdd-HHMMSS), one path component."""

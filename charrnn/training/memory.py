@@ -8,8 +8,7 @@ from typing import Optional
 
 from ..config import ModelConfig, TrainConfig
 from ..errors import CharrnnError, UsageError
-from ..store.units import GB, count, size
-
+from ..store.units import count, size
 
 
 def memory_needed(model_config: ModelConfig, cfg: TrainConfig, streams: int) -> tuple[int, int]:
