@@ -37,11 +37,12 @@ def _charrnn_logger_as_it_was():
     """A test that runs the CLI in this process gets its setup_logging: the charrnn logger's handler then writes to
     that test's captured stderr (closed after it) and propagation is off. Put the logger back after every test."""
     logger = logging.getLogger("charrnn")
-    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    handlers, filters, level, propagate, disabled = (list(logger.handlers), list(logger.filters), logger.level,
+                                                     logger.propagate, logger.disabled)
     yield
-    logger.handlers[:] = handlers
+    logger.handlers[:], logger.filters[:] = handlers, filters
     logger.setLevel(level)
-    logger.propagate = propagate
+    logger.propagate, logger.disabled = propagate, disabled
 
 
 def hang_guard(seconds: float) -> float:
