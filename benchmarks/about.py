@@ -61,7 +61,8 @@ def torch_machine() -> dict:
 
     from charrnn.model.precision import cpu_supports_bf16
 
-    return {**machine(), "torch_threads": torch.get_num_threads(), "native_bf16": cpu_supports_bf16()}
+    gpu = {"gpu": torch.cuda.get_device_name(0), "cuda": torch.version.cuda} if torch.cuda.is_available() else {}
+    return {**machine(), "torch_threads": torch.get_num_threads(), "native_bf16": cpu_supports_bf16(), **gpu}
 
 
 def about(**extra) -> dict:

@@ -68,10 +68,11 @@ def bench_sample(run: str, chars: int, num_samples: int, repeats: int) -> float:
 
 
 class Serve:
-    def __init__(self, run: str, max_streams: int, max_chars: int):
+    def __init__(self, run: str, max_streams: int, max_chars: int, device: str = "cpu"):
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.proc = subprocess.Popen([sys.executable, "-m", "charrnn", "serve", run, "--port", "0", "--max-streams",
-                                      str(max_streams), "--max-queue", "1024", "--max-chars", str(max_chars)],
+                                      str(max_streams), "--max-queue", "1024", "--max-chars", str(max_chars),
+                                      "--device", device],
                                      env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
         for raw in self.proc.stderr:
             m = re.search(r"on http://([\d.]+):(\d+)$", raw.decode().strip())
@@ -138,20 +139,21 @@ def main() -> None:
     ap.add_argument("--clients", default="1,4,16,64")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--device", default="cpu", help="serve's --device (sample is always timed on the CPU)")
     args = ap.parse_args()
     if args.quick:
         args.hidden, args.chars, args.clients, args.repeats = 32, 200, "1,4", 1
     clients = [int(c) for c in args.clients.split(",")]
     result = {"about": about(benchmark="serve"), "machine": torch_machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
               "loadavg_start": os.getloadavg(), "model": f"tanh {args.layers}x{args.hidden}", "chars": args.chars,
-              "repeats": args.repeats}
+              "repeats": args.repeats, "serve_device": args.device}
     print(f"machine: {result['machine']}  commit {result['commit'][:10]}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         run = train_throwaway(tmp, args.hidden, args.layers)
         result["sample_1"] = bench_sample(run, args.chars, 1, args.repeats)
         result["sample_16"] = bench_sample(run, args.chars, 16, args.repeats)
         print(f"  sample: {result['sample_1']:.0f} chars/s one stream, {result['sample_16']:.0f} with 16", flush=True)
-        server = Serve(run, max(16, max(clients)), args.chars)
+        server = Serve(run, max(16, max(clients)), args.chars, args.device)
         try:
             result["serve"] = {}
             for c in clients:
@@ -169,7 +171,7 @@ def main() -> None:
     }
     print(f"  targets: {result['targets']} (want >= 0.8, >= 0.8, < 100)", flush=True)
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"serve-{'quick-' if args.quick else ''}{time.strftime('%Y%m%d-%H%M')}.json")
+    path = os.path.join(args.out, f"serve-{'' if args.device == 'cpu' else args.device + '-'}{'quick-' if args.quick else ''}{time.strftime('%Y%m%d-%H%M')}.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     print(f"wrote {path}")

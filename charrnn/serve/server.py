@@ -182,7 +182,8 @@ def serve(checkpoint: Optional[str] = None, host: str = "127.0.0.1", port: int =
     if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
         say(f"warning: listening on {host} without --api-key: anyone who can reach this machine can use the model")
     stop_watch = threading.Event()
-    ready = f"serving {info['name']} (step {info.get('step')}) on http://{shown_host}:{sock.getsockname()[1]}"
+    where = "" if dev.type == "cpu" else f", {dev}"
+    ready = f"serving {info['name']} (step {info.get('step')}{where}) on http://{shown_host}:{sock.getsockname()[1]}"
     server = _server(uvicorn, build_app(settings), settings, stop_watch, ready, say)
     scheduler.start()
     if watch:
