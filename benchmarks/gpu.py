@@ -1,15 +1,18 @@
 """GPU benchmark and check, one command (about 7 minutes on one H100/H200):
 
     python benchmarks/gpu.py [--corpus tinyshakespeare.txt] [--out DIR] [--skip-tests] [--skip-speed]
-                             [--skip-quality] [--budget 180] [--quality-extra "--hidden-size 1024" ...]
+                             [--skip-serve] [--skip-quality] [--budget 180] [--quality-extra "--hidden-size 1024" ...]
 
 1. runs `pytest tests/gpu` (each cell and kernel in fp32/bf16/fp16, resume on GPU, a GPU checkpoint sampled and
-   evaluated on CPU, torchrun with NCCL);
+   evaluated on CPU, torchrun with NCCL; `serve --device cuda` for each cell, seeded requests alone and beside 15
+   streams; a GPU-trained model exported to ONNX, safetensors and the web; these need the serve and export extras);
 2. times training chars/s on random batches for tanh 2x512 and 3x1024 at B64 and B256, T128: charrnn with cuDNN
    (--kernel nn) and with the fused kernel, in each precision the policy allows, beside stock nn.RNN
    (nn.Embedding -> nn.RNN -> nn.Linear, fp32 and under fp16 autocast with a GradScaler, the stock recipe); GRU and
    LSTM at 2x512 B64; sampling chars/s (`charrnn sample` samples on the CPU: it is the CPU of this machine);
-3. trains `charrnn train CORPUS --val-frac 0.1 --test-frac 0 --time-budget 180` at the defaults (first 90 % train,
+3. measures `charrnn serve --device cuda` under 1, 4, 16 and 64 streaming clients (benchmarks/serve.py, its own
+   JSON file in --out);
+4. trains `charrnn train CORPUS --val-frac 0.1 --test-frac 0 --time-budget 180` at the defaults (first 90 % train,
    last 10 % validation, as nanoGPT's shakespeare_char: val 1.4697 after about 3 minutes on one A100) and reports
    the best validation loss. --quality-extra adds runs with other options, run at the same time as the defaults
    (the table says so: they share the GPU and may slow each other).
@@ -216,6 +219,7 @@ def main() -> None:
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--quick-speed", action="store_true", help="only charrnn cuDNN fp32 and stock nn.RNN fp32")
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--skip-serve", action="store_true")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu.py needs a CUDA GPU")
@@ -244,6 +248,12 @@ def main() -> None:
             dump()
             if os.path.exists(args.corpus) and not args.quick_speed:
                 results["sampling"] = sampling_speed(tmp, args.corpus)
+            dump()
+        if not args.skip_serve:  # benchmarks/serve.py with --device cuda: its own JSON file beside this one
+            proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "serve.py"), "--device", "cuda",
+                                   "--repeats", "2", "--out", args.out], cwd=ROOT, capture_output=True, text=True)
+            print(proc.stdout[-3000:], proc.stderr[-2000:], file=sys.stderr)
+            results["serve"] = {"output": proc.stdout.strip().splitlines()[-7:], "returncode": proc.returncode}
             dump()
         if not args.skip_quality:
             results["quality"] = quality(args.corpus, args.budget, args.quality_extra, tmp)
