@@ -237,7 +237,7 @@ def choose_model_size(model_config, cfg, device, dist, plan_for: Callable, train
             if not steady:
                 note = ((note + "; ") if note else "") + (
                     f"timed {timed} now, but this machine was too busy for steady timings (they differed by up to "
-                    f"{worst:.0%}, more than {AGREE:.0%}, {TRIES} times): used for this run only and not kept; "
+                    f"{worst:.0%}, more than {AGREE:.0%}): used for this run only and not kept; "
                     f"a run on a quieter machine measures again")
             elif failed:
                 note = ((note + "; ") if note else "") + f"timed {timed} now, not kept: {failed}"
@@ -274,7 +274,8 @@ def _time_candidates(sizes: list, configs: dict, plans: dict, cfg, device, budge
                 steps[size] = training_step(configs[size], cfg, device, plans[size])
             except RuntimeError:  # out of memory building it
                 failed[size] = math.inf
-        measured, worst, steady = measure(steps, PROBE_SHARE * budget, sync) if steps else ({}, 0.0, True)
+        probe = PROBE_SHARE * budget
+        measured, worst, steady = measure(steps, probe, sync, deadline=TRIES * probe) if steps else ({}, 0.0, True)
     steps.clear()
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the candidates' blocks, before the run measures free memory

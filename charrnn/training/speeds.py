@@ -12,10 +12,10 @@ import os
 import time
 from typing import Callable, Optional
 
-ROUNDS = 3  # each candidate is timed this many times, in interleaved rounds, and
+ROUNDS = 4  # each candidate is timed in this many interleaved rounds, and
 ROUND_CALLS = 2  # calls of each size a round at least, the fastest of them its timing
-AGREE = 0.10  # those timings must agree within this share of the fastest to be kept; else
-TRIES = 3  # the rounds are run again, at most this many times in all; then used for this run only, not kept
+AGREE = 0.10  # the fastest call of the first half of the rounds and of the second must agree within this share to
+TRIES = 3  # be kept; else all rounds again, at most this many times in all; then used for this run only, not kept
 SPEEDS_FORMAT = 1  # the speed file's format
 
 
@@ -49,13 +49,15 @@ def spread(times: list) -> float:
 
 def measure(steps: dict, budget: float, sync: Callable[[], None] = lambda: None,
             clock: Callable[[], float] = time.perf_counter, rounds: int = ROUNDS, tries: int = TRIES,
-            agree: float = AGREE) -> tuple[dict, float, bool]:
+            agree: float = AGREE, deadline: Optional[float] = None) -> tuple[dict, float, bool]:
     """Time every step function in `steps` ({size: step}): one warm-up call each, then `rounds` interleaved rounds
-    of about `budget` seconds in all (at least ROUND_CALLS calls of each size a round, the fastest call its timing),
-    so that a change of load shows as timings of one size that disagree. Where
-    they disagree by more than `agree`, all rounds again, `tries` times at most. Returns (the median seconds per
-    step of each size, infinite where its step failed: out of memory; the largest disagreement; whether it was
-    within `agree`, so the speeds may be kept)."""
+    of about `budget` seconds in all (at least ROUND_CALLS calls of each size a round, the fastest call its timing).
+    A change of load while timing shows as a fastest call in the first half of the rounds that disagrees with the
+    fastest in the second (one round's fastest call alone varies by up to ~20 % on a quiet 2-core VM; the fastest of
+    half the rounds, by a few %). Where they disagree by more than `agree`, all rounds again, `tries` times at most,
+    and none begun once `deadline` seconds have passed (a short budget's floor of calls can take several times
+    its share). Returns (the median round timing of each size, infinite where its step failed: out of memory; the
+    largest disagreement; whether it was within `agree`, so the speeds may be kept)."""
     times = {}
     for size, step in steps.items():
         try:
@@ -64,10 +66,10 @@ def measure(steps: dict, budget: float, sync: Callable[[], None] = lambda: None,
         except RuntimeError:  # out of memory
             times[size] = math.inf
     live = [size for size in steps if size not in times]
-    worst = 0.0
+    worst, rounds, started = 0.0, max(2, rounds), clock()
     for _ in range(max(1, tries)):
         samples: dict = {size: [] for size in live}
-        for _ in range(max(1, rounds)):
+        for _ in range(rounds):
             for size in list(live):
                 try:
                     samples[size].append(time_steps(steps[size], budget / rounds / len(live), sync, clock,
@@ -75,12 +77,16 @@ def measure(steps: dict, budget: float, sync: Callable[[], None] = lambda: None,
                 except RuntimeError:
                     live.remove(size)
                     times[size] = math.inf
-        worst = max((spread(v) for size, v in samples.items() if size in live), default=0.0)
+        half = rounds // 2
+        worst = max((spread([min(v[:half]), min(v[half:])]) for size, v in samples.items() if size in live),
+                    default=0.0)
         for size in live:
             ordered = sorted(samples[size])
             times[size] = ordered[len(ordered) // 2]
         if worst <= agree:
             return times, worst, True
+        if deadline is not None and clock() - started >= deadline:
+            break
     return times, worst, False
 
 
