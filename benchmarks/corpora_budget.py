@@ -3,7 +3,8 @@
     python benchmarks/calibration_corpora.py CAL                 # once: CAL/c-1000000.txt, french-..., python-...
     python benchmarks/corpora_budget.py CAL/*-1000000.txt        # 60 s, seeds 1-3, auto + 2x128 2x256 2x512 3x256
     python benchmarks/corpora_budget.py FILES --budget 300 --seeds 1,2,3 --sizes 2x256,2x512
-    python benchmarks/corpora_budget.py --summary results/corpora-budget-60s-DATE.jsonl   # the table again
+    python benchmarks/corpora_budget.py --summary A.jsonl B.jsonl   # the table of several files (a point in a later
+                                                                    # file replaces the same corpus/size/seed earlier)
 
 Each point is a fresh `charrnn train CORPUS --val-frac 0.1 --test-frac 0 --time-budget B --seed S` (benchmarks/
 quality.py's run), with no size option (auto) or with --num-layers/--hidden-size, at the defaults otherwise (the
@@ -48,7 +49,7 @@ def summary(rows: list[dict]) -> str:
         by[r["corpus"]][r["size"]].append(r["val_nats"])
         if r["size"] == "auto":
             chosen[r["corpus"]].append(r["chose"])
-    lines = ["| corpus | " + " | ".join(["auto (chose)", "best size", "auto - best"]) + " | each size: mean (spread, n) |",
+    lines = ["| corpus | auto (chose) | best size | auto - best | each size: mean (spread, n) |",
              "|---|---|---|---|---|"]
     for corpus, sizes in by.items():
         means = {s: statistics.mean(v) for s, v in sizes.items()}
@@ -68,12 +69,16 @@ def main() -> None:
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--sizes", default="auto,2x128,2x256,2x512,3x256")
     ap.add_argument("--home", default=None, help="CHARRNN_HOME for every run (default: a fresh temp directory)")
-    ap.add_argument("--summary", default=None, help="print the table of a JSONL file and stop")
+    ap.add_argument("--summary", nargs="+", default=None, help="print the table of JSONL files and stop")
     ap.add_argument("--out", default=str(HERE / "results"))
     args, extra = ap.parse_known_args()
     if args.summary:
-        with open(args.summary) as f:
-            print(summary([json.loads(line) for line in f][1:]))
+        points = {}
+        for name in args.summary:
+            with open(name) as f:
+                for row in [json.loads(line) for line in f][1:]:
+                    points[row["corpus"], row["size"], row["seed"]] = row
+        print(summary(list(points.values())))
         return
     if not args.corpora:
         ap.error("name at least one corpus file")

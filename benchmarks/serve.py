@@ -171,7 +171,8 @@ def main() -> None:
     }
     print(f"  targets: {result['targets']} (want >= 0.8, >= 0.8, < 100)", flush=True)
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"serve-{'' if args.device == 'cpu' else args.device + '-'}{'quick-' if args.quick else ''}{time.strftime('%Y%m%d-%H%M')}.json")
+    kind = ("" if args.device == "cpu" else args.device + "-") + ("quick-" if args.quick else "")
+    path = os.path.join(args.out, f"serve-{kind}{time.strftime('%Y%m%d-%H%M')}.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     print(f"wrote {path}")
