@@ -74,8 +74,8 @@ def fewer_steps_than_expected(result) -> Optional[str]:
     made = result.step  # a choosing run is a new one: all its steps are this session's
     if made >= SLOW_SHARE * expected:
         return None
-    return (f"made {made:,} of the ~{expected:,.0f} steps its size was chosen for: the machine was slower than its "
-            f"kept speeds")
+    return (f"made {made:,} of the ~{expected:,.0f} steps its size was chosen for: the machine was slower than the "
+            f"speeds it was chosen with")
 
 
 def summary_rows(result, val_losses: Optional[Sequence[float]] = None,
