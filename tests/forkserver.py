@@ -61,9 +61,6 @@ def serve() -> None:
     import charrnn.model.runtime  # noqa: F401
     import charrnn.training.launch  # noqa: F401
 
-    # the first optimizer imports torch._dynamo (about 2 s): pay that once, here, rather than in every child
-    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
-
     out = sys.stdout
     for line in sys.stdin:
         request = json.loads(line)

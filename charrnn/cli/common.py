@@ -39,11 +39,30 @@ def speaks() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+RANK_ZERO_WAIT = 5.0  # seconds a quiet torchrun rank gives rank 0 to say the error both met
+
+
 def fail(message: str, code: int):
     if speaks():
         sys.stderr.write(f"charrnn: error: {message}\n")
         sys.stderr.flush()
+    else:
+        let_rank_zero_speak()
     raise typer.Exit(code)
+
+
+def let_rank_zero_speak() -> None:
+    """Under torchrun, a rank other than 0 about to exit with the error every rank met waits a moment first: torchrun
+    stops all ranks when the first one exits, which could be before rank 0 has said it. Rank 0's exit ends the
+    wait (torchrun stops this rank then, with the signal's default action: this rank has nothing left to save)."""
+    import signal
+    import time
+
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except ValueError:  # not the main thread: its handlers stay
+        pass
+    time.sleep(RANK_ZERO_WAIT)
 
 
 def setup_logging(quiet: bool) -> None:
@@ -61,13 +80,14 @@ def guarded(fn):
     try:
         return fn()
     except (Interrupted, StartupInterrupted) as exc:
-        if exc.message:  # under torchrun only rank 0 speaks
+        if exc.message and speaks():  # under torchrun only rank 0 speaks
             sys.stderr.write(f"charrnn: {exc.message}\n")
         raise typer.Exit(exc.exit_code)
     except CharrnnError as exc:
         if _debug:
             raise
-        if not exc.message:  # another torchrun rank's copy of rank 0's error: rank 0 printed it
+        if not exc.message:  # another torchrun rank's copy of rank 0's error: rank 0 prints it
+            let_rank_zero_speak()
             raise typer.Exit(exc.exit_code)
         fail(exc.message, exc.exit_code)
     except KeyboardInterrupt:

@@ -19,13 +19,14 @@ def clip_gradients(parameters, max_norm: float):
 
 
 def make_optimizer(model, lr: float, betas: tuple, weight_decay: float):
-    """AdamW with weight decay on the weight matrices only (biases and nothing else are decayed)."""
-    import torch
+    """AdamW (optimizer.py: torch's arithmetic without its import of the compiler) with weight decay on the weight
+    matrices only (biases and nothing else are decayed)."""
+    from .optimizer import AdamW
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=True)
+    return AdamW(groups, lr=lr, betas=betas)
 
 
 def loop_note(run) -> str:

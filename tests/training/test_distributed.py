@@ -180,6 +180,7 @@ def test_a_malformed_dist_timeout_is_one_line_under_torchrun(tmp_path, corpus):
     assert [line for line in err.splitlines() if line.startswith("charrnn:")] == [
         "charrnn: error: CHARRNN_DIST_TIMEOUT must be a number of seconds > 0 (default 300), not '5 minutes'"], err
     # each rank refuses on its own, before any collective: the first to exit gets the other stopped by torchrun
+    # (-15, or 143 where its start-up's SIGTERM handler was already in place; it says nothing)
     codes = _exit_codes(err)
-    assert 2 in codes.values() and set(codes.values()) <= {2, -15} and not _frames_of_ours(err), err[-3000:]
+    assert 2 in codes.values() and set(codes.values()) <= {2, -15, 143} and not _frames_of_ours(err), err[-3000:]
     assert not (tmp_path / "r").exists()
