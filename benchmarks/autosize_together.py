@@ -7,13 +7,15 @@ In a fresh CHARRNN_HOME (a temp directory, so the repository's speeds.json is no
 `charrnn train CORPUS --time-budget BUDGET` with no size option, each a fresh process:
 
   alone     one run, which times the candidate sizes and keeps their speeds (or says the machine was too busy);
+  known     one run alone again, reading them: its start-up is what a budget pays once the speeds are known;
   together  RUNS runs started at once, reading the kept speeds: each should choose what `alone` chose, and start-up
             (wall time before the first step) should be a small share of the budget (the issue's target: 5 % of 60 s);
   cold      RUNS runs started at once in another fresh home: one times, the others wait for it and read its speeds.
 
-Per run: the chosen size, where its speeds came from (the `model speeds:` log line), start-up seconds (the wall time
-from the process's start to the first step, from its `wall` and `training` times in the summary) and steps made
-against the steps the choice expected. Writes JSON to benchmarks/results/ (machine, date, commit inside). Run it on
+Per run: the chosen size, where its speeds came from (the `model speeds:` log line), start-up seconds (from the
+process's start to its first step: when its first `step N` line arrived less the training time its metrics.jsonl
+gives for step N), the seconds outside training in all (start-up, validations, the final save and exit: wall less
+training) and steps made against the steps the choice expected. Writes JSON to benchmarks/results/ (machine, date, commit inside). Run it on
 an otherwise idle machine: `together` loads it with RUNS trainers on purpose.
 """
 
@@ -26,6 +28,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -35,13 +38,43 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 
 
-def start(corpus: str, budget: str, home: str, extra: list[str]) -> tuple[subprocess.Popen, float]:
-    run_dir = tempfile.mkdtemp(prefix="run-", dir=home)
-    os.rmdir(run_dir)  # the trainer makes it
-    cmd = [sys.executable, "-m", "charrnn", "train", corpus, "--val-frac", "0.1", "--test-frac", "0",
-           "--time-budget", budget, "--run-dir", run_dir, *extra]
-    env = dict(os.environ, CHARRNN_HOME=home, PYTHONPATH=str(ROOT))
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), time.time()
+class Run:
+    """One `charrnn train` process, its stderr read as it comes (each line's arrival time kept)."""
+
+    def __init__(self, corpus: str, budget: str, home: str, extra: list[str]):
+        self.run_dir = tempfile.mkdtemp(prefix="run-", dir=home)
+        os.rmdir(self.run_dir)  # the trainer makes it
+        cmd = [sys.executable, "-m", "charrnn", "train", corpus, "--val-frac", "0.1", "--test-frac", "0",
+               "--time-budget", budget, "--run-dir", self.run_dir, *extra]
+        env = dict(os.environ, CHARRNN_HOME=home, PYTHONPATH=str(ROOT))
+        self.started = time.time()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.lines: list[tuple[float, str]] = []
+        self.reader = threading.Thread(target=self._read)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for raw in self.proc.stderr:
+            self.lines.append((time.time() - self.started, raw.decode("utf-8", errors="replace")))
+
+    def finish(self) -> dict:
+        self.proc.wait()
+        self.reader.join()
+        err = "".join(line for _, line in self.lines)
+        row = parse(err)
+        row["returncode"] = self.proc.returncode
+        if self.proc.returncode != 0:
+            row["stderr_tail"] = err[-2000:]
+        first = next(((t, int(m.group(1))) for t, line in self.lines
+                      for m in [re.match(r"step (\d+) ", line)] if m), None)
+        try:
+            with open(os.path.join(self.run_dir, "metrics.jsonl")) as f:
+                elapsed = {r["step"]: r["elapsed"] for r in map(json.loads, f) if "elapsed" in r}
+        except OSError:
+            elapsed = {}
+        if first and first[1] in elapsed:
+            row["first_step_s"] = round(first[0] - elapsed[first[1]], 2)
+        return row
 
 
 def parse(err: str) -> dict:
@@ -54,21 +87,13 @@ def parse(err: str) -> dict:
            "expected_steps": int(expected.group(1).replace(",", "")) if expected else None}
     if done:
         steps, training, wall = int(done.group(1)), float(done.group(2)), float(done.group(3))
-        row.update(steps=steps, training_s=training, wall_s=wall, startup_s=round(wall - training, 2))
+        row.update(steps=steps, training_s=training, wall_s=wall, outside_training_s=round(wall - training, 2))
     return row
 
 
 def phase(n: int, corpus: str, budget: str, home: str, extra: list[str]) -> list[dict]:
-    procs = [start(corpus, budget, home, extra) for _ in range(n)]
-    rows = []
-    for proc, _ in procs:
-        _, err = proc.communicate()
-        row = parse(err.decode("utf-8", errors="replace"))
-        row["returncode"] = proc.returncode
-        if proc.returncode != 0:
-            row["stderr_tail"] = err.decode("utf-8", errors="replace")[-2000:]
-        rows.append(row)
-    return rows
+    runs = [Run(corpus, budget, home, extra) for _ in range(n)]
+    return [run.finish() for run in runs]
 
 
 def main() -> None:
@@ -86,14 +111,17 @@ def main() -> None:
         result = {"about": about(benchmark="autosize_together"), "machine": machine(), "corpus": args.corpus, "budget": args.budget, "runs": args.runs,
                   "extra": args.extra}
         result["alone"] = phase(1, args.corpus, args.budget, warm, args.extra)
+        result["known"] = phase(1, args.corpus, args.budget, warm, args.extra)
         result["together"] = phase(args.runs, args.corpus, args.budget, warm, args.extra)
         result["cold"] = phase(args.runs, args.corpus, args.budget, cold, args.extra)
     alone = result["alone"][0]["size"]
     result["together_choose_as_alone"] = all(r["size"] == alone for r in result["together"])
     result["cold_choose_alike"] = len({r["size"] for r in result["cold"]}) == 1
-    for name in ("alone", "together", "cold"):
+    result["known_chooses_as_alone"] = result["known"][0]["size"] == alone
+    for name in ("alone", "known", "together", "cold"):
         for r in result[name]:
-            print(f"{name:9s} {r['size']}  start-up {r.get('startup_s')} s  steps {r.get('steps')} of "
+            print(f"{name:9s} {r['size']}  start-up {r.get('first_step_s')} s (outside training "
+                  f"{r.get('outside_training_s')} s)  steps {r.get('steps')} of "
                   f"~{r['expected_steps']}  speeds: {r['speeds']}")
     print(f"together chose as alone: {result['together_choose_as_alone']}; cold chose alike: "
           f"{result['cold_choose_alike']}")

@@ -42,6 +42,16 @@ def size_options(size: str) -> list[str]:
     return ["--num-layers", layers, "--hidden-size", hidden]
 
 
+def load_points(files: list[str]) -> list[dict]:
+    """The points of several JSONL files, a later file's point replacing the same corpus/size/seed."""
+    points = {}
+    for name in files:
+        with open(name) as f:
+            for row in [json.loads(line) for line in f][1:]:
+                points[row["corpus"], row["size"], row["seed"]] = row
+    return list(points.values())
+
+
 def summary(rows: list[dict]) -> str:
     by = defaultdict(lambda: defaultdict(list))
     chosen = defaultdict(list)
@@ -73,12 +83,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results"))
     args, extra = ap.parse_known_args()
     if args.summary:
-        points = {}
-        for name in args.summary:
-            with open(name) as f:
-                for row in [json.loads(line) for line in f][1:]:
-                    points[row["corpus"], row["size"], row["seed"]] = row
-        print(summary(list(points.values())))
+        print(summary(load_points(args.summary)))
         return
     if not args.corpora:
         ap.error("name at least one corpus file")
