@@ -23,17 +23,20 @@ from .speeds import (AGREE, ROUND_CALLS, ROUNDS, TRIES, SpeedStore, measure, spe
 
 # training-split characters -> (layers, hidden) -> [(steps, best validation nats/char)]: tiny-shakespeare (its
 # first 100,000 characters, and all of it), first 90 % / last 10 %, tanh, B32 T128, the defaults otherwise,
-# --precision fp32, seed 1 (benchmarks/size_sweep.py; benchmarks/README.md)
+# --precision fp32, seed 1, no moving average (benchmarks/size_sweep.py; benchmarks/README.md; 3x256: 2026-12-04,
+# --ema 0 from 500 steps, the default --ema below, where the average changes nothing yet: 1.6812 either way)
 SWEEPS: dict = {
     90_000: {
         (2, 128): [(125, 2.1471), (250, 1.8551), (500, 1.7050), (1000, 1.6496), (2000, 1.6340)],
         (2, 256): [(125, 1.9059), (250, 1.6857), (500, 1.5911), (1000, 1.6030), (2000, 1.6147)],
         (2, 512): [(125, 1.7298), (250, 1.5725), (500, 1.6049), (1000, 1.6359)],
+        (3, 256): [(125, 1.8616), (250, 1.6368), (500, 1.5430), (1000, 1.5552), (2000, 1.5718)],
     },
     1_003_854: {
         (2, 128): [(125, 2.2947), (250, 2.0381), (500, 1.8726), (1000, 1.7618), (2000, 1.6891), (4000, 1.6573)],
         (2, 256): [(125, 2.0995), (250, 1.8855), (500, 1.7269), (1000, 1.6202), (2000, 1.5583), (4000, 1.5346)],
         (2, 512): [(125, 1.9591), (250, 1.7662), (500, 1.6161), (1000, 1.5407), (2000, 1.5089), (4000, 1.4922)],
+        (3, 256): [(125, 2.0621), (250, 1.8461), (500, 1.6812), (1000, 1.5752), (2000, 1.5210), (4000, 1.5009)],
     },
 }
 
@@ -41,7 +44,7 @@ SWEEPS: dict = {
 # source of the installed packages (benchmarks/code_corpus.py), its first 1.1 MB and 100 MB (training splits of
 # 1,003,854 and 90,000,000 characters), the same settings. Its validation splits differ, and so does their difficulty:
 # each size's difference at the first step count (where neither run has repeated its text) is taken out, and no gain
-# is assumed below it.
+# is assumed below it. 3x256 was not measured there: it gains as the sizes around it (_larger_gain).
 LARGER: dict = {
     1_003_854: {
         (2, 128): [(250, 2.3622), (1000, 2.0007), (4000, 1.8836)],
@@ -61,12 +64,12 @@ LARGER: dict = {
 # listed for a corpus was not measured there (the sweep had not run it long enough to see it stop gaining): the
 # budget or the user's step count ends such a run, never a limit of ours.
 BEST_STEPS: dict = {
-    90_000: {(2, 256): 500, (2, 512): 250},
+    90_000: {(2, 256): 500, (2, 512): 250, (3, 256): 500},
     1_003_854: {(2, 512): 6000},
 }
 SWEEP_CHARS_PER_STEP = 32 * 128  # the sweeps' batch x sequence length
 
-CANDIDATES = tuple(sorted(next(iter(SWEEPS.values()))))  # tried at start-up, smallest first
+CANDIDATES = tuple(sorted(next(iter(SWEEPS.values()))))  # tried at start-up, in (layers, hidden) order
 PROBE_SHARE = 0.03  # one timing of the candidates may take at most this share of the budget (>= 1 step a size)
 STARTUP_SHARE = 0.05  # the rest of start-up, validations and saves: the share of the budget not spent on steps
 
@@ -103,11 +106,28 @@ def predicted_loss(size: tuple, steps: float, train_chars: Optional[float] = Non
     if chars <= corpora[-1] or not LARGER:
         return loss
     low, high = sorted(LARGER)
+    share = min(1.0, max(0.0, math.log(chars / low)) / math.log(high / low))
+    return loss + share * _larger_gain(size, steps)
+
+
+def _weights(size: tuple) -> int:
+    """The recurrent core's matrices of `size` (W_hh and, past the first layer, W_xh): what its capacity grows with."""
+    layers, hidden = size
+    return (2 * layers - 1) * hidden * hidden
+
+
+def _larger_gain(size: tuple, steps: float) -> float:
+    """What `size` gains after `steps` from LARGER's small corpus to its large one (a loss difference, <= 0 where
+    more text helps). A size LARGER did not measure takes the gain of the measured sizes around it, linear in
+    log(weights) (the nearest one's outside them)."""
+    low, high = sorted(LARGER)
+    if size not in LARGER[low]:
+        measured = sorted(LARGER[low], key=_weights)
+        points = [(_weights(s), _larger_gain(s, steps)) for s in measured]
+        return _along(points, _weights(size), hold_last=True) if _weights(size) > points[0][0] else points[0][1]
     small, large = LARGER[low][size], LARGER[high][size]
     at = max(steps, small[0][0])
-    gain = _along(large, at, True) - _along(small, at, True) - (large[0][1] - small[0][1])
-    share = min(1.0, max(0.0, math.log(chars / low)) / math.log(high / low))
-    return loss + share * gain
+    return _along(large, at, True) - _along(small, at, True) - (large[0][1] - small[0][1])
 
 
 def useful_steps(size: tuple, train_chars: Optional[float] = None,

@@ -328,15 +328,15 @@ def test_on_a_made_up_corpus_the_cli_says_what_it_chose_and_why_in_words_for_any
     _, _, keys = autosize.speed_keys(ModelConfig(vocab_size=vocab), cfg, torch.device("cpu"), plan_for,
                                      list(autosize.CANDIDATES), threads=1)
     (home / "speeds.json").write_text(json.dumps({"format": 1, "speeds": {
-        keys[size]: {"seconds_per_step": 1e-5 * size[1] / 128} for size in autosize.CANDIDATES}}))
+        keys[size]: {"seconds_per_step": 1e-5 * size[0] * size[1] / 256} for size in autosize.CANDIDATES}}))
     proc = run_cli("train", corpus, "--time-budget", "40s", "--batch-size", "4", "--seq-len", "16",
                    "--eval-every", "100000", "--sample-every", "0", "--run-dir", tmp_path / "run", cwd=tmp_path,
                    env=cli_env(CHARRNN_HOME=home, OMP_NUM_THREADS=1), timeout=300, check=0)
     err = proc.stderr.decode()
     assert "measured earlier on this machine" in err and "timed " not in err, err
     line = next(line for line in err.splitlines() if "model size" in line)
-    assert line.startswith("charrnn: model size 2x128: auto: of 3 sizes, the one expected to learn most in 40 s "
-                           "on this machine"), line
+    assert line.startswith(f"charrnn: model size 2x128: auto: of {len(autosize.CANDIDATES)} sizes, the one "
+                           "expected to learn most in 40 s on this machine"), line
     assert not re.search(r"\d\.\d\d", line) and "nats" not in line and "predicted" not in line, line
     assert "where more steps stop helping 2x128 on corpora of this size was not measured, so the budget ends " \
            "the run" in line, line
