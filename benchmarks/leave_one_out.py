@@ -6,7 +6,8 @@
 
 Two kinds of measurement go in. `--budget`: benchmarks/corpora_budget.py's points, each size trained for the budget
 on each corpus with several seeds (what each size reaches there, and how many steps it makes on this machine).
-`--sweep CORPUS=FILE`: benchmarks/size_sweep.py's loss after N steps on that corpus (machine-independent).
+`--sweep CORPUS=FILE[,FILE]`: benchmarks/size_sweep.py's loss after N steps on that corpus (machine-independent;
+a later file's point replaces an earlier one's).
 
 For each corpus left out, each rule predicts every size's loss after the steps that size made there in the budget
 (the mean over the seeds: what a run's kept speeds would predict) and picks the lowest; the table shows its pick,
@@ -39,14 +40,20 @@ from corpora_budget import load_points  # noqa: E402
 from charrnn.training import autosize  # noqa: E402
 
 
-def read_sweep(path: str) -> dict:
-    """size name -> [(steps, best validation nats)], the mean over seeds where a point has several."""
-    points = defaultdict(lambda: defaultdict(list))
-    with open(path) as f:
-        for row in map(json.loads, f):
-            if "model" in row and not row.get("options"):
-                points[row["model"]][row["steps"]].append(row["val_nats"])
-    return {size: sorted((n, statistics.mean(v)) for n, v in by.items()) for size, by in points.items()}
+def read_sweep(paths: str) -> dict:
+    """size name -> [(steps, best validation nats)] from comma-separated files, the mean over seeds where a point
+    has several; a later file's points replace an earlier one's of the same size and steps."""
+    merged = {}
+    for path in paths.split(","):
+        points = defaultdict(lambda: defaultdict(list))
+        with open(path) as f:
+            for row in map(json.loads, f):
+                if "model" in row and row.get("options") in (None, [], ["--ema", "0"]):
+                    points[row["model"]][row["steps"]].append(row["val_nats"])
+        for size, by in points.items():
+            for n, values in by.items():
+                merged.setdefault(size, {})[n] = statistics.mean(values)
+    return {size: sorted(by.items()) for size, by in merged.items()}
 
 
 def along(points: list, steps: float) -> float:
@@ -61,7 +68,7 @@ def parse_size(name: str) -> tuple:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", nargs="+", required=True, help="corpora_budget.py JSONL files")
-    ap.add_argument("--sweep", action="append", default=[], help="CORPUS=FILE: size_sweep.py JSONL of that corpus")
+    ap.add_argument("--sweep", action="append", default=[], help="CORPUS=FILE[,FILE]: size_sweep.py JSONL of that corpus")
     ap.add_argument("--chars", type=int, default=1_000_000, help="the corpora's characters (for `tables`)")
     ap.add_argument("--train-frac", type=float, default=0.9, help="the runs' training share (for `tables`)")
     args = ap.parse_args()
