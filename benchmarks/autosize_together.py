@@ -15,8 +15,8 @@ In a fresh CHARRNN_HOME (a temp directory, so the repository's speeds.json is no
 Per run: the chosen size, where its speeds came from (the `model speeds:` log line), start-up seconds (from the
 process's start to its first step: when its first `step N` line arrived less the training time its metrics.jsonl
 gives for step N), the seconds outside training in all (start-up, validations, the final save and exit: wall less
-training) and steps made against the steps the choice expected. Writes JSON to benchmarks/results/ (machine, date, commit inside). Run it on
-an otherwise idle machine: `together` loads it with RUNS trainers on purpose.
+training) and steps made against the steps the choice expected. Writes JSON to benchmarks/results/ (machine, date,
+commit inside). Run it on an otherwise idle machine: `together` loads it with RUNS trainers on purpose.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import torch  # imported by make_optimizer only, when a run builds its model
+
 # the group keys torch's AdamW keeps (and so writes into a state_dict): a checkpoint of ours loads into it
 _TORCH_GROUP_KEYS = {"amsgrad": False, "maximize": False, "foreach": True, "capturable": False,
                      "differentiable": False, "fused": None, "decoupled_weight_decay": True}
@@ -39,13 +41,11 @@ class AdamW:
                     p.grad.detach_().zero_()
 
     def step(self) -> None:
-        import torch
-
         with torch.no_grad():
             for group in self.param_groups:
-                self._update(group, torch)
+                self._update(group)
 
-    def _update(self, group: dict, torch) -> None:
+    def _update(self, group: dict) -> None:
         beta1, beta2 = group["betas"]
         lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
         by_kind = {}  # (device, dtype) -> [params], as torch groups its foreach calls
