@@ -74,8 +74,10 @@ def fewer_steps_than_expected(result) -> Optional[str]:
     made = result.step  # a choosing run is a new one: all its steps are this session's
     if made >= SLOW_SHARE * expected:
         return None
-    return (f"made {made:,} of the ~{expected:,.0f} steps its size was chosen for: the machine was slower than the "
-            f"speeds it was chosen with")
+    others = getattr(result, "shared_with", 0)
+    why = (f"it shared the CPU with up to {others} other charrnn run{'s' if others > 1 else ''}" if others else
+           "the machine was slower than the speeds it was chosen with")
+    return f"made {made:,} of the ~{expected:,.0f} steps its size was chosen for: {why}"
 
 
 def summary_rows(result, val_losses: Optional[Sequence[float]] = None,

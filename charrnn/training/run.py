@@ -44,6 +44,7 @@ class TrainResult:
     elapsed_before: float = 0.0  # training time before this session (a resumed run's)
     step_limit: Optional[int] = None  # the max_steps the size choice set (charrnn.training.autosize), if it set one
     expected_steps: Optional[float] = None  # the steps the size choice expected this run to make
+    shared_with: int = 0  # the most other charrnn runs seen training on this CPU at once (training/sharing.py)
 
 
 @dataclass
@@ -82,4 +83,4 @@ def result_of(trainer, stopped_by: str) -> TrainResult:
                        last_train_loss=trainer.last_loss, elapsed=trainer.elapsed, stopped_by=stopped_by,
                        val_history=v.history, wall=trainer.clock() - trainer.command_started,
                        elapsed_before=trainer.elapsed_before, step_limit=run.step_limit,
-                       expected_steps=run.expected_steps)
+                       expected_steps=run.expected_steps, shared_with=trainer.share.most_others)

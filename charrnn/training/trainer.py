@@ -71,16 +71,21 @@ class Trainer:
 
     def run(self) -> TrainResult:
         from .allocator import keep_freed_memory
+        from .sharing import for_device
 
         keep_freed_memory()  # each step reuses the last step's memory instead of faulting in fresh pages
         self.steps.model.train()
         start = self.clock()
         self.startup = self.dist.sum_values([start - self.command_started])[0] / self.dist.world
+        self.share = for_device(self.device)  # the CPU's threads, shared with other charrnn runs training on it
         try:
             with SignalFlag() as self.signals:
+                self.share.join()
                 while (stopped_by := self.finishing or self.stop.reason(self.step, self.elapsed)) is None:
+                    self.share.check(self.clock())
                     self.train_one_step(start)
         finally:
+            self.share.leave()
             self.display.close()
             self.metrics.close()
         return result_of(self, stopped_by)

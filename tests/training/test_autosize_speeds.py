@@ -275,7 +275,9 @@ def test_the_summary_says_where_the_step_limit_came_from_and_when_far_fewer_step
     slow = SimpleNamespace(**base, step=129, stopped_by="time_budget", step_limit=None, expected_steps=470.4)
     note = dict(report.summary_rows(slow, val_losses=[]))["note"]
     assert note.startswith("made 129 of the ~470 steps its size was chosen for:"), note
-    assert "\n" not in note
+    assert "\n" not in note and note.endswith("slower than the speeds it was chosen with")
+    shared = SimpleNamespace(**vars(slow), shared_with=2)  # other runs trained on this CPU meanwhile: that is why
+    assert report.fewer_steps_than_expected(shared).endswith(": it shared the CPU with up to 2 other charrnn runs")
     # at half or more of what was expected, nothing to say; nor for a run that chose no size
     assert report.fewer_steps_than_expected(SimpleNamespace(**{**vars(slow), "step": 236})) is None
     assert report.fewer_steps_than_expected(asked) is None
