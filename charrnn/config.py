@@ -135,6 +135,7 @@ class TrainConfig:
     min_lr_frac: float = 0.1  # cosine decays to lr * min_lr_frac
     warmup_steps: int = 50
     weight_decay: float = 0.01
+    optimizer: str = "adamw"  # "muon": Muon for the recurrent and input matrices, AdamW for the rest
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # max global gradient norm; 0 disables
@@ -171,6 +172,8 @@ class TrainConfig:
             raise UsageError("--val-frac plus --test-frac must leave something to train on")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise UsageError(f"--precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise UsageError(f"--optimizer must be adamw or muon, not {self.optimizer!r}")
         if self.kernel not in ("auto", "fused", "nn"):
             raise UsageError(f"--kernel must be auto, fused or nn, not {self.kernel!r}")
         self.save_interval()  # raises on a value it cannot read

@@ -87,7 +87,7 @@ def _same_corpus(run: dict, corpus: str) -> bool:
 # the options a run's table shows where the listed runs differ in them (model: cell, layers, width are shown
 # anyway), in this order, with their column names
 OPTION_COLUMNS = {"lr": "lr", "dropout": "dropout", "batch_size": "batch", "seq_len": "seq-len",
-                  "recurrent_init": "init", "weight_decay": "wd", "grad_clip": "clip", "ema": "ema",
+                  "recurrent_init": "init", "weight_decay": "wd", "optimizer": "opt", "grad_clip": "clip", "ema": "ema",
                   "warmup_steps": "warmup", "min_lr_frac": "min-lr", "schedule_steps": "sched-steps",
                   "max_steps": "max-steps", "epochs": "epochs", "time_budget": "budget", "precision": "precision",
                   "kernel": "kernel", "val_frac": "val-frac", "test_frac": "test-frac", "seed": "seed"}

@@ -105,3 +105,62 @@ class AdamW:
             self.state[p] = {k: (v if k == "step" else v.to(device=p.device, dtype=p.dtype)) if hasattr(v, "to")
                              else v for k, v in values.items()}
         self.param_groups = [{**s, "params": group["params"]} for s, group in zip(saved, self.param_groups)]
+
+
+# Newton-Schulz coefficients of the quintic iteration Muon uses (Keller Jordan's; torch.optim.Muon's defaults)
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+NS_STEPS = 5
+
+
+class MuonAdamW(AdamW):
+    """Muon for the groups marked "muon": True (the recurrent and input matrices), AdamW for the rest.
+
+    Muon keeps a momentum of each matrix's gradient (Nesterov, 0.95) and steps along its orthogonalised form (five
+    Newton-Schulz iterations: about U V^T of the momentum's SVD), so that every direction of the matrix moves alike.
+    The step is scaled to the RMS an AdamW step would have (0.2 * sqrt(max(rows, cols)), torch.optim.Muon's
+    "match_rms_adamw") and by the group's "lr_scale"; weight decay is decoupled, lr * weight_decay per step as for
+    AdamW. Unlike torch's Muon the iteration runs in the matrices' own dtype (fp32): bf16 products are far slower
+    than fp32 ones on a CPU without bf16 instructions. Matrices of one shape are iterated together (batched).
+    """
+
+    def step(self) -> None:
+        with torch.no_grad():
+            for group in self.param_groups:
+                if group.get("muon"):
+                    self._muon(group)
+                else:
+                    self._update(group)
+
+    def _muon(self, group: dict) -> None:
+        momentum, lr, weight_decay = group["momentum"], group["lr"], group["weight_decay"]
+        by_shape = {}
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if not state:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            by_shape.setdefault((p.shape, p.device, p.dtype), []).append(p)
+        for (shape, _, _), params in by_shape.items():
+            grads = [p.grad for p in params]
+            buffers = [self.state[p]["momentum_buffer"] for p in params]
+            torch._foreach_lerp_(buffers, grads, 1 - momentum)
+            updates = torch.stack(grads).lerp_(torch.stack(buffers), momentum)  # Nesterov
+            orthogonal = orthogonalise(updates)
+            if weight_decay != 0:
+                torch._foreach_mul_(params, 1 - lr * weight_decay)
+            scale = lr * group["lr_scale"] * 0.2 * max(shape[0], shape[1]) ** 0.5
+            torch._foreach_add_(params, list(orthogonal.unbind(0)), alpha=-scale)
+
+
+def orthogonalise(m: "torch.Tensor", steps: int = NS_STEPS, eps: float = 1e-7) -> "torch.Tensor":
+    """About U V^T for each matrix of the batch m (n, rows, cols) = U S V^T: the quintic Newton-Schulz iteration
+    from m scaled to spectral norm at most 1 (its singular values end between about 0.7 and 1.2, which serves)."""
+    a, b, c = NS_COEFFICIENTS
+    tall = m.size(1) > m.size(2)
+    x = m.transpose(1, 2) if tall else m
+    x = x / x.flatten(1).norm(dim=1).clamp(min=eps)[:, None, None]
+    for _ in range(steps):
+        gram = x @ x.transpose(1, 2)
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.transpose(1, 2) if tall else x

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import tempfile
 from typing import Callable, Optional
 
@@ -60,9 +61,11 @@ class CpuShare:
 
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
             # locked before it gets a name others count, so a file they can lock is always one whose run has ended
-            fd, temporary = tempfile.mkstemp(prefix=".joining-", dir=self.directory)
+            name = f"{os.getpid()}-{secrets.token_hex(4)}"
+            temporary = os.path.join(self.directory, f".joining-{name}")
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            path = os.path.join(self.directory, f"{os.getpid()}-{os.path.basename(temporary)[9:]}{SUFFIX}")
+            path = os.path.join(self.directory, name + SUFFIX)
             os.rename(temporary, path)
         except (ImportError, OSError):
             if fd is not None:

@@ -1,5 +1,5 @@
 """charrnn's AdamW (charrnn.training.optimizer) against torch.optim.AdamW: the same weights bit for bit, the same
-state_dict both ways, and no import of torch's compiler."""
+state_dict both ways, and no import of torch's compiler; --optimizer muon's step against its description."""
 
 from __future__ import annotations
 
@@ -114,3 +114,124 @@ print("torch._dynamo" in sys.modules)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False", out.stdout
+
+
+# --optimizer muon: MuonAdamW (Muon for the recurrent and input matrices, AdamW for the rest)
+
+def muon_model():
+    from charrnn.config import ModelConfig
+    from charrnn.model.network import CharRNN
+
+    torch.manual_seed(0)
+    return CharRNN(ModelConfig(vocab_size=11, hidden_size=16, num_layers=2))
+
+
+def char_steps(model, optimizer, steps, seed, lr=1e-2):
+    g = torch.Generator().manual_seed(seed)
+    for i in range(steps):
+        data = torch.randint(0, 11, (3, 9), generator=g)
+        optimizer.zero_grad(set_to_none=True)
+        model(data[:, :-1], None, data[:, 1:])[1].backward()
+        for group in optimizer.param_groups:
+            group["lr"] = lr * (1 + i % 3)
+        optimizer.step()
+
+
+def reference_muon_step(p, grad, buf, lr, scale, weight_decay, momentum=0.95):
+    """Muon's step written out for one matrix in float64, as its description reads."""
+    buf = buf.double().lerp(grad.double(), 1 - momentum)
+    update = grad.double().lerp(buf, momentum)
+    x = update.T if update.shape[0] > update.shape[1] else update
+    x = x / x.norm()
+    a, b, c = 3.4445, -4.7750, 2.0315
+    for _ in range(5):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    x = x.T if update.shape[0] > update.shape[1] else x
+    new = p.double() * (1 - lr * weight_decay) - lr * scale * 0.2 * max(p.shape) ** 0.5 * x
+    return new, buf
+
+
+def test_muon_takes_the_recurrent_and_input_matrices_and_adamw_the_rest():
+    from charrnn.training.step import MUON_LR_SCALE, make_optimizer
+
+    model = muon_model()
+    optimizer = make_optimizer(model, 3e-3, (0.9, 0.99), 0.01, "muon")
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon, decay, no_decay = ([names[id(p)] for p in g["params"]] for g in optimizer.param_groups)
+    assert sorted(muon) == ["w_hh.0", "w_hh.1", "w_xh.0"]
+    assert sorted(decay) == ["embed.weight", "head.weight"] and "bias.0" in no_decay
+    assert optimizer.param_groups[0]["muon"] and optimizer.param_groups[0]["lr_scale"] == MUON_LR_SCALE
+    plain = make_optimizer(model, 3e-3, (0.9, 0.99), 0.01)
+    assert len(plain.param_groups) == 2 and not any(g.get("muon") for g in plain.param_groups)
+
+
+def test_a_muon_step_is_the_orthogonalised_nesterov_momentum_scaled_to_adamws_rms():
+    from charrnn.training.step import make_optimizer
+
+    model = muon_model()
+    optimizer = make_optimizer(model, 1e-2, (0.9, 0.99), 0.1, "muon")
+    matrix = dict(model.named_parameters())["w_hh.1"]
+    char_steps(model, optimizer, 3, seed=5)  # momentum built up
+    before = matrix.detach().clone()
+    buf = optimizer.state[matrix]["momentum_buffer"].clone()
+    g = torch.Generator().manual_seed(6)
+    data = torch.randint(0, 11, (3, 9), generator=g)
+    optimizer.zero_grad(set_to_none=True)
+    model(data[:, :-1], None, data[:, 1:])[1].backward()
+    grad = matrix.grad.clone()
+    for group in optimizer.param_groups:
+        group["lr"] = 2e-2
+    optimizer.step()
+    group = optimizer.param_groups[0]
+    expected, expected_buf = reference_muon_step(before, grad, buf, 2e-2, group["lr_scale"], 0.1)
+    assert torch.allclose(matrix.double(), expected, rtol=0, atol=1e-5), (matrix.double() - expected).abs().max()
+    assert torch.allclose(optimizer.state[matrix]["momentum_buffer"].double(), expected_buf, atol=1e-7)
+    assert (matrix - before).abs().max() > 1e-3  # it moved, by far more than the tolerance
+
+
+def test_the_orthogonalised_matrix_keeps_the_directions_and_brings_the_singular_values_near_one():
+    from charrnn.training.optimizer import orthogonalise
+
+    g = torch.Generator().manual_seed(7)
+    for n, rows, cols in [(4, 32, 32), (2, 48, 16), (2, 16, 48)]:
+        k = min(rows, cols)
+        u = torch.linalg.qr(torch.randn(n, rows, rows, generator=g))[0][:, :, :k]
+        v = torch.linalg.qr(torch.randn(n, cols, cols, generator=g))[0][:, :, :k]
+        spread = torch.logspace(-0.5, 1, k).flip(0)  # singular values 10 down to 0.3 (about 3 % of the norm)
+        m = u @ torch.diag_embed(spread.expand(n, -1)) @ v.transpose(1, 2)
+        out = orthogonalise(m)
+        inner = u.transpose(1, 2) @ out @ v  # diagonal: the same singular vectors
+        s = torch.diagonal(inner, dim1=1, dim2=2)
+        assert out.shape == m.shape
+        assert (inner - torch.diag_embed(s)).abs().max() < 1e-4
+        assert s.min() > 0.6 and s.max() < 1.25, ((rows, cols), s.min(), s.max())
+
+
+def test_a_muon_checkpoints_state_resumes_to_the_same_weights_as_going_on():
+    from charrnn.training.step import make_optimizer
+
+    first, second = muon_model(), muon_model()
+    optimizer = make_optimizer(first, 1e-2, (0.9, 0.99), 0.01, "muon")
+    char_steps(first, optimizer, 4, seed=8)
+    saved = copy.deepcopy(optimizer.state_dict())
+    assert any("momentum_buffer" in s for s in saved["state"].values())
+    second.load_state_dict(first.state_dict())
+    resumed = make_optimizer(second, 1e-2, (0.9, 0.99), 0.01, "muon")
+    resumed.load_state_dict(saved)
+    char_steps(first, optimizer, 3, seed=9)
+    char_steps(second, resumed, 3, seed=9)
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))
+    adamw = make_optimizer(muon_model(), 1e-2, (0.9, 0.99), 0.01)
+    with pytest.raises(ValueError, match="other parameter groups"):  # an AdamW run's state is not a Muon run's
+        adamw.load_state_dict(saved)
+
+
+def test_an_unknown_optimizer_is_one_line_and_exit_2(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abcdefgh " * 400)
+    out = subprocess.run([sys.executable, "-m", "charrnn", "train", str(corpus), "--optimizer", "sgd",
+                          "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "charrnn: error: --optimizer must be adamw or muon, not 'sgd'"
+    assert not (tmp_path / "run").exists()
