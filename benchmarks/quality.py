@@ -31,13 +31,15 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 
 
-def run_once(corpus: str, budget: str, extra: list[str], seed: int) -> dict:
+def run_once(corpus: str, budget: str, extra: list[str], seed: int, entry: list[str] = ("-m", "charrnn"),
+             env: dict = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="charrnn-quality-") as tmp:
         run_dir = os.path.join(tmp, "run")
-        cmd = [sys.executable, "-m", "charrnn", "train", corpus, "--val-frac", "0.1", "--test-frac", "0",
+        cmd = [sys.executable, *entry, "train", corpus, "--val-frac", "0.1", "--test-frac", "0",
                "--time-budget", budget, "--run-dir", run_dir, "--seed", str(seed), "-q", *extra]
         start = time.time()
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
         wall = time.time() - start
         if proc.returncode != 0:
             raise SystemExit(f"run failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr.decode()[-2000:]}")
@@ -71,6 +73,8 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=1337, help="seed of the first run; then +1 per run")
     parser.add_argument("--sweep", action="append", default=[], metavar="OPTION=V1,V2",
                         help="try every value (option name with underscores); repeat for a grid")
+    parser.add_argument("--muon-lr-scale", action="append", default=[], metavar="S",
+                        help="with --optimizer muon: also try these learning-rate scales (benchmarks/muon_scale.py)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args, extra = parser.parse_known_args()
 
@@ -79,19 +83,24 @@ def main() -> None:
         name, _, values = spec.partition("=")
         grid_axes.append([(name, v) for v in values.split(",")])
     grid = list(itertools.product(*grid_axes)) if grid_axes else [()]
+    if args.muon_lr_scale:
+        grid = [(*point, ("muon_lr_scale", s)) for point in grid for s in args.muon_lr_scale]
     results = []
     print(f"corpus {args.corpus}, budget {args.budget}, {args.runs} run(s) per configuration, "
           f"load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
     print(f"{'configuration':<48} {'val nats':>9} {'val bits':>9} {'steps':>6} {'chars/s':>9} {'dropout':>7} "
           f"{'model':>7} {'wall s':>6}")
     for point in grid:
-        options = list(extra)
+        options, entry, env = list(extra), ("-m", "charrnn"), {}
         for name, value in point:
-            options += [f"--{name.replace('_', '-')}", value]
-        label = " ".join(options) or "defaults"
+            if name == "muon_lr_scale":
+                entry, env = (str(ROOT / "benchmarks" / "muon_scale.py"),), {"MUON_LR_SCALE": value}
+            else:
+                options += [f"--{name.replace('_', '-')}", value]
+        label = " ".join(options + ([f"(muon lr x{env['MUON_LR_SCALE']})"] if env else [])) or "defaults"
         runs = []
         for i in range(args.runs):  # each run is printed as soon as it ends
-            r = run_once(args.corpus, args.budget, options, seed=args.first_seed + i)
+            r = run_once(args.corpus, args.budget, options, seed=args.first_seed + i, entry=entry, env=env)
             runs.append(r)
             size = f"{r['model_config']['num_layers']}x{r['model_config']['hidden_size']}"
             print(f"{label:<48} {r['val_nats']:9.4f} {r['val_bits']:9.4f} {r['steps']:6d} "
@@ -100,7 +109,8 @@ def main() -> None:
         median = statistics.median(r["val_nats"] for r in runs)
         if args.runs > 1:
             print(f"{label + '  [median]':<48} {median:9.4f} {median / math.log(2):9.4f}", flush=True)
-        results.append({"options": options, "median_val_nats": median, "runs": runs})
+        results.append({"options": options, **({"muon_lr_scale": float(env["MUON_LR_SCALE"])} if env else {}),
+                        "median_val_nats": median, "runs": runs})
     os.makedirs(args.out, exist_ok=True)
     out = os.path.join(args.out, f"quality-{time.strftime('%Y%m%d-%H%M%S')}.json")
     with open(out, "w") as f:

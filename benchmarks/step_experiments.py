@@ -125,12 +125,15 @@ def main() -> None:
             with open(out, "a") as f:
                 f.write(json.dumps({**r, "speed": True}) + "\n")
         return
+    done = {(r["variant"], r["corpus"], r["steps"], r["seed"]) for r in map(json.loads, open(out))
+            if "variant" in r and not r.get("speed") and r["model"] == args.size}  # a restart goes on from there
     todo = []
     for seed in map(int, args.seeds.split(",")):  # every variant at seed 1 before seed 2: partial runs are useful
         for corpus in args.corpus:
             for variant in args.variants.split(","):
                 steps = args.muon_steps if variant.startswith("muon") and args.muon_steps else args.steps
-                todo.append((variant, corpus, args.size, steps, seed, 1))
+                if (variant, os.path.basename(corpus), steps, seed) not in done:
+                    todo.append((variant, corpus, args.size, steps, seed, 1))
 
     def run(job):
         r = point(*job)

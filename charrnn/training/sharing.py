@@ -2,8 +2,8 @@
 
 torch runs a CPU process's work on as many threads as the machine has cores, and its OpenMP threads spin while they
 wait for more work. Two or three runs started together (a learning-rate sweep, say) then take the cores from one
-another: on the 2-core EPYC, three 3x256 runs with 2 threads each made 2.1-2.3 steps/s each, against 14.3 for one run
-alone; with 1 thread each they made 7.3-7.5 each (benchmarks/README.md).
+another: on the 2-core EPYC, three 3x256 runs with 2 threads each made 2.1-2.3 steps/s each, against 14.3-14.9 for
+one run alone; sharing, 7.0-8.0 each (benchmarks/README.md, "Runs at once on one CPU").
 
 So each CPU run keeps a file in a directory of the machine's temp dir for this user (charrnn-UID/trainers), locked
 (flock) while it trains, and every CHECK_EVERY seconds counts the files other runs hold locked. With N runs training,
