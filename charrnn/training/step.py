@@ -22,16 +22,19 @@ def clip_gradients(parameters, max_norm: float):
 # "What each step learns": 2 beat 1 and 4 on C at 500 steps and on English in 60 s; 4 won English at 500 steps)
 MUON_LR_SCALE = 2.0
 MUON_MOMENTUM = 0.95
+# the recurrent and input matrices: the tanh stack's, and GRU's and LSTM's (their gates stacked in one matrix each;
+# Muon's quality was measured on tanh only)
+MUON_MATRICES = ("w_hh.", "w_xh.", "rnn.weight_hh_l", "rnn.weight_ih_l")
 
 
 def make_optimizer(model, lr: float, betas: tuple, weight_decay: float, kind: str = "adamw"):
     """AdamW (optimizer.py: torch's arithmetic without its import of the compiler) with weight decay on the weight
     matrices only (biases and nothing else are decayed). kind "muon": Muon for the recurrent and input matrices
-    (w_hh.*, w_xh.*), AdamW for the embedding, biases and head (optimizer.MuonAdamW)."""
+    (MUON_MATRICES), AdamW for the embedding, biases and head (optimizer.MuonAdamW)."""
     from .optimizer import AdamW, MuonAdamW
 
     named = list(model.named_parameters())
-    muon = [p for n, p in named if kind == "muon" and p.dim() == 2 and n.startswith(("w_hh.", "w_xh."))]
+    muon = [p for n, p in named if kind == "muon" and p.dim() == 2 and n.startswith(MUON_MATRICES)]
     chosen = {id(p) for p in muon}
     decay = [p for n, p in named if p.dim() >= 2 and id(p) not in chosen]
     no_decay = [p for n, p in named if p.dim() < 2]

@@ -164,6 +164,15 @@ def test_muon_takes_the_recurrent_and_input_matrices_and_adamw_the_rest():
     assert optimizer.param_groups[0]["muon"] and optimizer.param_groups[0]["lr_scale"] == MUON_LR_SCALE
     plain = make_optimizer(model, 3e-3, (0.9, 0.99), 0.01)
     assert len(plain.param_groups) == 2 and not any(g.get("muon") for g in plain.param_groups)
+    from charrnn.config import ModelConfig
+    from charrnn.model.network import CharRNN
+
+    for cell in ("gru", "lstm"):  # torch's nn.GRU / nn.LSTM: each layer's stacked input and recurrent matrices
+        gated = CharRNN(ModelConfig(vocab_size=11, hidden_size=8, num_layers=2, cell=cell))
+        names = {id(p): n for n, p in gated.named_parameters()}
+        first = make_optimizer(gated, 3e-3, (0.9, 0.99), 0.01, "muon").param_groups[0]
+        assert sorted(names[id(p)] for p in first["params"]) == [
+            "rnn.weight_hh_l0", "rnn.weight_hh_l1", "rnn.weight_ih_l0", "rnn.weight_ih_l1"], cell
 
 
 def test_a_muon_step_is_the_orthogonalised_nesterov_momentum_scaled_to_adamws_rms():
