@@ -164,9 +164,10 @@ class Unshared:
         pass
 
 
-def for_device(device):
-    """The share of a run on `device`: CPU runs share; others do not (Unshared)."""
-    if device.type != "cpu":
+def for_device(device, world: int = 1):
+    """The share of a run on `device`: CPU runs share; others do not (Unshared), nor the ranks of a torchrun job
+    (`world` > 1), which would count one another as other runs and each give up threads it was given."""
+    if device.type != "cpu" or world > 1:
         return Unshared()
     import torch
 

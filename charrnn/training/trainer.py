@@ -77,7 +77,8 @@ class Trainer:
         self.steps.model.train()
         start = self.clock()
         self.startup = self.dist.sum_values([start - self.command_started])[0] / self.dist.world
-        self.share = for_device(self.device)  # the CPU's threads, shared with other charrnn runs training on it
+        # the CPU's threads, shared with other charrnn runs training on it (not between one torchrun job's ranks)
+        self.share = for_device(self.device, self.dist.world)
         try:
             with SignalFlag() as self.signals:
                 self.share.join()

@@ -114,3 +114,13 @@ def test_a_cpu_run_says_it_shares_the_machine_and_leaves_no_file(tmp_path):
         assert os.listdir(directory) == [os.path.basename(other.path)]
     finally:
         other.leave()
+
+
+def test_only_a_single_process_cpu_run_shares():
+    import torch
+
+    from charrnn.training.sharing import CpuShare, Unshared, for_device
+
+    assert isinstance(for_device(torch.device("cpu")), CpuShare)
+    assert isinstance(for_device(torch.device("cpu"), world=2), Unshared)  # a torchrun job's ranks: not each other's
+    assert isinstance(for_device(torch.device("meta")), Unshared)
