@@ -9,8 +9,8 @@ So each CPU run keeps a file in a directory of the machine's temp dir for this u
 (flock) while it trains, and every CHECK_EVERY seconds counts the files other runs hold locked. With N runs training,
 each uses 1/N of the threads it started with (at least one), and all of them again once it is alone; a run that is
 stopped (Ctrl-Z) is not counted while it is. A run that ends, however it ends, drops its lock with its process; the
-next run to find the file unlocked removes it. Where the
-directory cannot be written or files cannot be locked, a run trains with all its threads as before.
+next run to find the file unlocked removes it. Where the directory cannot be written or files cannot be locked, a
+run trains with all its threads as before.
 """
 
 from __future__ import annotations
@@ -45,13 +45,6 @@ class CpuShare:
         self.using = threads
         self.most_others = 0  # the most other runs seen training at once (the summary's note)
         self.next_check: Optional[float] = None
-
-    def __enter__(self) -> "CpuShare":
-        self.join()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.leave()
 
     def join(self) -> bool:
         """Keep a locked file among the trainers'; False (and no sharing) where that is not possible here."""
