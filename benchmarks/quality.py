@@ -75,6 +75,12 @@ def main() -> None:
                         help="try every value (option name with underscores); repeat for a grid")
     parser.add_argument("--muon-lr-scale", action="append", default=[], metavar="S",
                         help="with --optimizer muon: also try these learning-rate scales (benchmarks/muon_scale.py)")
+    parser.add_argument("--muon-ns-steps", action="append", default=[], metavar="N",
+                        help="with --optimizer muon: also try these Newton-Schulz iteration counts (muon_scale.py)")
+    parser.add_argument("--config", action="append", default=[], metavar="'OPTIONS [NAME=VALUE]'",
+                        help="a configuration to run as it is (repeat: one per contender); NAME=VALUE words set "
+                             "muon_scale.py's environment, e.g. --config '--optimizer muon MUON_NS_STEPS=3'")
+    parser.add_argument("--interleave", action="store_true", help="run seed by seed across the configurations")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args, extra = parser.parse_known_args()
 
@@ -82,35 +88,56 @@ def main() -> None:
     for spec in args.sweep:
         name, _, values = spec.partition("=")
         grid_axes.append([(name, v) for v in values.split(",")])
-    grid = list(itertools.product(*grid_axes)) if grid_axes else [()]
+    grid = list(itertools.product(*grid_axes)) if grid_axes else ([] if args.config else [()])
     if args.muon_lr_scale:
         grid = [(*point, ("muon_lr_scale", s)) for point in grid for s in args.muon_lr_scale]
-    results = []
+    if args.muon_ns_steps:
+        grid = [(*point, ("muon_ns_steps", n)) for point in grid for n in args.muon_ns_steps]
     print(f"corpus {args.corpus}, budget {args.budget}, {args.runs} run(s) per configuration, "
           f"load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
     print(f"{'configuration':<48} {'val nats':>9} {'val bits':>9} {'steps':>6} {'chars/s':>9} {'dropout':>7} "
           f"{'model':>7} {'wall s':>6}")
+    configs = []  # (options, entry, env)
     for point in grid:
         options, entry, env = list(extra), ("-m", "charrnn"), {}
         for name, value in point:
-            if name == "muon_lr_scale":
-                entry, env = (str(ROOT / "benchmarks" / "muon_scale.py"),), {"MUON_LR_SCALE": value}
+            if name in ("muon_lr_scale", "muon_ns_steps"):
+                entry = (str(ROOT / "benchmarks" / "muon_scale.py"),)
+                env[name.upper()] = value
             else:
                 options += [f"--{name.replace('_', '-')}", value]
-        label = " ".join(options + ([f"(muon lr x{env['MUON_LR_SCALE']})"] if env else [])) or "defaults"
-        runs = []
-        for i in range(args.runs):  # each run is printed as soon as it ends
-            r = run_once(args.corpus, args.budget, options, seed=args.first_seed + i, entry=entry, env=env)
-            runs.append(r)
-            size = f"{r['model_config']['num_layers']}x{r['model_config']['hidden_size']}"
-            print(f"{label:<48} {r['val_nats']:9.4f} {r['val_bits']:9.4f} {r['steps']:6d} "
-                  f"{(r['chars_per_sec'] or 0):9.0f} {r['model_config']['dropout']!s:>7} {size:>7} {r['wall_s']:6.1f}",
-                  flush=True)
-        median = statistics.median(r["val_nats"] for r in runs)
+        configs.append((options, entry, env))
+    for spec in args.config:  # "--optimizer muon MUON_NS_STEPS=3": NAME=VALUE words go to muon_scale.py's env
+        words = spec.split()
+        env = dict(w.split("=", 1) for w in words if "=" in w and w.split("=")[0].isupper())
+        options = list(extra) + [w for w in words if not ("=" in w and w.split("=")[0].isupper())]
+        configs.append((options, (str(ROOT / "benchmarks" / "muon_scale.py"),) if env else ("-m", "charrnn"), env))
+    order = [(c, i) for c in range(len(configs)) for i in range(args.runs)]
+    if args.interleave:  # seed by seed, every configuration: a slow hour of the machine hits them alike
+        order = [(c, i) for i in range(args.runs) for c in range(len(configs))]
+    runs = [[] for _ in configs]
+
+    def label(c: int) -> str:
+        options, _, env = configs[c]
+        return " ".join(options + [f"({k.lower().replace('_', ' ')} {v})" for k, v in env.items()]) or "defaults"
+
+    for c, i in order:  # each run is printed as soon as it ends
+        options, entry, env = configs[c]
+        r = run_once(args.corpus, args.budget, options, seed=args.first_seed + i, entry=entry, env=env)
+        runs[c].append(r)
+        size = f"{r['model_config']['num_layers']}x{r['model_config']['hidden_size']}"
+        print(f"{label(c):<48} {r['val_nats']:9.4f} {r['val_bits']:9.4f} {r['steps']:6d} "
+              f"{(r['chars_per_sec'] or 0):9.0f} {r['model_config']['dropout']!s:>7} {size:>7} {r['wall_s']:6.1f}",
+              flush=True)
+    results = []
+    for c, (options, _, env) in enumerate(configs):
+        median = statistics.median(r["val_nats"] for r in runs[c])
         if args.runs > 1:
-            print(f"{label + '  [median]':<48} {median:9.4f} {median / math.log(2):9.4f}", flush=True)
-        results.append({"options": options, **({"muon_lr_scale": float(env["MUON_LR_SCALE"])} if env else {}),
-                        "median_val_nats": median, "runs": runs})
+            values = [r["val_nats"] for r in runs[c]]
+            print(f"{label(c) + '  [median]':<48} {median:9.4f} {median / math.log(2):9.4f}  mean "
+                  f"{statistics.mean(values):.4f} spread {max(values) - min(values):.4f}", flush=True)
+        results.append({"options": options, **{k.lower(): float(v) for k, v in env.items()},
+                        "median_val_nats": median, "runs": runs[c]})
     os.makedirs(args.out, exist_ok=True)
     out = os.path.join(args.out, f"quality-{time.strftime('%Y%m%d-%H%M%S')}.json")
     with open(out, "w") as f:

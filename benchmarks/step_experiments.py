@@ -33,6 +33,9 @@ VARIANTS = {  # name: (options, environment); "muon*" run through muon_train.py
     "muon": ([], {}),
     "muon-lr2": ([], {"MUON_LR_SCALE": "2"}),
     "muon-lr4": ([], {"MUON_LR_SCALE": "4"}),
+    "own-lr2": (["--optimizer", "muon"], {"MUON_LR_SCALE": "2"}),  # charrnn's Muon (fp32 Newton-Schulz)
+    "own-ns3": (["--optimizer", "muon"], {"MUON_LR_SCALE": "2", "MUON_NS_STEPS": "3"}),
+    "own-ns2": (["--optimizer", "muon"], {"MUON_LR_SCALE": "2", "MUON_NS_STEPS": "2"}),
     "wd0": (["--weight-decay", "0"], {}),
     "wd0.1": (["--weight-decay", "0.1"], {}),
     "warmup0": (["--warmup-steps", "0"], {}),
@@ -46,7 +49,8 @@ VARIANTS = {  # name: (options, environment); "muon*" run through muon_train.py
 def command(variant: str, corpus: str, size: str, steps: int, seed: int, run_dir: str) -> tuple[list, dict]:
     options, env = VARIANTS[variant]
     L, H = size.split("x")
-    entry = [str(HERE / "muon_train.py")] if variant.startswith("muon") else ["-m", "charrnn"]
+    entry = ([str(HERE / "muon_train.py")] if variant.startswith("muon") else
+             [str(HERE / "muon_scale.py")] if variant.startswith("own") else ["-m", "charrnn"])
     cmd = [sys.executable, *entry, "train", corpus, "--val-frac", "0.1", "--test-frac", "0", "--max-steps",
            str(steps), "--hidden-size", H, "--num-layers", L, "--precision", "fp32", "--run-dir", run_dir,
            "--seed", str(seed), "-q", *options]
@@ -93,7 +97,7 @@ def table(paths: list) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corpus", action="append", required=True)
+    ap.add_argument("--corpus", action="append", help="repeat for several corpora (not with --table)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--size", default="2x256", help="LxH")
     ap.add_argument("--steps", type=int, default=500)
@@ -109,6 +113,8 @@ def main() -> None:
     if args.table:
         print(table(args.table))
         return
+    if not args.corpus:
+        ap.error("--corpus is required")
     args.corpus = [os.path.abspath(c) for c in args.corpus]
     os.makedirs(args.out, exist_ok=True)
     out = os.path.join(args.out, "step-experiments.jsonl")

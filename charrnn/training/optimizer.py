@@ -119,8 +119,9 @@ class MuonAdamW(AdamW):
     Newton-Schulz iterations: about U V^T of the momentum's SVD), so that every direction of the matrix moves alike.
     The step is scaled to the RMS an AdamW step would have (0.2 * sqrt(max(rows, cols)), torch.optim.Muon's
     "match_rms_adamw") and by the group's "lr_scale"; weight decay is decoupled, lr * weight_decay per step as for
-    AdamW. Unlike torch's Muon the iteration runs in the matrices' own dtype (fp32): bf16 products are far slower
-    than fp32 ones on a CPU without bf16 instructions. Matrices of one shape are iterated together (batched).
+    AdamW. The iteration runs in the group's "ns_dtype" ("bf16" where the training products are bf16, as
+    torch.optim.Muon always does; else the matrices' own fp32: bf16 products are far slower than fp32 ones on a
+    CPU without bf16 instructions) for "ns_steps" iterations. Matrices of one shape are iterated together.
     """
 
     def step(self) -> None:
@@ -130,6 +131,14 @@ class MuonAdamW(AdamW):
                     self._muon(group)
                 else:
                     self._update(group)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As AdamW's; the Newton-Schulz settings stay this machine's (a run saved on a bf16 CPU resumes in fp32 on
+        one without bf16)."""
+        here = [{k: group[k] for k in ("ns_steps", "ns_dtype") if k in group} for group in self.param_groups]
+        super().load_state_dict(state_dict)
+        for group, settings in zip(self.param_groups, here):
+            group.update(settings)
 
     def _muon(self, group: dict) -> None:
         momentum, lr, weight_decay = group["momentum"], group["lr"], group["weight_decay"]
@@ -146,7 +155,8 @@ class MuonAdamW(AdamW):
             buffers = [self.state[p]["momentum_buffer"] for p in params]
             torch._foreach_lerp_(buffers, grads, 1 - momentum)
             updates = torch.stack(grads).lerp_(torch.stack(buffers), momentum)  # Nesterov
-            orthogonal = orthogonalise(updates)
+            ns_dtype = torch.bfloat16 if group.get("ns_dtype") == "bf16" else updates.dtype
+            orthogonal = orthogonalise(updates.to(ns_dtype), group.get("ns_steps", NS_STEPS)).to(updates.dtype)
             if weight_decay != 0:
                 torch._foreach_mul_(params, 1 - lr * weight_decay)
             scale = lr * group["lr_scale"] * 0.2 * max(shape[0], shape[1]) ** 0.5

@@ -28,6 +28,8 @@ def merge_configs(resumed: dict, model_config: ModelConfig, train_config: TrainC
     saved_train = from_dict(TrainConfig, resumed["train_config"])
     if "ema" not in resumed["train_config"]:  # saved before --ema existed: it trained without an average
         saved_train.ema = 0.0
+    if "optimizer" not in resumed["train_config"]:  # saved before --optimizer existed: it trained with AdamW
+        saved_train.optimizer = "adamw"
     changeable = RESUMABLE_CHANGES | (LR_CHANGES if allow_lr_change else set())
     for what, new_cfg, old_cfg in (("architecture", model_config, saved_model),
                                    ("training configuration", train_config, saved_train)):

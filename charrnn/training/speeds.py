@@ -212,7 +212,7 @@ def training_step(model_config, cfg, device, plan) -> Callable[[], None]:
     model = CharRNN(model_config, kernel=plan.kernel).to(device)
     model.use_precision(plan)
     model.train()
-    opt = make_optimizer(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay, cfg.optimizer)
+    opt = make_optimizer(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay, cfg.optimizer, plan.core)
     g = torch.Generator().manual_seed(0)
     data = torch.randint(0, model_config.vocab_size, (cfg.batch_size, cfg.seq_len + 1), generator=g).to(device)
     x, y = data[:, :-1], data[:, 1:]
@@ -237,6 +237,8 @@ def speed_keys(model_config, cfg, device, plan_for: Callable, candidates: list,
 
     import torch
 
+    from . import optimizer
+
     vocab = vocab_bucket(model_config.vocab_size)
     machine, threads = machine_name(device), threads or torch.get_num_threads()
     configs, plans, keys = {}, {}, {}
@@ -246,6 +248,7 @@ def speed_keys(model_config, cfg, device, plan_for: Callable, candidates: list,
         plans[(L, H)] = plan_for(device, model_config.cell, H, cfg.precision, cfg.kernel)
         keys[(L, H)] = speed_key(machine, str(torch.__version__), plans[(L, H)], model_config.cell, (L, H),
                                  cfg.batch_size, cfg.seq_len, threads, vocab)
-        if cfg.optimizer != "adamw":  # its step costs more (AdamW's keys stay as they were)
-            keys[(L, H)] += f"|optimizer={cfg.optimizer}"
+        if cfg.optimizer != "adamw":  # its step costs more (AdamW's keys stay as they were), and more with more
+            # Newton-Schulz iterations (their dtype, the plan's core, is in the key already)
+            keys[(L, H)] += f"|optimizer={cfg.optimizer}|ns={optimizer.NS_STEPS}"
     return configs, plans, keys

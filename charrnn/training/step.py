@@ -27,10 +27,13 @@ MUON_MOMENTUM = 0.95
 MUON_MATRICES = ("w_hh.", "w_xh.", "rnn.weight_hh_l", "rnn.weight_ih_l")
 
 
-def make_optimizer(model, lr: float, betas: tuple, weight_decay: float, kind: str = "adamw"):
+def make_optimizer(model, lr: float, betas: tuple, weight_decay: float, kind: str = "adamw",
+                   products: str = "fp32"):
     """AdamW (optimizer.py: torch's arithmetic without its import of the compiler) with weight decay on the weight
     matrices only (biases and nothing else are decayed). kind "muon": Muon for the recurrent and input matrices
-    (MUON_MATRICES), AdamW for the embedding, biases and head (optimizer.MuonAdamW)."""
+    (MUON_MATRICES), AdamW for the embedding, biases and head (optimizer.MuonAdamW); its Newton-Schulz products in
+    bf16 where the model's are (`products`, the precision plan's core), else in fp32."""
+    from . import optimizer
     from .optimizer import AdamW, MuonAdamW
 
     named = list(model.named_parameters())
@@ -42,7 +45,8 @@ def make_optimizer(model, lr: float, betas: tuple, weight_decay: float, kind: st
     if kind != "muon":
         return AdamW(groups, lr=lr, betas=betas)
     return MuonAdamW([{"params": muon, "weight_decay": weight_decay, "muon": True, "lr_scale": MUON_LR_SCALE,
-                       "momentum": MUON_MOMENTUM}] + groups, lr=lr, betas=betas)
+                       "momentum": MUON_MOMENTUM, "ns_steps": optimizer.NS_STEPS,
+                       "ns_dtype": "bf16" if products == "bf16" else "fp32"}] + groups, lr=lr, betas=betas)
 
 
 def loop_note(run) -> str:
@@ -75,7 +79,7 @@ class Step:
         self.autocast = torch_dtype(run.plan.autocast)
         self.scaler = torch.amp.GradScaler(self.device.type) if run.plan.grad_scaler else None
         self.optimizer = make_optimizer(self.model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay,
-                                        cfg.optimizer)
+                                        cfg.optimizer, run.plan.core)
         self.grad_clip = cfg.grad_clip
         self.average = None  # --ema: the weights validated, sampled and saved for use (training/averaging.py)
         if cfg.ema > 0:

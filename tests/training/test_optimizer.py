@@ -236,6 +236,27 @@ def test_a_muon_checkpoints_state_resumes_to_the_same_weights_as_going_on():
         adamw.load_state_dict(saved)
 
 
+def test_muons_newton_schulz_runs_in_bf16_where_the_products_are_and_a_resume_keeps_this_machines_choice():
+    from charrnn.training.step import MUON_LR_SCALE, make_optimizer
+
+    fp32, bf16 = muon_model(), muon_model()
+    plain = make_optimizer(fp32, 1e-2, (0.9, 0.99), 0.01, "muon")
+    low = make_optimizer(bf16, 1e-2, (0.9, 0.99), 0.01, "muon", products="bf16")
+    assert plain.param_groups[0]["ns_dtype"] == "fp32" and low.param_groups[0]["ns_dtype"] == "bf16"
+    char_steps(fp32, plain, 1, seed=3)
+    char_steps(bf16, low, 1, seed=3)
+    moved = [(a.detach() - b.detach()) for a, b in zip(muon_model().parameters(), fp32.parameters())]
+    apart = [(a - b).abs().max() for a, b in zip(fp32.parameters(), bf16.parameters())]
+    assert all(p.dtype == torch.float32 for p in bf16.parameters())  # the weights stay fp32
+    # the same step to bf16's precision, but not bit for bit (the products did run in bf16)
+    assert max(apart) < 0.05 * max(m.abs().max() for m in moved) and max(apart) > 0
+    saved = low.state_dict()
+    assert saved["param_groups"][0]["ns_dtype"] == "bf16"
+    resumed = make_optimizer(muon_model(), 1e-2, (0.9, 0.99), 0.01, "muon")  # a CPU without bf16
+    resumed.load_state_dict(saved)
+    assert resumed.param_groups[0]["ns_dtype"] == "fp32" and resumed.param_groups[0]["lr_scale"] == MUON_LR_SCALE
+
+
 def test_an_unknown_optimizer_is_one_line_and_exit_2(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("abcdefgh " * 400)
