@@ -67,6 +67,14 @@ def parse_recurrent_init(spec: str) -> tuple[str, float]:
     return kind, value
 
 
+def resolve_optimizer(optimizer: str, cell: str) -> str:
+    """--optimizer auto: Muon for the tanh cell (benchmarks/README.md, "What each step learns": it won English and C
+    code at equal time on the fp32 and bf16 routes), AdamW for GRU and LSTM (not measured with Muon)."""
+    if optimizer != "auto":
+        return optimizer
+    return "muon" if cell == "tanh" else "adamw"
+
+
 def parse_dropout(text: str) -> Optional[float]:
     """The --dropout option: 'auto' -> None, else a number."""
     if str(text).strip().lower() == "auto":
@@ -135,7 +143,9 @@ class TrainConfig:
     min_lr_frac: float = 0.1  # cosine decays to lr * min_lr_frac
     warmup_steps: int = 50
     weight_decay: float = 0.01
-    optimizer: str = "adamw"  # "muon": Muon for the recurrent and input matrices, AdamW for the rest
+    # "muon": Muon for the recurrent and input matrices, AdamW for the rest; "auto": muon for tanh, adamw for gru and
+    # lstm (Muon's gains were measured on tanh only), decided when the run starts (`resolve_optimizer`)
+    optimizer: str = "auto"
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # max global gradient norm; 0 disables
@@ -172,8 +182,8 @@ class TrainConfig:
             raise UsageError("--val-frac plus --test-frac must leave something to train on")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise UsageError(f"--precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
-        if self.optimizer not in ("adamw", "muon"):
-            raise UsageError(f"--optimizer must be adamw or muon, not {self.optimizer!r}")
+        if self.optimizer not in ("auto", "adamw", "muon"):
+            raise UsageError(f"--optimizer must be auto, adamw or muon, not {self.optimizer!r}")
         if self.kernel not in ("auto", "fused", "nn"):
             raise UsageError(f"--kernel must be auto, fused or nn, not {self.kernel!r}")
         self.save_interval()  # raises on a value it cannot read
@@ -331,5 +341,5 @@ def step_limit(max_steps: Optional[int], epochs: Optional[float], time_budget: O
     return total
 
 __all__ = ["ModelConfig", "TrainConfig", "CELLS", "parse_duration", "to_dict", "from_dict", "default_of", "field",
-           "auto_dropout", "parse_dropout", "parse_recurrent_init", "check_field", "check_number", "FIELD_RANGES",
-           "auto_val_chars", "parse_val_chars", "DEFAULT_EPOCHS", "step_limit"]
+           "auto_dropout", "resolve_optimizer", "parse_dropout", "parse_recurrent_init", "check_field", "check_number",
+           "FIELD_RANGES", "auto_val_chars", "parse_val_chars", "DEFAULT_EPOCHS", "step_limit"]

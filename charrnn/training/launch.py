@@ -16,7 +16,7 @@ import os
 from typing import Callable, NamedTuple, Optional
 
 from ..store import checkpoint as ckpt_io
-from ..config import ModelConfig, TrainConfig, auto_val_chars
+from ..config import ModelConfig, TrainConfig, auto_val_chars, resolve_optimizer
 from ..errors import DataError, Interrupted, NonFiniteLossError, UsageError, WriteError
 from .memory import _out_of_memory_as_error, check_memory, memory_needed  # noqa: F401  (memory_needed: re-exported)
 from .resume import LR_CHANGES, RESUMABLE_CHANGES, merge_configs
@@ -144,6 +144,7 @@ def _configs(model_config, train_config, resume, run_dir, explicit, allow_lr_cha
         run_dir = run_dir or os.path.dirname(resumed["path"])
     for config in (model_config, cfg):
         config.validate()
+    cfg.optimizer = resolve_optimizer(cfg.optimizer, model_config.cell)
     return model_config, cfg, resumed, run_dir
 
 

@@ -37,7 +37,8 @@ def merge_configs(resumed: dict, model_config: ModelConfig, train_config: TrainC
         for name in to_dict(old_cfg):
             if name in explicit and name not in changeable and name != "vocab_size":
                 new, old = getattr(new_cfg, name), getattr(old_cfg, name)
-                if new != old and not (name == "dropout" and new is None):  # auto accepts what was decided
+                if new != old and not (name == "dropout" and new is None or name == "optimizer" and new == "auto"):
+                    # auto accepts what was decided
                     differences.append(f"--{name.replace('_', '-')} {new} (checkpoint has {old})")
         if differences:
             hint = ""

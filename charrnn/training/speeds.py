@@ -12,6 +12,8 @@ import os
 import time
 from typing import Callable, Optional
 
+from ..config import resolve_optimizer
+
 ROUNDS = 4  # each candidate is timed in this many interleaved rounds, and
 ROUND_CALLS = 2  # calls of each size a round at least, the fastest of them its timing
 AGREE = 0.10  # the fastest call of the first half of the rounds and of the second must agree within this share to
@@ -212,7 +214,8 @@ def training_step(model_config, cfg, device, plan) -> Callable[[], None]:
     model = CharRNN(model_config, kernel=plan.kernel).to(device)
     model.use_precision(plan)
     model.train()
-    opt = make_optimizer(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay, cfg.optimizer, plan.core)
+    opt = make_optimizer(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay,
+                         resolve_optimizer(cfg.optimizer, model_config.cell), plan.core)
     g = torch.Generator().manual_seed(0)
     data = torch.randint(0, model_config.vocab_size, (cfg.batch_size, cfg.seq_len + 1), generator=g).to(device)
     x, y = data[:, :-1], data[:, 1:]
@@ -248,7 +251,8 @@ def speed_keys(model_config, cfg, device, plan_for: Callable, candidates: list,
         plans[(L, H)] = plan_for(device, model_config.cell, H, cfg.precision, cfg.kernel)
         keys[(L, H)] = speed_key(machine, str(torch.__version__), plans[(L, H)], model_config.cell, (L, H),
                                  cfg.batch_size, cfg.seq_len, threads, vocab)
-        if cfg.optimizer != "adamw":  # its step costs more (AdamW's keys stay as they were), and more with more
-            # Newton-Schulz iterations (their dtype, the plan's core, is in the key already)
-            keys[(L, H)] += f"|optimizer={cfg.optimizer}|ns={optimizer.NS_STEPS}"
+        kind = resolve_optimizer(cfg.optimizer, model_config.cell)
+        if kind != "adamw":  # its step costs more (AdamW's keys stay as they were), and more with more Newton-Schulz
+            # iterations (their dtype, the plan's core, is in the key already)
+            keys[(L, H)] += f"|optimizer={kind}|ns={optimizer.NS_STEPS}"
     return configs, plans, keys

@@ -80,6 +80,8 @@ class Step:
         self.scaler = torch.amp.GradScaler(self.device.type) if run.plan.grad_scaler else None
         self.optimizer = make_optimizer(self.model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay,
                                         cfg.optimizer, run.plan.core)
+        log.info("optimizer: " + ("Muon (recurrent and input matrices) and AdamW (embedding, biases, head)"
+                                  if cfg.optimizer == "muon" else "AdamW"))
         self.grad_clip = cfg.grad_clip
         self.average = None  # --ema: the weights validated, sampled and saved for use (training/averaging.py)
         if cfg.ema > 0:

@@ -63,16 +63,16 @@ def touch():
     return resource.getrusage(RUSAGE_THREAD).ru_minflt - before, mapped
 
 
-step = charrnn.training.optimizer.AdamW.step
+def probing(step):
+    def probe(optimizer):  # after the run's first optimizer step, once
+        step(optimizer)
+        if not seen:
+            seen.append([touch(), touch()])
+    return probe
 
 
-def probe(optimizer):  # after the run's first optimizer step, once
-    step(optimizer)
-    if not seen:
-        seen.append([touch(), touch()])
-
-
-charrnn.training.optimizer.AdamW.step = probe
+for kind in (charrnn.training.optimizer.AdamW, charrnn.training.optimizer.MuonAdamW):  # whichever the run uses
+    kind.step = probing(kind.step)
 sys.argv = ["charrnn", *sys.argv[4:]]
 try:
     main()

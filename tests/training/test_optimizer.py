@@ -139,12 +139,14 @@ def char_steps(model, optimizer, steps, seed, lr=1e-2):
 
 def reference_muon_step(p, grad, buf, lr, scale, weight_decay, momentum=0.95):
     """Muon's step written out for one matrix in float64, as its description reads."""
+    from charrnn.training.optimizer import NS_STEPS
+
     buf = buf.double().lerp(grad.double(), 1 - momentum)
     update = grad.double().lerp(buf, momentum)
     x = update.T if update.shape[0] > update.shape[1] else update
     x = x / x.norm()
     a, b, c = 3.4445, -4.7750, 2.0315
-    for _ in range(5):
+    for _ in range(NS_STEPS):
         gram = x @ x.T
         x = a * x + (b * gram + c * gram @ gram) @ x
     x = x.T if update.shape[0] > update.shape[1] else x
@@ -200,7 +202,7 @@ def test_a_muon_step_is_the_orthogonalised_nesterov_momentum_scaled_to_adamws_rm
 
 
 def test_the_orthogonalised_matrix_keeps_the_directions_and_brings_the_singular_values_near_one():
-    from charrnn.training.optimizer import orthogonalise
+    from charrnn.training.optimizer import NS_STEPS, orthogonalise
 
     g = torch.Generator().manual_seed(7)
     for n, rows, cols in [(4, 32, 32), (2, 48, 16), (2, 16, 48)]:
@@ -209,12 +211,13 @@ def test_the_orthogonalised_matrix_keeps_the_directions_and_brings_the_singular_
         v = torch.linalg.qr(torch.randn(n, cols, cols, generator=g))[0][:, :, :k]
         spread = torch.logspace(-0.5, 1, k).flip(0)  # singular values 10 down to 0.3 (about 3 % of the norm)
         m = u @ torch.diag_embed(spread.expand(n, -1)) @ v.transpose(1, 2)
-        out = orthogonalise(m)
-        inner = u.transpose(1, 2) @ out @ v  # diagonal: the same singular vectors
-        s = torch.diagonal(inner, dim1=1, dim2=2)
-        assert out.shape == m.shape
-        assert (inner - torch.diag_embed(s)).abs().max() < 1e-4
-        assert s.min() > 0.6 and s.max() < 1.25, ((rows, cols), s.min(), s.max())
+        for steps, low in ((5, 0.6), (NS_STEPS, 0.5)):  # torch.optim.Muon's count and charrnn's
+            out = orthogonalise(m, steps)
+            inner = u.transpose(1, 2) @ out @ v  # diagonal: the same singular vectors
+            s = torch.diagonal(inner, dim1=1, dim2=2)
+            assert out.shape == m.shape
+            assert (inner - torch.diag_embed(s)).abs().max() < 1e-4
+            assert s.min() > low and s.max() < 1.25, ((rows, cols), steps, s.min(), s.max())
 
 
 def test_a_muon_checkpoints_state_resumes_to_the_same_weights_as_going_on():
@@ -257,11 +260,49 @@ def test_muons_newton_schulz_runs_in_bf16_where_the_products_are_and_a_resume_ke
     assert resumed.param_groups[0]["ns_dtype"] == "fp32" and resumed.param_groups[0]["lr_scale"] == MUON_LR_SCALE
 
 
+def test_the_default_optimizer_is_muon_for_tanh_and_adamw_for_the_gated_cells_and_resume_keeps_it(tmp_path):
+    import charrnn
+    from charrnn.config import TrainConfig
+    from charrnn.store.checkpoint import load_checkpoint, save_checkpoint
+
+    from conftest import make_corpus
+
+    corpus = make_corpus(tmp_path / "c.txt", 3000)
+    cfg = dict(batch_size=4, seq_len=16, warmup_steps=5, eval_every=10, val_frac=0.1, test_frac=0.0)
+    assert TrainConfig().optimizer == "auto"
+    chosen = {}
+    for cell in ("tanh", "gru"):
+        run_dir = tmp_path / cell
+        charrnn.train(str(corpus), charrnn.ModelConfig(hidden_size=16, num_layers=1, cell=cell),
+                      TrainConfig(max_steps=4, **cfg), run_dir=str(run_dir), progress=False)
+        saved = load_checkpoint(str(run_dir / "latest.pt"))
+        groups = saved["optimizer"]["param_groups"]
+        chosen[cell] = saved["train_config"]["optimizer"], any(g.get("muon") for g in groups)
+    assert chosen == {"tanh": ("muon", True), "gru": ("adamw", False)}
+    # resuming with the default ("auto", even typed) keeps what the run decided
+    charrnn.train(None, None, TrainConfig(max_steps=6, optimizer="auto"), resume=str(tmp_path / "tanh"),
+                  progress=False, explicit={"max_steps", "optimizer"})
+    assert load_checkpoint(str(tmp_path / "tanh" / "latest.pt"))["train_config"]["optimizer"] == "muon"
+    # a checkpoint from before --optimizer existed trained with AdamW and resumes with it
+    run_dir = tmp_path / "old"
+    charrnn.train(str(corpus), charrnn.ModelConfig(hidden_size=16, num_layers=1), TrainConfig(
+        max_steps=4, optimizer="adamw", **cfg), run_dir=str(run_dir), progress=False)
+    old = load_checkpoint(str(run_dir / "latest.pt"))
+    del old["train_config"]["optimizer"]  # as an older version saved it
+    save_checkpoint({k: v for k, v in old.items() if k not in ("format", "version", "digest", "path")},
+                    [str(run_dir / "latest.pt")])
+    result = charrnn.train(None, None, TrainConfig(max_steps=6), resume=str(run_dir), progress=False,
+                           explicit={"max_steps"})
+    again = load_checkpoint(str(run_dir / "latest.pt"))
+    assert result.step == 6 and again["train_config"]["optimizer"] == "adamw"
+    assert not any(g.get("muon") for g in again["optimizer"]["param_groups"])
+
+
 def test_an_unknown_optimizer_is_one_line_and_exit_2(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("abcdefgh " * 400)
     out = subprocess.run([sys.executable, "-m", "charrnn", "train", str(corpus), "--optimizer", "sgd",
                           "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
-    assert out.stderr.strip() == "charrnn: error: --optimizer must be adamw or muon, not 'sgd'"
+    assert out.stderr.strip() == "charrnn: error: --optimizer must be auto, adamw or muon, not 'sgd'"
     assert not (tmp_path / "run").exists()
