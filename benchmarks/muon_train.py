@@ -63,7 +63,7 @@ class _Group(dict):
         return self.group[key]
 
 
-def make_optimizer(model, lr: float, betas: tuple, weight_decay: float, kind: str = "adamw"):  # kind: ignored
+def make_optimizer(model, lr: float, betas: tuple, weight_decay: float, kind: str = "adamw", products="fp32"):  # kind, products: ignored
     import torch
 
     from charrnn.training.optimizer import AdamW
