@@ -33,7 +33,7 @@ VARIANTS = {  # name: (options, environment); "muon*" run through muon_train.py
     "muon": ([], {}),
     "muon-lr2": ([], {"MUON_LR_SCALE": "2"}),
     "muon-lr4": ([], {"MUON_LR_SCALE": "4"}),
-    "own-lr2": (["--optimizer", "muon"], {"MUON_LR_SCALE": "2"}),  # charrnn's Muon (fp32 Newton-Schulz)
+    "own-lr2": (["--optimizer", "muon"], {"MUON_LR_SCALE": "2", "MUON_NS_STEPS": "5"}),  # charrnn's Muon (fp32 Newton-Schulz)
     "own-ns3": (["--optimizer", "muon"], {"MUON_LR_SCALE": "2", "MUON_NS_STEPS": "3"}),
     "own-ns2": (["--optimizer", "muon"], {"MUON_LR_SCALE": "2", "MUON_NS_STEPS": "2"}),
     "wd0": (["--weight-decay", "0"], {}),
@@ -54,6 +54,8 @@ def command(variant: str, corpus: str, size: str, steps: int, seed: int, run_dir
     cmd = [sys.executable, *entry, "train", corpus, "--val-frac", "0.1", "--test-frac", "0", "--max-steps",
            str(steps), "--hidden-size", H, "--num-layers", L, "--precision", "fp32", "--run-dir", run_dir,
            "--seed", str(seed), "-q", *options]
+    if not variant.startswith("own"):  # the AdamW baseline and its one-change variants (muon_train.py: torch's Muon)
+        cmd += ["--optimizer", "adamw"]
     return cmd, env
 
 

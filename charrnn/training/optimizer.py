@@ -108,7 +108,7 @@ class AdamW:
 
 
 # Newton-Schulz coefficients of the quintic iteration Muon uses (Keller Jordan's; torch.optim.Muon's defaults);
-# 3 iterations, not torch's 5: 40 % of the products, and at equal time better on English and C code
+# 3 iterations, not torch's 5: 40 % fewer products, and at equal time better on English and C code
 # (benchmarks/README.md, "What each step learns"; 2 iterations lost 0.04-0.07 nats at equal steps)
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_STEPS = 3
