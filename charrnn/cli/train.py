@@ -43,10 +43,10 @@ def train(
     batch_size: Annotated[int, typer.Option(help="B: parallel streams per batch.", rich_help_panel="Data")] = train_default("batch_size"),
     seq_len: Annotated[int, typer.Option(help="T: steps of back-propagation through time per batch.", rich_help_panel="Data")] = train_default("seq_len"),
     # optimisation
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).", rich_help_panel="Optimisation")] = train_default("lr"),
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW's; Muon's matrices take 2x).", rich_help_panel="Optimisation")] = train_default("lr"),
     min_lr_frac: Annotated[float, typer.Option(help="Cosine decay ends at lr times this.", rich_help_panel="Optimisation")] = train_default("min_lr_frac"),
     warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.", rich_help_panel="Optimisation")] = train_default("warmup_steps"),
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on weight matrices.", rich_help_panel="Optimisation")] = train_default("weight_decay"),
+    weight_decay: Annotated[float, typer.Option(help="Weight decay on weight matrices (AdamW and Muon, decoupled).", rich_help_panel="Optimisation")] = train_default("weight_decay"),
     optimizer: Annotated[str, typer.Option(help="auto (muon for tanh, adamw for gru and lstm), adamw, or muon: Muon (orthogonalised momentum, its learning rate 2x --lr) for the recurrent and input matrices and AdamW for the rest.", rich_help_panel="Optimisation")] = train_default("optimizer"),
     grad_clip: Annotated[float, typer.Option(help="Clip the global gradient norm to this; 0 disables.", rich_help_panel="Optimisation")] = train_default("grad_clip"),
     ema: Annotated[float, typer.Option(help="Validate, sample and save a moving average of the weights with this decay per step (about the last 1/(1 - EMA) steps); 0: the weights as trained.", rich_help_panel="Optimisation")] = train_default("ema"),

@@ -6,27 +6,39 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from ..config import ModelConfig, TrainConfig
+from ..config import ModelConfig, TrainConfig, resolve_optimizer
 from ..errors import CharrnnError, UsageError
 from ..store.units import count, size
 
 
+# a Muon matrix's bytes a parameter at the peak of its step: weight, gradient and momentum (12), and while it steps
+# the stacked gradients and momenta, the normalised matrix, its Gram matrix, their product and the next iterate
+# (4 each for square matrices; optimizer.MuonAdamW._muon)
+MUON_BYTES = 12 + 6 * 4
+
+
 def memory_needed(model_config: ModelConfig, cfg: TrainConfig, streams: int) -> tuple[int, int]:
     """(bytes, parameters) one training step needs, roughly: fp32 weights, gradients and AdamW's two moments
-    (16 bytes a parameter, 20 with --ema's averages), the activations kept for backward (L x T x B x H x 4 bytes,
-    times 4 per gate set: the cell's outputs, pre-activations, dropout and gradients), and the logits with their
-    softmax and gradient. Python integers, so no size overflows."""
+    (16 bytes a parameter, 20 with --ema's averages); under Muon (--optimizer, resolved for the cell) its matrices
+    instead keep one momentum and, while it steps, the stacked gradients and momenta and the Newton-Schulz iterates
+    (MUON_BYTES a parameter); the activations kept for backward (L x T x B x H x 4 bytes, times 4 per gate set: the
+    cell's outputs, pre-activations, dropout and gradients), and the logits with their softmax and gradient. Python
+    integers, so no size overflows."""
     V, H, L = max(1, model_config.vocab_size), model_config.hidden_size, model_config.num_layers
     T = cfg.seq_len
     gates = {"gru": 3, "lstm": 4}.get(model_config.cell, 1)
     if model_config.cell == "tanh":
-        core = (2 * L - 1) * H * H + L * H  # W_hh per layer, W_xh for layers 2..L, biases
+        matrices = (2 * L - 1) * H * H  # W_hh per layer, W_xh for layers 2..L
+        core = matrices + L * H  # and the biases
     else:
-        core = L * gates * (2 * H * H + 2 * H)  # torch's GRU/LSTM: input and hidden weights and biases per gate
+        matrices = L * gates * 2 * H * H  # torch's GRU/LSTM: input and hidden weights per gate
+        core = matrices + L * gates * 2 * H
     parameters = V * H + core + H * V + V  # embedding (layer 1's input weights), core, head
     activations = L * T * streams * H * 4 * 4 * gates + T * streams * H * 4
     logits = T * streams * V * 4 * 3
-    return parameters * 4 * (1 + 1 + 2 + (cfg.ema > 0)) + activations + logits, parameters
+    each = 4 * (1 + 1 + 2 + (cfg.ema > 0))
+    muon = matrices if resolve_optimizer(cfg.optimizer, model_config.cell) == "muon" else 0
+    return parameters * each + muon * (MUON_BYTES - 16) + activations + logits, parameters
 
 
 def memory_available(device) -> Optional[int]:

@@ -94,8 +94,8 @@ class EndCost:
     @classmethod
     def for_run(cls, val_chars: int, chars_per_step: int, parameters: int, ema: bool,
                 elapsed: float = 0.0) -> "EndCost":
-        """With a first guess at a save: the checkpoint's bytes (weights and AdamW's two moments, and --ema's
-        averages) at 100 MB/s, plus a tenth of a second."""
+        """With a first guess at a save: the checkpoint's bytes (weights and at most two moments a weight, AdamW's;
+        Muon keeps one, and --ema's averages) at 100 MB/s, plus a tenth of a second."""
         return cls(val_chars, chars_per_step, 0.1 + (12 + 4 * ema) * parameters / 100e6, elapsed)
 
     def busy(self, kind: str) -> None:

@@ -204,7 +204,7 @@ class SpeedStore:
 
 def training_step(model_config, cfg, device, plan) -> Callable[[], None]:
     """One training step of a fresh model of this config (random weights and characters), as the trainer takes
-    it: forward, loss, backward, clip, AdamW."""
+    it: forward, loss, backward, clip, the optimizer's step (--optimizer, resolved for the cell)."""
     import torch
 
     from ..model.network import CharRNN

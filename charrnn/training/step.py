@@ -1,4 +1,5 @@
-"""One training step's machinery: the model in its precision, AdamW (with a loss scaler where fp16 needs one),
+"""One training step's machinery: the model in its precision, its optimizer (Muon and AdamW, or AdamW: --optimizer)
+with a loss scaler where fp16 needs one,
 --ema's weight average; the batch onto the device, forward, loss, backward, the gradients averaged across ranks
 and clipped, the optimizer step."""
 
@@ -29,12 +30,16 @@ MUON_MATRICES = ("w_hh.", "w_xh.", "rnn.weight_hh_l", "rnn.weight_ih_l")
 
 def make_optimizer(model, lr: float, betas: tuple, weight_decay: float, kind: str = "adamw",
                    products: str = "fp32"):
-    """AdamW (optimizer.py: torch's arithmetic without its import of the compiler) with weight decay on the weight
-    matrices only (biases and nothing else are decayed). kind "muon": Muon for the recurrent and input matrices
-    (MUON_MATRICES), AdamW for the embedding, biases and head (optimizer.MuonAdamW); its Newton-Schulz products in
-    bf16 where the model's are (`products`, the precision plan's core), else in fp32."""
+    """kind "adamw": AdamW (optimizer.py: torch's arithmetic without its import of the compiler) with weight decay on
+    the weight matrices only (biases and nothing else are decayed). kind "muon": Muon for the recurrent and input
+    matrices (MUON_MATRICES), AdamW for the embedding, biases and head (optimizer.MuonAdamW); its Newton-Schulz
+    products in bf16 where the model's are (`products`, the precision plan's core), else in fp32. ValueError for any
+    other kind ("auto" is resolved before: config.resolve_optimizer)."""
     from . import optimizer
     from .optimizer import AdamW, MuonAdamW
+
+    if kind not in ("adamw", "muon"):
+        raise ValueError(f"no optimizer {kind!r}: adamw or muon")
 
     named = list(model.named_parameters())
     muon = [p for n, p in named if kind == "muon" and p.dim() == 2 and n.startswith(MUON_MATRICES)]

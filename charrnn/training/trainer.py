@@ -1,4 +1,4 @@
-"""The training loop: stateful truncated BPTT over parallel streams, clipping, AdamW, warm-up + cosine decay.
+"""The training loop: stateful truncated BPTT over parallel streams, clipping, the optimizer step (Muon and AdamW, or AdamW), warm-up + cosine decay.
 
     for each batch: detach the state (the truncation point) -> forward -> loss -> backward -> average across
     ranks -> clip -> step (or skip a non-finite one) -> schedule -> log -> evaluate and save -> stop?

@@ -97,15 +97,17 @@ def test_zero_grad_empties_or_zeroes_the_gradients():
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_a_training_step_does_not_import_torchs_compiler():
-    """torch.optim's first use imports torch._dynamo (about 1 s of start-up on a 2-core machine); charrnn's does not."""
-    code = """
+@pytest.mark.parametrize("kind", ["adamw", "muon"])
+def test_a_training_step_does_not_import_torchs_compiler(kind):
+    """torch.optim's first use imports torch._dynamo (about 1 s of start-up on a 2-core machine); charrnn's
+    optimizers (AdamW, and Muon with AdamW) do not."""
+    code = f"""
 import sys
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.model.precision import plan_for
 from charrnn.training.speeds import speed_keys, training_step
 import torch
-cfg = TrainConfig(batch_size=2, seq_len=8, precision="fp32")
+cfg = TrainConfig(batch_size=2, seq_len=8, precision="fp32", optimizer="{kind}")
 configs, plans, _ = speed_keys(ModelConfig(vocab_size=20, hidden_size=16), cfg, torch.device("cpu"), plan_for, [(2, 16)])
 step = training_step(configs[(2, 16)], cfg, torch.device("cpu"), plans[(2, 16)])
 step(); step()
@@ -306,3 +308,49 @@ def test_an_unknown_optimizer_is_one_line_and_exit_2(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == "charrnn: error: --optimizer must be auto, adamw or muon, not 'sgd'"
     assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_optimizer_kind_is_refused_not_taken_for_adamw():
+    from charrnn.training.step import make_optimizer
+
+    for kind in ("auto", "sgd", "Muon"):
+        with pytest.raises(ValueError, match="no optimizer"):
+            make_optimizer(muon_model(), 1e-2, (0.9, 0.99), 0.01, kind)
+
+
+def test_resuming_with_another_optimizer_named_is_refused_and_the_run_is_untouched(tmp_path):
+    import charrnn
+    from charrnn.config import TrainConfig
+    from charrnn.errors import UsageError
+
+    from conftest import make_corpus
+
+    corpus = make_corpus(tmp_path / "c.txt", 3000)
+    run_dir = tmp_path / "run"
+    charrnn.train(str(corpus), charrnn.ModelConfig(hidden_size=16, num_layers=1), TrainConfig(
+        max_steps=4, batch_size=4, seq_len=16, warmup_steps=0, eval_every=4, val_frac=0.1, test_frac=0.0),
+        run_dir=str(run_dir), progress=False)  # auto: muon for tanh
+    before = (run_dir / "latest.pt").read_bytes()
+    with pytest.raises(UsageError, match="optimizer"):
+        charrnn.train(None, None, TrainConfig(max_steps=8, optimizer="adamw"), resume=str(run_dir), progress=False,
+                      explicit={"max_steps", "optimizer"})
+    assert (run_dir / "latest.pt").read_bytes() == before
+
+
+def test_the_speed_keys_name_the_optimizer_and_its_iterations(monkeypatch):
+    """A Muon step costs more than AdamW's, and more with more Newton-Schulz iterations: each is timed on its own."""
+    from charrnn.config import ModelConfig, TrainConfig
+    from charrnn.model.precision import plan_for
+    from charrnn.training import optimizer
+    from charrnn.training.speeds import speed_keys
+
+    def key(kind, cell="tanh"):
+        cfg = TrainConfig(optimizer=kind, precision="fp32")
+        return speed_keys(ModelConfig(vocab_size=20, cell=cell), cfg, torch.device("cpu"), plan_for,
+                          [(2, 16)])[2][(2, 16)]
+
+    adamw, muon, auto = key("adamw"), key("muon"), key("auto")
+    assert "optimizer" not in adamw and muon == auto and muon.startswith(adamw) and muon != adamw
+    assert key("auto", "gru") == key("adamw", "gru")  # gated cells take AdamW
+    monkeypatch.setattr(optimizer, "NS_STEPS", optimizer.NS_STEPS + 2)
+    assert key("muon") not in (muon, adamw)

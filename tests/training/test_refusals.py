@@ -125,6 +125,13 @@ def test_memory_estimate_and_the_override(tmp_path, monkeypatch):
     needed, parameters = train_mod.memory_needed(model, TrainConfig(), streams=32)
     assert parameters == 65 * 512 + 3 * 512 * 512 + 2 * 512 + 512 * 65 + 65  # what CharRNN really holds
     assert 16 * parameters < needed < 200 * 10**6  # weights, grads, AdamW moments and one batch: modest
+    # Muon (the default for tanh) holds its matrices' stacked gradients, momenta and iterates while it steps
+    adamw = train_mod.memory_needed(model, TrainConfig(optimizer="adamw"), streams=32)[0]
+    muon = train_mod.memory_needed(model, TrainConfig(optimizer="muon"), streams=32)[0]
+    assert needed == muon == adamw + 3 * 512 * 512 * (train_mod.MUON_BYTES - 16) > adamw
+    gru = ModelConfig(hidden_size=64, num_layers=2, vocab_size=65, cell="gru")
+    assert train_mod.memory_needed(gru, TrainConfig(), 32) == train_mod.memory_needed(
+        gru, TrainConfig(optimizer="adamw"), 32)  # auto: AdamW for the gated cells
     corpus = make_corpus(tmp_path / "c.txt")
     small = ModelConfig(hidden_size=16, num_layers=1)
     cfg = TrainConfig(batch_size=4, seq_len=16, max_steps=2, eval_every=2, warmup_steps=0)
