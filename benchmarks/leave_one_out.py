@@ -14,8 +14,8 @@ For each corpus left out, each rule predicts every size's loss after the steps t
 the pick's mean loss minus the best size's mean (its regret), and the spread (max - min over the seeds) of the
 points it compares. Rules:
 
-- `tables`: charrnn's own (charrnn.training.autosize.predicted_loss), fit on tiny-shakespeare with the Python
-  source's gains for larger corpora; on the English corpus it is not left out.
+- `tables`: charrnn's own (charrnn.training.autosize.predicted_loss, with `--optimizer`'s table), fit on
+  tiny-shakespeare with the Python source's gains for larger corpora; on the English corpus it is not left out.
 - `mean`: the mean, over the other corpora with a sweep of every size, of each size's loss after those steps.
 - `ratio`: the same of each loss divided by that corpus's 2x256 loss at 500 steps (its difficulty).
 
@@ -71,6 +71,8 @@ def main() -> None:
     ap.add_argument("--sweep", action="append", default=[], help="CORPUS=FILE[,FILE]: size_sweep.py JSONL of that corpus")
     ap.add_argument("--chars", type=int, default=1_000_000, help="the corpora's characters (for `tables`)")
     ap.add_argument("--train-frac", type=float, default=0.9, help="the runs' training share (for `tables`)")
+    ap.add_argument("--optimizer", default="adamw", choices=("adamw", "muon"),
+                    help="the budget runs' optimizer (for `tables`: charrnn's prediction with it)")
     args = ap.parse_args()
     rows = load_points(args.budget)
     sweeps = {}
@@ -98,7 +100,8 @@ def main() -> None:
         best = min(sizes, key=mean_loss.get)
         others = [c for c in sweeps if c != corpus and all(s in sweeps[c] for s in sizes)]
         predictions = {
-            "tables": {s: autosize.predicted_loss(parse_size(s), made[s], args.train_frac * args.chars)
+            "tables": {s: autosize.predicted_loss(parse_size(s), made[s], args.train_frac * args.chars,
+                                                     args.optimizer)
                        for s in sizes if parse_size(s) in autosize.CANDIDATES},
             "mean": {s: statistics.mean(along(sweeps[c][s], made[s]) for c in others) for s in sizes} if others
             else {},

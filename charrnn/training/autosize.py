@@ -2,7 +2,8 @@
 --num-layers.
 
 Two facts decide it. How low each size gets in N steps: measured once, in steps, by benchmarks/size_sweep.py
-(machine-independent: the schedule and `--dropout auto` follow the step count). And how many steps this machine
+(machine-independent: the schedule and `--dropout auto` follow the step count), with AdamW and with Muon (the
+optimizers learn differently: Muon gains most in few steps and with larger sizes). And how many steps this machine
 makes of each size in the budget: a property of the machine, device, precision and shapes, timed once (a few steps
 of each candidate, in interleaved rounds that must agree) and kept in $CHARRNN_HOME/speeds.json, so that later and
 concurrent runs read it instead of timing again under whatever load they meet, and so choose alike. The size whose
@@ -18,6 +19,7 @@ from typing import Callable, NamedTuple, Optional
 
 # the timing and the speed file (speeds.py); time_steps, vocab_bucket, ROUNDS and ROUND_CALLS are named here too,
 # as parts of the choice's measurement that its tests reach through this module
+from ..config import resolve_optimizer
 from .speeds import (AGREE, ROUND_CALLS, ROUNDS, TRIES, SpeedStore, measure, speed_keys, time_steps,  # noqa: F401
                      training_step, vocab_bucket)
 
@@ -69,6 +71,19 @@ BEST_STEPS: dict = {
 }
 SWEEP_CHARS_PER_STEP = 32 * 128  # the sweeps' batch x sequence length
 
+# Muon (--optimizer muon, the default for tanh): each size's loss after N steps on tiny-shakespeare's training split of
+# MUON_SWEEP_CHARS, the settings above but the default --ema 0.995, seed 1 (benchmarks/size_sweep.py --optimizer
+# muon; benchmarks/README.md). Muon's gain over AdamW (this minus SWEEPS' same corpus at the same steps) is largest
+# where steps are few and grows with the size; measured on this corpus only, it is taken to hold on corpora of every
+# length (added to AdamW's prediction there), and where the two stop gaining (BEST_STEPS) is AdamW's.
+MUON_SWEEP_CHARS = 1_003_854
+MUON_SWEEPS: dict = {
+    (2, 128): [(250, 2.0407), (500, 1.8253), (1000, 1.7011), (2000, 1.6486), (4000, 1.6210)],
+    (2, 256): [(250, 1.8654), (500, 1.6517), (1000, 1.5520), (2000, 1.5163), (4000, 1.5057)],
+    (2, 512): [(250, 1.7085), (500, 1.5400), (1000, 1.4795), (2000, 1.4751), (4000, 1.4783)],
+    (3, 256): [(250, 1.7890), (500, 1.5794), (1000, 1.5007), (2000, 1.4827), (4000, 1.4855)],
+}
+
 CANDIDATES = tuple(sorted(next(iter(SWEEPS.values()))))  # tried at start-up, in (layers, hidden) order
 PROBE_SHARE = 0.03  # one timing of the candidates may take at most this share of the budget (>= 1 step a size)
 STARTUP_SHARE = 0.05  # the rest of start-up, validations and saves: the share of the budget not spent on steps
@@ -95,10 +110,26 @@ def _along(points: list, x: float, hold_last: bool) -> float:
     return y0 + (y1 - y0) * (math.log(max(x, 1.0)) - math.log(x0)) / (math.log(x1) - math.log(x0))
 
 
-def predicted_loss(size: tuple, steps: float, train_chars: Optional[float] = None) -> float:
+def predicted_loss(size: tuple, steps: float, train_chars: Optional[float] = None, optimizer: str = "adamw") -> float:
     """The sweeps' loss for `size` after `steps`: linear in log(steps) between measured points (no gain assumed
     past the last), and between the sweeps' corpora linear in log(training characters), the smallest held below;
-    past the largest, plus the gain LARGER measured, held past its largest corpus (None: the largest in SWEEPS)."""
+    past the largest, plus the gain LARGER measured, held past its largest corpus (None: the largest in SWEEPS).
+    `optimizer` "muon": plus Muon's gain over AdamW at those steps (muon_gain)."""
+    loss = _adamw_loss(size, steps, train_chars)
+    return loss + muon_gain(size, steps) if optimizer == "muon" else loss
+
+
+def muon_gain(size: tuple, steps: float) -> float:
+    """What Muon changes in the loss of `size` after `steps` (<= 0 where it helps): MUON_SWEEPS minus SWEEPS on the
+    corpus both measured, each linear in log(steps) and held past its last point; 0 where either lacks the size."""
+    muon, adamw = MUON_SWEEPS.get(size), SWEEPS.get(MUON_SWEEP_CHARS, {}).get(size)
+    if not muon or not adamw:
+        return 0.0
+    return _along(muon, steps, hold_last=True) - _along(adamw, steps, hold_last=True)
+
+
+def _adamw_loss(size: tuple, steps: float, train_chars: Optional[float]) -> float:
+    """predicted_loss with AdamW: SWEEPS between corpora, LARGER past them."""
     corpora = sorted(SWEEPS)
     chars = corpora[-1] if train_chars is None else max(train_chars, corpora[0])
     by_corpus = [(c, _along(SWEEPS[c][size], steps, hold_last=True)) for c in corpora]
@@ -158,10 +189,13 @@ class Choice(NamedTuple):
     speeds: str = ""  # where the speeds came from (a log line), when choose_model_size chose
 
 
-def fewest_measured(size: tuple) -> float:
-    """The smallest step count (of the sweeps' batch) the tables hold for `size`: below it nothing measured says
-    what the size learns."""
-    return min(table[size][0][0] for table in SWEEPS.values() if size in table)
+def fewest_measured(size: tuple, optimizer: str = "adamw") -> float:
+    """The smallest step count (of the sweeps' batch) the tables hold for `size` (with "muon", Muon's table too):
+    below it nothing measured says what the size learns."""
+    fewest = min(table[size][0][0] for table in SWEEPS.values() if size in table)
+    if optimizer == "muon" and muon_gain(size, fewest) != 0.0:  # where Muon's table counts
+        fewest = max(fewest, MUON_SWEEPS[size][0][0])
+    return fewest
 
 
 def most_measured(size: tuple) -> float:
@@ -171,7 +205,7 @@ def most_measured(size: tuple) -> float:
 
 def choose(budget: float, seconds_per_step: dict, train_chars: Optional[float] = None,
            step_cap: Optional[int] = None, spent: float = 0.0,
-           chars_per_step: int = SWEEP_CHARS_PER_STEP) -> Choice:
+           chars_per_step: int = SWEEP_CHARS_PER_STEP, optimizer: str = "adamw") -> Choice:
     """The candidate with the lowest predicted loss after the steps the `budget` seconds left after `spent` allow
     (at most `step_cap`, and at most its useful_steps: more would overfit) on a training split of `train_chars`
     characters, among those that make at least the fewest steps the tables measured; without a `step_cap`, the step
@@ -183,11 +217,12 @@ def choose(budget: float, seconds_per_step: dict, train_chars: Optional[float] =
     useful = {size: useful_steps(size, train_chars, chars_per_step) or math.inf for size in timed}
     steps = {size: min(usable / s, step_cap or math.inf, useful[size]) for size, s in timed.items()}
     per = chars_per_step / SWEEP_CHARS_PER_STEP  # the sweeps' steps are of their batch: compared by characters
-    predictions = {size: predicted_loss(size, steps[size] * per, train_chars) if steps[size] >= 1 else math.inf
+    predictions = {size: predicted_loss(size, steps[size] * per, train_chars, optimizer) if steps[size] >= 1
+                   else math.inf
                    for size in timed}
     # the steps the budget affords (the steps past which it would overfit are a cap, not a want of speed)
     affords = {size: min(usable / s, step_cap or math.inf) for size, s in timed.items()}
-    enough = {size for size in timed if affords[size] * per >= fewest_measured(size) and math.isfinite(timed[size])}
+    enough = {size for size in timed if affords[size] * per >= fewest_measured(size, optimizer) and math.isfinite(timed[size])}
     name = lambda size: f"{size[0]}x{size[1]}"  # noqa: E731
     left = f" ({max(0.0, budget - spent):.0f} s of it left after start-up)" if spent >= 0.5 else ""
     where = f"in {budget:g} s on this machine{left}"
@@ -203,7 +238,7 @@ def choose(budget: float, seconds_per_step: dict, train_chars: Optional[float] =
     short = sorted(size for size in timed if size not in enough and size != best)
     if short:
         why += "; left out, as fewer steps than the tables measured: " + ", ".join(
-            f"{name(size)} (~{affords[size]:,.0f} of at least {math.ceil(fewest_measured(size) / per):,})"
+            f"{name(size)} (~{affords[size]:,.0f} of at least {math.ceil(fewest_measured(size, optimizer) / per):,})"
             for size in short)
     limit = int(useful[best]) if step_cap is None and steps[best] == useful[best] < usable / timed[best] else None
     if useful[best] == math.inf and steps[best] * per > most_measured(best):
@@ -268,7 +303,8 @@ def choose_model_size(model_config, cfg, device, dist, plan_for: Callable, train
     ordered = [times[size] for size in candidates]
     ordered = [t / dist.world for t in dist.sum_values([*ordered, elapsed()])]
     spent = ordered.pop()
-    choice = choose(budget, dict(zip(candidates, ordered)), train_chars, step_cap, spent, chars_per_step)
+    choice = choose(budget, dict(zip(candidates, ordered)), train_chars, step_cap, spent, chars_per_step,
+                    resolve_optimizer(cfg.optimizer, model_config.cell))
     return choice._replace(speeds=note)
 
 

@@ -29,6 +29,7 @@ def sweep(monkeypatch):
     monkeypatch.setattr(autosize, "LARGER", {})
     monkeypatch.setattr(autosize, "BEST_STEPS", {})
     monkeypatch.setattr(autosize, "CANDIDATES", tuple(sorted(SWEEP)))
+    monkeypatch.setattr(autosize, "MUON_SWEEPS", {})
 
 
 def test_the_shipped_sweeps_cover_every_candidate_sorted_and_improving_with_steps():
@@ -335,3 +336,44 @@ def test_a_saved_config_leaves_the_size_to_the_budget_unless_it_was_given(tmp_pa
     assert "hidden_size" not in values and "num_layers" not in values and values["time_budget"] == 60
     run_cli("train", "--time-budget", "60", "--hidden-size", "256", "--save-config", pinned, check=0)
     assert read_config(str(pinned))["hidden_size"] == 256 and read_config(str(pinned))["num_layers"] == 2
+
+
+def test_muons_gain_over_adamw_is_its_tables_difference_on_the_corpus_both_measured(sweep, monkeypatch):
+    monkeypatch.setattr(autosize, "SWEEPS", {1_000: {k: [(n, v + 0.5) for n, v in p] for k, p in SWEEP.items()},
+                                             10_000: SWEEP})
+    monkeypatch.setattr(autosize, "MUON_SWEEP_CHARS", 10_000)
+    monkeypatch.setattr(autosize, "MUON_SWEEPS", {(2, 512): [(200, 1.6), (1000, 1.5), (10000, 1.45)]})
+    at = autosize.predicted_loss
+    assert autosize.muon_gain((2, 512), 1000) == pytest.approx(-0.1)
+    assert autosize.muon_gain((2, 512), 10000) == pytest.approx(0.0) == autosize.muon_gain((2, 512), 10**6)
+    assert autosize.muon_gain((2, 128), 1000) == 0.0  # not in Muon's table: AdamW's prediction stands
+    for chars in (1_000, 10_000, 3_000):  # the gain measured on one corpus is added on every corpus
+        assert at((2, 512), 1000, chars, "muon") == pytest.approx(at((2, 512), 1000, chars) - 0.1)
+    assert at((2, 128), 1000, 1_000, "muon") == at((2, 128), 1000, 1_000)
+    # Muon's table starts at 200 steps: a size that makes fewer is left out under Muon, not under AdamW
+    assert autosize.fewest_measured((2, 512)) == 100 and autosize.fewest_measured((2, 512), "muon") == 200
+    speeds = {(2, 128): 0.01, (2, 512): 0.1}  # 600 s: ~57,000 and ~5,700 steps
+    assert autosize.choose(600, speeds, 10_000).size == (2, 512)
+    # in 15 s AdamW's table prefers 2x128's ~1,400 steps (1.78) to 2x512's ~140 (1.94); Muon's 2x512 is lower there
+    assert autosize.choose(15, speeds, 10_000).size == (2, 128)
+    short = autosize.choose(15, speeds, 10_000, optimizer="muon")
+    assert short.size == (2, 128) and "2x512 (~142 of at least 200)" in short.why  # under Muon's first point
+    monkeypatch.setattr(autosize, "MUON_SWEEPS", {(2, 512): [(100, 1.7), (1000, 1.5), (10000, 1.45)]})
+    assert autosize.choose(15, speeds, 10_000, optimizer="muon").size == (2, 512)
+
+
+def test_muons_shipped_table_covers_every_candidate_and_picks_what_won_at_equal_time():
+    """benchmarks/README.md, "The size choice under Muon": on the fp32-only (emulated) EPYC, seeds 1-3, each size
+    fixed, tiny-shakespeare: 3x256 was best in 60 s (1.532; 2x256 1.548) and 2x512 in 300 s (1.4725; 3x256 1.4896).
+    With that machine's kept speeds (Muon, 3 iterations) the tables pick those; AdamW's would not."""
+    assert tuple(sorted(autosize.MUON_SWEEPS)) == autosize.CANDIDATES
+    for size, points in autosize.MUON_SWEEPS.items():
+        steps = [n for n, _ in points]
+        assert steps == sorted(steps) and len(steps) >= 3, size
+        assert autosize.muon_gain(size, 1000) < 0, size  # Muon learns more per step at every size
+    speeds = {(2, 128): 0.01774, (2, 256): 0.04836, (2, 512): 0.1857, (3, 256): 0.0721}  # seconds a step
+    chars = 1_003_854  # tiny-shakespeare's first 90 %
+    assert autosize.choose(60, speeds, chars, spent=2, optimizer="muon").size == (3, 256)
+    assert autosize.choose(300, speeds, chars, spent=2, optimizer="muon").size == (2, 512)
+    assert autosize.choose(60, speeds, chars, spent=2).size == (2, 256)  # AdamW's tables: the sizes that lost
+    assert autosize.choose(300, speeds, chars, spent=2).size == (3, 256)

@@ -371,3 +371,18 @@ def test_runs_started_together_wait_for_one_timing_and_choose_alike(sweep, monke
     assert len(choices) == 3 and len(timing.calls) == 1, timing.calls
     assert {c.size for c in choices} == {(2, 512)} and len({c.why for c in choices}) == 1
     assert sum("measured earlier" in c.speeds for c in choices) == 2
+
+
+def test_the_choice_predicts_with_the_optimizer_the_run_will_use(sweep, monkeypatch):
+    monkeypatch.setattr(autosize, "MUON_SWEEP_CHARS", 10_000)
+    monkeypatch.setattr(autosize, "MUON_SWEEPS", {(2, 512): [(100, 1.7), (1000, 1.5), (10000, 1.45)]})
+    monkeypatch.setattr(autosize, "_time_candidates", FakeTiming({(2, 128): 0.01, (2, 512): 0.1}))
+    chosen = {}
+    for optimizer in ("auto", "muon", "adamw"):
+        cfg = TrainConfig(batch_size=2, seq_len=8, time_budget=15.0, precision="fp32", optimizer=optimizer)
+        chosen[optimizer] = autosize.choose_model_size(ModelConfig(vocab_size=20), cfg, torch.device("cpu"), OneRank,
+                                                       plan_for).size
+    assert chosen == {"auto": (2, 512), "muon": (2, 512), "adamw": (2, 128)}  # auto: Muon for tanh
+    gru = TrainConfig(batch_size=2, seq_len=8, time_budget=15.0, precision="fp32")
+    assert autosize.choose_model_size(ModelConfig(vocab_size=20, cell="gru"), gru, torch.device("cpu"), OneRank,
+                                      plan_for).size == (2, 128)  # auto: AdamW for the gated cells

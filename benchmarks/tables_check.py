@@ -1,0 +1,59 @@
+"""Would charrnn's size tables pick the best size, given the steps each size made in a budget? (issue 28)
+
+    python benchmarks/tables_check.py --chars 1003854 results/quality-fp32emu-60s-sizes-muon-en-20261205.json
+    python benchmarks/tables_check.py --chars 900000 results/quality-...-c1m-....json
+
+Input: benchmarks/quality.py files of fixed sizes (`--num-layers L --hidden-size H`, each with several seeds) run in
+one budget on one corpus. For each size: the mean (and max - min) of the best validation nats/char over its seeds
+and the mean steps it made. Then, for AdamW's and Muon's tables (charrnn.training.autosize.predicted_loss), the
+loss each predicts for every size after the steps it made, the size it would pick, and that pick's mean loss minus
+the best size's (its regret). `--chars`: the corpus's training characters (the runs' 90 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from charrnn.training import autosize  # noqa: E402
+
+
+def sizes_of(path: str) -> dict:
+    """(layers, hidden) -> (mean loss, spread, mean steps, seeds) of one quality.py file's fixed-size runs."""
+    out = {}
+    for result in json.load(open(path))["results"]:
+        runs = result["runs"]
+        model = runs[0]["model_config"]
+        losses = [r["val_nats"] for r in runs]
+        out[(model["num_layers"], model["hidden_size"])] = (
+            statistics.mean(losses), max(losses) - min(losses), statistics.mean(r["steps"] for r in runs), len(runs))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("files", nargs="+")
+    ap.add_argument("--chars", type=float, required=True, help="training characters of the corpus")
+    args = ap.parse_args()
+    print("| file | each size: mean (spread, seeds), steps | best | AdamW's tables pick | Muon's tables pick |")
+    print("|---|---|---|---|---|")
+    for path in args.files:
+        sizes = sizes_of(path)
+        best = min(sizes, key=lambda s: sizes[s][0])
+        cells = []
+        for optimizer in ("adamw", "muon"):
+            predicted = {s: autosize.predicted_loss(s, sizes[s][2], args.chars, optimizer) for s in sizes}
+            pick = min(predicted, key=predicted.get)
+            cells.append(f"{pick[0]}x{pick[1]} {sizes[pick][0] - sizes[best][0]:+.4f}")
+        each = "; ".join(f"{L}x{H} {m:.4f} ({s:.4f}, {n}), {steps:,.0f}"
+                         for (L, H), (m, s, steps, n) in sorted(sizes.items()))
+        print(f"| {Path(path).stem} | {each} | {best[0]}x{best[1]} | {cells[0]} | {cells[1]} |")
+
+
+if __name__ == "__main__":
+    main()
