@@ -63,7 +63,8 @@ class _Group(dict):
         return self.group[key]
 
 
-def make_optimizer(model, lr: float, betas: tuple, weight_decay: float, kind: str = "adamw", products="fp32"):  # kind, products: ignored
+def make_optimizer(model, lr: float, betas: tuple, weight_decay: float, kind: str = "adamw",
+                   products: str = "fp32"):  # kind, products: ignored (torch's Muon, bf16 Newton-Schulz)
     import torch
 
     from charrnn.training.optimizer import AdamW

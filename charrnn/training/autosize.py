@@ -116,16 +116,22 @@ def predicted_loss(size: tuple, steps: float, train_chars: Optional[float] = Non
     past the largest, plus the gain LARGER measured, held past its largest corpus (None: the largest in SWEEPS).
     `optimizer` "muon": plus Muon's gain over AdamW at those steps (muon_gain)."""
     loss = _adamw_loss(size, steps, train_chars)
-    return loss + muon_gain(size, steps) if optimizer == "muon" else loss
+    return (loss + muon_gain(size, steps)) if optimizer == "muon" else loss
+
+
+def _muon_pair(size: tuple) -> Optional[tuple]:
+    """(Muon's points, AdamW's points) of `size` on the corpus both measured, or None where either lacks it."""
+    muon, adamw = MUON_SWEEPS.get(size), SWEEPS.get(MUON_SWEEP_CHARS, {}).get(size)
+    return (muon, adamw) if muon and adamw else None
 
 
 def muon_gain(size: tuple, steps: float) -> float:
     """What Muon changes in the loss of `size` after `steps` (<= 0 where it helps): MUON_SWEEPS minus SWEEPS on the
     corpus both measured, each linear in log(steps) and held past its last point; 0 where either lacks the size."""
-    muon, adamw = MUON_SWEEPS.get(size), SWEEPS.get(MUON_SWEEP_CHARS, {}).get(size)
-    if not muon or not adamw:
+    pair = _muon_pair(size)
+    if pair is None:
         return 0.0
-    return _along(muon, steps, hold_last=True) - _along(adamw, steps, hold_last=True)
+    return _along(pair[0], steps, hold_last=True) - _along(pair[1], steps, hold_last=True)
 
 
 def _adamw_loss(size: tuple, steps: float, train_chars: Optional[float]) -> float:
@@ -193,7 +199,7 @@ def fewest_measured(size: tuple, optimizer: str = "adamw") -> float:
     """The smallest step count (of the sweeps' batch) the tables hold for `size` (with "muon", Muon's table too):
     below it nothing measured says what the size learns."""
     fewest = min(table[size][0][0] for table in SWEEPS.values() if size in table)
-    if optimizer == "muon" and muon_gain(size, fewest) != 0.0:  # where Muon's table counts
+    if optimizer == "muon" and _muon_pair(size) is not None:  # where Muon's table counts
         fewest = max(fewest, MUON_SWEEPS[size][0][0])
     return fewest
 
@@ -218,11 +224,11 @@ def choose(budget: float, seconds_per_step: dict, train_chars: Optional[float] =
     steps = {size: min(usable / s, step_cap or math.inf, useful[size]) for size, s in timed.items()}
     per = chars_per_step / SWEEP_CHARS_PER_STEP  # the sweeps' steps are of their batch: compared by characters
     predictions = {size: predicted_loss(size, steps[size] * per, train_chars, optimizer) if steps[size] >= 1
-                   else math.inf
-                   for size in timed}
+                   else math.inf for size in timed}
     # the steps the budget affords (the steps past which it would overfit are a cap, not a want of speed)
     affords = {size: min(usable / s, step_cap or math.inf) for size, s in timed.items()}
-    enough = {size for size in timed if affords[size] * per >= fewest_measured(size, optimizer) and math.isfinite(timed[size])}
+    fewest = {size: fewest_measured(size, optimizer) for size in timed}
+    enough = {size for size in timed if affords[size] * per >= fewest[size] and math.isfinite(timed[size])}
     name = lambda size: f"{size[0]}x{size[1]}"  # noqa: E731
     left = f" ({max(0.0, budget - spent):.0f} s of it left after start-up)" if spent >= 0.5 else ""
     where = f"in {budget:g} s on this machine{left}"
@@ -238,7 +244,7 @@ def choose(budget: float, seconds_per_step: dict, train_chars: Optional[float] =
     short = sorted(size for size in timed if size not in enough and size != best)
     if short:
         why += "; left out, as fewer steps than the tables measured: " + ", ".join(
-            f"{name(size)} (~{affords[size]:,.0f} of at least {math.ceil(fewest_measured(size, optimizer) / per):,})"
+            f"{name(size)} (~{affords[size]:,.0f} of at least {math.ceil(fewest[size] / per):,})"
             for size in short)
     limit = int(useful[best]) if step_cap is None and steps[best] == useful[best] < usable / timed[best] else None
     if useful[best] == math.inf and steps[best] * per > most_measured(best):

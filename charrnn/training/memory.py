@@ -15,6 +15,7 @@ from ..store.units import count, size
 # the stacked gradients and momenta, the normalised matrix, its Gram matrix, their product and the next iterate
 # (4 each for square matrices; optimizer.MuonAdamW._muon)
 MUON_BYTES = 12 + 6 * 4
+ADAMW_BYTES = 4 + 4 + 2 * 4  # weight, gradient, two moments
 
 
 def memory_needed(model_config: ModelConfig, cfg: TrainConfig, streams: int) -> tuple[int, int]:
@@ -36,9 +37,9 @@ def memory_needed(model_config: ModelConfig, cfg: TrainConfig, streams: int) -> 
     parameters = V * H + core + H * V + V  # embedding (layer 1's input weights), core, head
     activations = L * T * streams * H * 4 * 4 * gates + T * streams * H * 4
     logits = T * streams * V * 4 * 3
-    each = 4 * (1 + 1 + 2 + (cfg.ema > 0))
+    each = ADAMW_BYTES + 4 * (cfg.ema > 0)  # and --ema's average
     muon = matrices if resolve_optimizer(cfg.optimizer, model_config.cell) == "muon" else 0
-    return parameters * each + muon * (MUON_BYTES - 16) + activations + logits, parameters
+    return parameters * each + muon * (MUON_BYTES - ADAMW_BYTES) + activations + logits, parameters
 
 
 def memory_available(device) -> Optional[int]:
