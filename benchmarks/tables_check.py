@@ -7,7 +7,9 @@ Input: benchmarks/quality.py files of fixed sizes (`--num-layers L --hidden-size
 one budget on one corpus. For each size: the mean (and max - min) of the best validation nats/char over its seeds
 and the mean steps it made. Then, for AdamW's and Muon's tables (charrnn.training.autosize.predicted_loss), the
 loss each predicts for every size after the steps it made, the size it would pick, and that pick's mean loss minus
-the best size's (its regret). `--chars`: the corpus's training characters (the runs' 90 %).
+the best size's (its regret). `--chars`: the corpus's training characters (the runs' 90 %). Muon's prediction takes
+the corpus's validation shift (charrnn.training.shift, as `charrnn train` measures it at start-up) from the corpus
+file the results name, where it is still there, else none.
 """
 
 from __future__ import annotations
@@ -35,24 +37,45 @@ def sizes_of(path: str) -> dict:
     return out
 
 
+def shift_of(corpus: str):
+    """charrnn.training.shift.validation_shift of a corpus file split as the runs split it (90 % / 10 %), or None
+    where the file is gone."""
+    import numpy as np
+
+    from charrnn.data.batches import split_ids
+    from charrnn.data.dataset import read_corpus
+    from charrnn.training.shift import validation_shift
+
+    if not Path(corpus).is_file():
+        return None
+    text = read_corpus(corpus).text
+    points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    vocab, ids = np.unique(points, return_inverse=True)
+    splits = split_ids(ids.astype(np.int32), 0.1, 0.0)
+    return validation_shift(splits.train, splits.val, len(vocab))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("files", nargs="+")
     ap.add_argument("--chars", type=float, required=True, help="training characters of the corpus")
     args = ap.parse_args()
-    print("| file | each size: mean (spread, seeds), steps | best | AdamW's tables pick | Muon's tables pick |")
+    print("| file | each size: mean (spread, seeds), steps | best | AdamW's tables pick | Muon's tables pick "
+          "(validation shift) |")
     print("|---|---|---|---|---|")
     for path in args.files:
         sizes = sizes_of(path)
         best = min(sizes, key=lambda s: sizes[s][0])
+        shift = shift_of(json.load(open(path))["corpus"])
         cells = []
         for optimizer in ("adamw", "muon"):
-            predicted = {s: autosize.predicted_loss(s, sizes[s][2], args.chars, optimizer) for s in sizes}
+            predicted = {s: autosize.predicted_loss(s, sizes[s][2], args.chars, optimizer, shift) for s in sizes}
             pick = min(predicted, key=predicted.get)
             cells.append(f"{pick[0]}x{pick[1]} {sizes[pick][0] - sizes[best][0]:+.4f}")
         each = "; ".join(f"{L}x{H} {m:.4f} ({s:.4f}, {n}), {steps:,.0f}"
                          for (L, H), (m, s, steps, n) in sorted(sizes.items()))
-        print(f"| {Path(path).stem} | {each} | {best[0]}x{best[1]} | {cells[0]} | {cells[1]} |")
+        shown = "not measured" if shift is None else f"{shift:+.3f}"
+        print(f"| {Path(path).stem} | {each} | {best[0]}x{best[1]} | {cells[0]} | {cells[1]} ({shown}) |")
 
 
 if __name__ == "__main__":

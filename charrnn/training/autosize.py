@@ -84,6 +84,16 @@ MUON_SWEEPS: dict = {
     (3, 256): [(250, 1.7890), (500, 1.5794), (1000, 1.5007), (2000, 1.4827), (4000, 1.4855)],
 }
 
+# Muon on a corpus whose validation text is unlike its training text (shift.py): the Python calibration corpus
+# (benchmarks/calibration_corpora.py --kinds python, 1 MB: 900,000 training characters), the settings of
+# MUON_SWEEPS (size_sweep.py --optimizer muon, seed 1; benchmarks/README.md). Each size's change from its first
+# step count, less the change MUON_SWEEPS saw, is added to the prediction in the measure of the run's own corpus
+# (shift_weight): there the larger sizes stop gaining sooner.
+SHIFTED_SWEEP_CHARS = 900_000
+SHIFTED_SWEEPS: dict = {}
+# shift.validation_shift of the corpora of MUON_SWEEPS (tiny-shakespeare) and SHIFTED_SWEEPS (the Python corpus)
+SHIFT_OF_SWEEPS = (0.276, 0.898)
+
 CANDIDATES = tuple(sorted(next(iter(SWEEPS.values()))))  # tried at start-up, in (layers, hidden) order
 PROBE_SHARE = 0.03  # one timing of the candidates may take at most this share of the budget (>= 1 step a size)
 STARTUP_SHARE = 0.05  # the rest of start-up, validations and saves: the share of the budget not spent on steps
@@ -110,13 +120,45 @@ def _along(points: list, x: float, hold_last: bool) -> float:
     return y0 + (y1 - y0) * (math.log(max(x, 1.0)) - math.log(x0)) / (math.log(x1) - math.log(x0))
 
 
-def predicted_loss(size: tuple, steps: float, train_chars: Optional[float] = None, optimizer: str = "adamw") -> float:
+def predicted_loss(size: tuple, steps: float, train_chars: Optional[float] = None, optimizer: str = "adamw",
+                   shift: Optional[float] = None) -> float:
     """The sweeps' loss for `size` after `steps`: linear in log(steps) between measured points (no gain assumed
     past the last), and between the sweeps' corpora linear in log(training characters), the smallest held below;
     past the largest, plus the gain LARGER measured, held past its largest corpus (None: the largest in SWEEPS).
-    `optimizer` "muon": plus Muon's gain over AdamW at those steps (muon_gain)."""
+    `optimizer` "muon": plus Muon's gain over AdamW at those steps (muon_gain), and on a corpus whose validation
+    text is unlike its training text (`shift`, shift.validation_shift; None: not measured) what SHIFTED_SWEEPS saw
+    change, in the measure of shift_weight."""
     loss = _adamw_loss(size, steps, train_chars)
-    return (loss + muon_gain(size, steps)) if optimizer == "muon" else loss
+    if optimizer != "muon":
+        return loss
+    return loss + muon_gain(size, steps) + shift_weight(shift, train_chars) * shifted_change(size, steps)
+
+
+def shift_weight(shift: Optional[float], train_chars: Optional[float] = None) -> float:
+    """How much of SHIFTED_SWEEPS' change counts for a corpus whose validation shift is `shift`, in [0, 1]: linear
+    from the shift of MUON_SWEEPS' corpus (0) to that of SHIFTED_SWEEPS' (1), held outside; and only near the
+    length it was measured at: in full at SHIFTED_SWEEP_CHARS training characters, nothing at 10x fewer or 10x
+    more (linear in log characters; on a long corpus nothing is run often enough to be memorised, on a short one
+    SWEEPS' own small corpus says where sizes stop gaining). 0 where the shift was not measured."""
+    if shift is None or not SHIFTED_SWEEPS:
+        return 0.0
+    low, high = SHIFT_OF_SWEEPS
+    share = min(1.0, max(0.0, (shift - low) / (high - low)))
+    chars = max(SWEEPS) if train_chars is None else max(train_chars, 1.0)
+    near = max(0.0, 1.0 - abs(math.log(chars / SHIFTED_SWEEP_CHARS)) / math.log(10.0))
+    return share * near
+
+
+def shifted_change(size: tuple, steps: float) -> float:
+    """What SHIFTED_SWEEPS saw `size` gain from its first step count to `steps` less what MUON_SWEEPS saw (> 0
+    where it gained less on the shifted corpus), each held past its last point; 0 where either lacks the size."""
+    shifted, muon = SHIFTED_SWEEPS.get(size), MUON_SWEEPS.get(size)
+    if not shifted or not muon:
+        return 0.0
+    first = max(shifted[0][0], muon[0][0])
+    at = max(steps, first)
+    return ((_along(shifted, at, True) - _along(shifted, first, True))
+            - (_along(muon, at, True) - _along(muon, first, True)))
 
 
 def _muon_pair(size: tuple) -> Optional[tuple]:
@@ -211,19 +253,21 @@ def most_measured(size: tuple) -> float:
 
 def choose(budget: float, seconds_per_step: dict, train_chars: Optional[float] = None,
            step_cap: Optional[int] = None, spent: float = 0.0,
-           chars_per_step: int = SWEEP_CHARS_PER_STEP, optimizer: str = "adamw") -> Choice:
+           chars_per_step: int = SWEEP_CHARS_PER_STEP, optimizer: str = "adamw",
+           shift: Optional[float] = None) -> Choice:
     """The candidate with the lowest predicted loss after the steps the `budget` seconds left after `spent` allow
     (at most `step_cap`, and at most its useful_steps: more would overfit) on a training split of `train_chars`
     characters, among those that make at least the fewest steps the tables measured; without a `step_cap`, the step
     limit to stop at where the budget affords more steps than are useful (else None); and why, in words that hold
     for any corpus. A candidate that could not be timed (infinite seconds) is never chosen while another could;
-    where no candidate makes the steps the tables start at, the fastest is taken."""
+    where no candidate makes the steps the tables start at, the fastest is taken. `shift`: how far the corpus's
+    validation text is from its training text (shift.validation_shift; None: not measured), for Muon's prediction."""
     usable = max(0.0, budget - spent) * (1.0 - STARTUP_SHARE)
     timed = {size: s for size, s in seconds_per_step.items() if math.isfinite(s)} or seconds_per_step
     useful = {size: useful_steps(size, train_chars, chars_per_step) or math.inf for size in timed}
     steps = {size: min(usable / s, step_cap or math.inf, useful[size]) for size, s in timed.items()}
     per = chars_per_step / SWEEP_CHARS_PER_STEP  # the sweeps' steps are of their batch: compared by characters
-    predictions = {size: predicted_loss(size, steps[size] * per, train_chars, optimizer) if steps[size] >= 1
+    predictions = {size: predicted_loss(size, steps[size] * per, train_chars, optimizer, shift) if steps[size] >= 1
                    else math.inf for size in timed}
     # the steps the budget affords (the steps past which it would overfit are a cap, not a want of speed)
     affords = {size: min(usable / s, step_cap or math.inf) for size, s in timed.items()}
@@ -241,6 +285,11 @@ def choose(budget: float, seconds_per_step: dict, train_chars: Optional[float] =
         why = f"auto: of {sizes}, the fastest, as none makes the steps the tables start at {where}"
     expected = ", ".join(f"{name(size)} ~{steps[size]:,.0f}" for size in sorted(timed))
     why += f" (steps each would make: {expected})"
+    weight = shift_weight(shift, train_chars) if optimizer == "muon" else 0.0
+    if enough and weight > 0:
+        why += (f"; this corpus's validation text is unlike its training text (a model of 4-character contexts fit "
+                f"on the training text scores it {shift:.2f} nats/char worse than that text), so the choice leans "
+                f"{weight:.0%} on sizes measured on a corpus like that")
     short = sorted(size for size in timed if size not in enough and size != best)
     if short:
         why += "; left out, as fewer steps than the tables measured: " + ", ".join(
@@ -257,7 +306,7 @@ def choose_model_size(model_config, cfg, device, dist, plan_for: Callable, train
                       candidates: Optional[list] = None, step_cap: Optional[int] = None,
                       budget: Optional[float] = None, elapsed: Callable[[], float] = lambda: 0.0,
                       chars_per_step: int = SWEEP_CHARS_PER_STEP, remeasure: bool = False,
-                      store: Optional[SpeedStore] = None) -> Choice:
+                      store: Optional[SpeedStore] = None, shift: Optional[float] = None) -> Choice:
     """The Choice for this run's time budget (choose), its size a candidate's (default: all) or, with none, the
     config's. Each candidate's speed with cfg's batch comes from the speed file (`store`, default
     $CHARRNN_HOME/speeds.json); those it does not hold (all of them with `remeasure`) are timed here (the global RNG
@@ -265,7 +314,7 @@ def choose_model_size(model_config, cfg, device, dist, plan_for: Callable, train
     together wait for one measurement; the times are then averaged over the ranks so that every rank chooses alike.
     A candidate whose step fails (out of memory) counts as untimeable. `elapsed()`: seconds of the budget the command
     has spent so far (start-up, this timing), not left for steps. `chars_per_step`: the whole batch's, over all
-    ranks."""
+    ranks. `shift`: the corpus's validation shift (choose)."""
     budget = cfg.time_budget if budget is None else budget
     candidates = list(CANDIDATES if candidates is None else candidates)
     if not candidates:
@@ -310,7 +359,7 @@ def choose_model_size(model_config, cfg, device, dist, plan_for: Callable, train
     ordered = [t / dist.world for t in dist.sum_values([*ordered, elapsed()])]
     spent = ordered.pop()
     choice = choose(budget, dict(zip(candidates, ordered)), train_chars, step_cap, spent, chars_per_step,
-                    resolve_optimizer(cfg.optimizer, model_config.cell))
+                    resolve_optimizer(cfg.optimizer, model_config.cell), shift)
     return choice._replace(speeds=note)
 
 

@@ -242,8 +242,11 @@ def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: Tra
     limit = _resumed_step_limit(resumed, cfg, explicit, dist) if resumed is not None else None
     expected = None  # the steps the size choice expects this run to make
     if _chooses_size(model_config, cfg, resumed, explicit):
+        from .shift import validation_shift
+
+        shift = validation_shift(splits.train, splits.val, len(text.vocab))
         size_choice, limit, expected = _choose_size(model_config, cfg, len(splits.train), StopRule.for_run(
-            cfg, len(batcher)).total_steps, shard, dist, device, memory_check, elapsed, remeasure)
+            cfg, len(batcher)).total_steps, shard, dist, device, memory_check, elapsed, remeasure, shift)
         if limit is not None:
             cfg.max_steps = limit  # where more steps would overfit: recorded, so a resume stops there too
     stop = StopRule.for_run(cfg, len(batcher))
@@ -285,11 +288,12 @@ def _resumed_step_limit(resumed: dict, cfg: TrainConfig, explicit, dist) -> Opti
 def _choose_size(model_config: ModelConfig, cfg: TrainConfig, train_chars: int, step_cap: Optional[int], shard,
                  dist, device, memory_check: bool,
                  elapsed: Callable[[], float] = lambda: 0.0,
-                 remeasure: bool = False) -> tuple[str, Optional[int], Optional[float]]:
+                 remeasure: bool = False, shift: Optional[float] = None) -> tuple[str, Optional[int], Optional[float]]:
     """Set model_config's size for the time budget (charrnn.training.autosize), timing this rank's share of the batch;
-    with `memory_check` only candidates that fit are timed. Returns the record of why, and the step limit past
-    which that size would overfit the corpus when the budget affords more steps and no step count was set (--max-steps,
-    --epochs, --schedule-steps), else None, and the steps the choice expects the run to make."""
+    with `memory_check` only candidates that fit are timed; `shift`: the corpus's validation shift (shift.py).
+    Returns the record of why, and the step limit past which that size would overfit the corpus when the budget
+    affords more steps and no step count was set (--max-steps, --epochs, --schedule-steps), else None, and the steps
+    the choice expects the run to make."""
     from .autosize import CANDIDATES, choose_model_size
     from ..model.precision import plan_for
 
@@ -303,7 +307,8 @@ def _choose_size(model_config: ModelConfig, cfg: TrainConfig, train_chars: int, 
             pass
     share = dataclasses.replace(cfg, batch_size=shard.stop - shard.start)
     choice = choose_model_size(model_config, share, device, dist, plan_for, train_chars, fits, step_cap,
-                               elapsed=elapsed, chars_per_step=cfg.batch_size * cfg.seq_len, remeasure=remeasure)
+                               elapsed=elapsed, chars_per_step=cfg.batch_size * cfg.seq_len, remeasure=remeasure,
+                               shift=shift)
     (L, H), limit, why = choice.size, choice.limit, choice.why
     model_config.num_layers, model_config.hidden_size = L, H
     if cfg.schedule_steps is not None:  # a schedule fixed on purpose: the budget or that decides when it stops

@@ -30,6 +30,7 @@ def sweep(monkeypatch):
     monkeypatch.setattr(autosize, "BEST_STEPS", {})
     monkeypatch.setattr(autosize, "CANDIDATES", tuple(sorted(SWEEP)))
     monkeypatch.setattr(autosize, "MUON_SWEEPS", {})
+    monkeypatch.setattr(autosize, "SHIFTED_SWEEPS", {})
 
 
 def test_the_shipped_sweeps_cover_every_candidate_sorted_and_improving_with_steps():
@@ -377,3 +378,83 @@ def test_muons_shipped_table_covers_every_candidate_and_picks_what_won_at_equal_
     assert autosize.choose(300, speeds, chars, spent=2, optimizer="muon").size == (2, 512)
     assert autosize.choose(60, speeds, chars, spent=2).size == (2, 256)  # AdamW's tables: the sizes that lost
     assert autosize.choose(300, speeds, chars, spent=2).size == (3, 256)
+
+
+def _words(rng, vocabulary: list, n_chars: int) -> str:
+    out, size = [], 0
+    while size < n_chars:
+        line = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(4, 10))) + ".\n"
+        out.append(line)
+        size += len(line)
+    return "".join(out)[:n_chars]
+
+
+def test_the_validation_shift_is_small_where_validation_reads_like_training_and_large_where_it_does_not(monkeypatch):
+    import random
+
+    import numpy as np
+
+    from charrnn.training import shift
+    from charrnn.training.shift import validation_shift
+
+    rng = random.Random(0)
+    first = [rng.choice("bcdfg") + rng.choice("aeiou") + rng.choice("lmnrst") for _ in range(40)]
+    other = [rng.choice("hjkpq") + rng.choice("aeiouy") + rng.choice("vwxz") for _ in range(40)]
+    alphabet = sorted(set("".join(first + other) + " .\n"))
+    ids = lambda text: np.array([alphabet.index(c) for c in text], dtype=np.int32)  # noqa: E731
+    train = ids(_words(rng, first, 60_000))
+    alike, unlike = ids(_words(rng, first, 20_000)), ids(_words(rng, other, 20_000))
+    same = validation_shift(train, alike, len(alphabet))
+    far = validation_shift(train, unlike, len(alphabet))
+    assert abs(same) < 0.1 and far > 1.0, (same, far)
+    # it fits the training split's last WINDOW characters and scores the validation split's first VAL_CHARS: text
+    # before them, or after, changes nothing
+    monkeypatch.setattr(shift, "WINDOW", len(train))
+    monkeypatch.setattr(shift, "VAL_CHARS", len(unlike))
+    longer = np.concatenate([ids(_words(rng, other, 30_000)), train])
+    assert validation_shift(longer, unlike, len(alphabet)) == far
+    assert validation_shift(train, np.concatenate([unlike, alike]), len(alphabet)) == far
+    assert validation_shift(train[:5_000], unlike, len(alphabet)) is None  # too short to say
+    assert validation_shift(train, unlike[:5_000], len(alphabet)) is None
+
+
+def test_the_shift_weight_runs_from_the_english_corpus_to_the_shifted_one_and_only_near_its_length(monkeypatch):
+    monkeypatch.setattr(autosize, "SHIFTED_SWEEPS", {(2, 512): [(100, 2.0), (1000, 1.9)]})
+    monkeypatch.setattr(autosize, "SHIFT_OF_SWEEPS", (0.2, 1.0))
+    monkeypatch.setattr(autosize, "SHIFTED_SWEEP_CHARS", 1_000_000)
+    weight = autosize.shift_weight
+    assert weight(None, 1_000_000) == 0.0 and weight(0.1, 1_000_000) == 0.0 and weight(0.2, 1_000_000) == 0.0
+    assert weight(0.6, 1_000_000) == pytest.approx(0.5) and weight(1.0, 1_000_000) == weight(3.0, 1_000_000) == 1.0
+    assert weight(1.0, 10_000_000) == pytest.approx(0.0) == weight(1.0, 100_000)  # 10x longer or shorter
+    assert weight(1.0, 10 ** 6.5) == pytest.approx(0.5) == weight(1.0, 10 ** 5.5)
+    monkeypatch.setattr(autosize, "SHIFTED_SWEEPS", {})
+    assert weight(1.0, 1_000_000) == 0.0  # no table: nothing to lean on
+
+
+def test_on_a_corpus_whose_validation_is_unlike_its_training_the_choice_leans_on_the_shifted_table(sweep,
+                                                                                                   monkeypatch):
+    """Muon's table: 2x512 keeps gaining; the shifted corpus's: it stops after 1,000 steps while 2x128 goes on. In
+    a budget where 2x512 makes ~5,700 steps and 2x128 ~57,000, the shift decides between them."""
+    monkeypatch.setattr(autosize, "MUON_SWEEP_CHARS", 10_000)
+    monkeypatch.setattr(autosize, "MUON_SWEEPS", {(2, 128): [(100, 2.3), (1000, 1.8), (10000, 1.6)],
+                                                  (2, 512): [(100, 2.0), (1000, 1.6), (10000, 1.45)]})
+    monkeypatch.setattr(autosize, "SHIFTED_SWEEPS", {(2, 128): [(100, 2.6), (1000, 2.1), (10000, 1.9)],
+                                                     (2, 512): [(100, 2.3), (1000, 2.0), (10000, 2.05)]})
+    monkeypatch.setattr(autosize, "SHIFT_OF_SWEEPS", (0.2, 1.0))
+    monkeypatch.setattr(autosize, "SHIFTED_SWEEP_CHARS", 10_000)
+    # each size's change from its first step count, less the change Muon's table saw: 2x512 gained 0.55 there by
+    # 10,000 steps and 0.25 here (+0.3); 2x128 gained 0.7 either way
+    assert autosize.shifted_change((2, 512), 10_000) == pytest.approx(0.3)
+    assert autosize.shifted_change((2, 128), 10_000) == pytest.approx(0.0)
+    assert autosize.shifted_change((2, 512), 100) == 0.0 and autosize.shifted_change((3, 256), 1000) == 0.0
+    speeds = {(2, 128): 0.01, (2, 512): 0.1}  # 600 s
+    alike = autosize.choose(600, speeds, 10_000, optimizer="muon", shift=0.2)
+    assert alike.size == (2, 512) and "unlike" not in alike.why
+    assert autosize.choose(600, speeds, 10_000, optimizer="muon").size == (2, 512)  # not measured: as before
+    unlike = autosize.choose(600, speeds, 10_000, optimizer="muon", shift=1.5)
+    assert unlike.size == (2, 128), unlike.predicted
+    assert ("; this corpus's validation text is unlike its training text (a model of 4-character contexts fit on "
+            "the training text scores it 1.50 nats/char worse than that text), so the choice leans 100% on sizes "
+            "measured on a corpus like that;" in unlike.why), unlike.why
+    # AdamW's prediction does not use the Muon tables, shifted or not
+    assert autosize.choose(600, speeds, 10_000, shift=1.5).why == autosize.choose(600, speeds, 10_000).why
