@@ -25,10 +25,10 @@ sys.path.insert(0, str(HERE.parent))
 from charrnn.training import autosize  # noqa: E402
 
 
-def sizes_of(path: str) -> dict:
+def sizes_of(record: dict) -> dict:
     """(layers, hidden) -> (mean loss, spread, mean steps, seeds) of one quality.py file's fixed-size runs."""
     out = {}
-    for result in json.load(open(path))["results"]:
+    for result in record["results"]:
         runs = result["runs"]
         model = runs[0]["model_config"]
         losses = [r["val_nats"] for r in runs]
@@ -40,18 +40,16 @@ def sizes_of(path: str) -> dict:
 def shift_of(corpus: str):
     """charrnn.training.shift.validation_shift of a corpus file split as the runs split it (90 % / 10 %), or None
     where the file is gone."""
-    import numpy as np
-
     from charrnn.data.batches import split_ids
     from charrnn.data.dataset import read_corpus
+    from charrnn.data.vocab import Vocab
     from charrnn.training.shift import validation_shift
 
     if not Path(corpus).is_file():
         return None
     text = read_corpus(corpus).text
-    points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    vocab, ids = np.unique(points, return_inverse=True)
-    splits = split_ids(ids.astype(np.int32), 0.1, 0.0)
+    vocab = Vocab.from_text(text)
+    splits = split_ids(vocab.encode(text), 0.1, 0.0)
     return validation_shift(splits.train, splits.val, len(vocab))
 
 
@@ -64,9 +62,10 @@ def main() -> None:
           "(validation shift) |")
     print("|---|---|---|---|---|")
     for path in args.files:
-        sizes = sizes_of(path)
+        record = json.load(open(path))
+        sizes = sizes_of(record)
         best = min(sizes, key=lambda s: sizes[s][0])
-        shift = shift_of(json.load(open(path))["corpus"])
+        shift = shift_of(record["corpus"])
         cells = []
         for optimizer in ("adamw", "muon"):
             predicted = {s: autosize.predicted_loss(s, sizes[s][2], args.chars, optimizer, shift) for s in sizes}

@@ -244,7 +244,9 @@ def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: Tra
     if _chooses_size(model_config, cfg, resumed, explicit):
         from .shift import validation_shift
 
-        shift = validation_shift(splits.train, splits.val, len(text.vocab))
+        shift = None  # only Muon's prediction uses it
+        if resolve_optimizer(cfg.optimizer, model_config.cell) == "muon":
+            shift = validation_shift(splits.train, splits.val, len(text.vocab))
         size_choice, limit, expected = _choose_size(model_config, cfg, len(splits.train), StopRule.for_run(
             cfg, len(batcher)).total_steps, shard, dist, device, memory_check, elapsed, remeasure, shift)
         if limit is not None:
