@@ -20,6 +20,7 @@ from typing import Callable, NamedTuple, Optional
 # the timing and the speed file (speeds.py); time_steps, vocab_bucket, ROUNDS and ROUND_CALLS are named here too,
 # as parts of the choice's measurement that its tests reach through this module
 from ..config import resolve_optimizer
+from .shift import ORDER
 from .speeds import (AGREE, ROUND_CALLS, ROUNDS, TRIES, SpeedStore, measure, speed_keys, time_steps,  # noqa: F401
                      training_step, vocab_bucket)
 
@@ -97,8 +98,8 @@ SHIFTED_SWEEPS: dict = {
     (3, 256): [(250, 2.1043), (500, 1.8738), (1000, 1.8361), (2000, 1.8211), (4000, 1.8007)],
 }
 # shift.validation_shift where SHIFTED_SWEEPS starts to count and where in full: the largest measured where Muon's
-# table's pick still won at 300 s (French, characters 1-2 M: 0.439, 2x512 by 0.028), and the Python corpus's (0.898)
-SHIFT_RAMP = (0.439, 0.898)
+# table's pick still won at 300 s (English: 0.475, 2x512 by 0.017), and the Python corpus's (1.167)
+SHIFT_RAMP = (0.475, 1.167)
 
 CANDIDATES = tuple(sorted(next(iter(SWEEPS.values()))))  # tried at start-up, in (layers, hidden) order
 PROBE_SHARE = 0.03  # one timing of the candidates may take at most this share of the budget (>= 1 step a size)
@@ -293,8 +294,8 @@ def choose(budget: float, seconds_per_step: dict, train_chars: Optional[float] =
     why += f" (steps each would make: {expected})"
     weight = shift_weight(shift, train_chars) if optimizer == "muon" else 0.0
     if enough and weight > 0:
-        why += (f"; this corpus's validation text is unlike its training text (a model of 4-character contexts fit "
-                f"on the training text scores it {shift:.2f} nats/char worse than that text), so the choice leans "
+        why += (f"; this corpus's validation text is unlike its training text (a model of {ORDER}-character contexts "
+                f"fit on the training text scores it {shift:.2f} nats/char worse than that text), so the choice leans "
                 f"{weight:.0%} on sizes measured on a corpus like that")
     short = sorted(size for size in timed if size not in enough and size != best)
     if short:
