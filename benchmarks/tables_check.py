@@ -9,7 +9,7 @@ and the mean steps it made. Then, for AdamW's and Muon's tables (charrnn.trainin
 loss each predicts for every size after the steps it made, the size it would pick, and that pick's mean loss minus
 the best size's (its regret). `--chars`: the corpus's training characters (the runs' 90 %). Muon's prediction takes
 the corpus's validation shift (charrnn.training.shift, as `charrnn train` measures it at start-up) from the corpus
-file the results name, where it is still there, else none.
+file the results name, where it is still there, else `--shift` (the shift measured when it was), else none.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("files", nargs="+")
     ap.add_argument("--chars", type=float, required=True, help="training characters of the corpus")
+    ap.add_argument("--shift", type=float, help="the validation shift where the corpus file is gone")
     args = ap.parse_args()
     print("| file | each size: mean (spread, seeds), steps | best | AdamW's tables pick | Muon's tables pick "
           "(validation shift) |")
@@ -66,6 +67,7 @@ def main() -> None:
         sizes = sizes_of(record)
         best = min(sizes, key=lambda s: sizes[s][0])
         shift = shift_of(record["corpus"])
+        shift = args.shift if shift is None else shift
         cells = []
         for optimizer in ("adamw", "muon"):
             predicted = {s: autosize.predicted_loss(s, sizes[s][2], args.chars, optimizer, shift) for s in sizes}
