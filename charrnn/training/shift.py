@@ -8,7 +8,7 @@ calibration corpus 2x512 stopped improving after 1,200 of its 1,500 steps in 300
 split's last WINDOW characters; its nats/char on the validation split's first VAL_CHARS characters, minus its
 nats/char on PIECES pieces of the text it was fit on, spread over it. Six characters of context, not four: of the
 eight corpora measured at 300 s, order 4 put one where 3x256 won (Python's characters 3-4 M, 0.422) below one where
-2x512 won (French's characters 1-2 M, 0.439); order 6 orders them all (benchmarks/README.md). Numpy only (0.2 s for
+2x512 won (French's characters 1-2 M, 0.439); order 6 orders them all (benchmarks/HISTORY.md). Numpy only (0.2 s for
 a window of 900,000 characters); the same on every rank, as every rank holds the same splits.
 """
 
