@@ -17,89 +17,15 @@ import math
 import time
 from typing import Callable, NamedTuple, Optional
 
-# the timing and the speed file (speeds.py); time_steps, vocab_bucket, ROUNDS and ROUND_CALLS are named here too,
-# as parts of the choice's measurement that its tests reach through this module
 from ..config import resolve_optimizer
 from .shift import ORDER
+# the tables (size_tables.py), named here as the choice reads them, and tests replace them
+from .size_tables import (BEST_STEPS, LARGER, MUON_SWEEP_CHARS, MUON_SWEEPS, SHIFT_RAMP, SHIFTED_SWEEP_CHARS,
+                          SHIFTED_SWEEPS, SWEEP_CHARS_PER_STEP, SWEEPS)
+# the timing and the speed file (speeds.py); time_steps, vocab_bucket, ROUNDS and ROUND_CALLS are named here too,
+# as parts of the choice's measurement that its tests reach through this module
 from .speeds import (AGREE, ROUND_CALLS, ROUNDS, TRIES, SpeedStore, measure, speed_keys, time_steps,  # noqa: F401
                      training_step, vocab_bucket)
-
-# training-split characters -> (layers, hidden) -> [(steps, best validation nats/char)]: tiny-shakespeare (its
-# first 100,000 characters, and all of it), first 90 % / last 10 %, tanh, B32 T128, the defaults otherwise,
-# --precision fp32, seed 1, no moving average (benchmarks/size_sweep.py; benchmarks/README.md; 3x256: 2026-12-04,
-# --ema 0 from 500 steps, the default --ema below, where the average changes nothing yet: 1.6812 either way)
-SWEEPS: dict = {
-    90_000: {
-        (2, 128): [(125, 2.1471), (250, 1.8551), (500, 1.7050), (1000, 1.6496), (2000, 1.6340)],
-        (2, 256): [(125, 1.9059), (250, 1.6857), (500, 1.5911), (1000, 1.6030), (2000, 1.6147)],
-        (2, 512): [(125, 1.7298), (250, 1.5725), (500, 1.6049), (1000, 1.6359)],
-        (3, 256): [(125, 1.8616), (250, 1.6368), (500, 1.5430), (1000, 1.5552), (2000, 1.5718)],
-    },
-    1_003_854: {
-        (2, 128): [(125, 2.2947), (250, 2.0381), (500, 1.8726), (1000, 1.7618), (2000, 1.6891), (4000, 1.6573)],
-        (2, 256): [(125, 2.0995), (250, 1.8855), (500, 1.7269), (1000, 1.6202), (2000, 1.5583), (4000, 1.5346)],
-        (2, 512): [(125, 1.9591), (250, 1.7662), (500, 1.6161), (1000, 1.5407), (2000, 1.5089), (4000, 1.4922)],
-        (3, 256): [(125, 2.0621), (250, 1.8461), (500, 1.6812), (1000, 1.5752), (2000, 1.5210), (4000, 1.5009)],
-    },
-}
-
-# past the largest corpus in SWEEPS, each size gains what it gained on a corpus with more text to give: the Python
-# source of the installed packages (benchmarks/code_corpus.py), its first 1.1 MB and 100 MB (training splits of
-# 1,003,854 and 90,000,000 characters), the same settings. Its validation splits differ, and so does their difficulty:
-# each size's difference at the first step count (where neither run has repeated its text) is taken out, and no gain
-# is assumed below it. 3x256 was not measured there: it gains as the sizes around it (_larger_gain).
-LARGER: dict = {
-    1_003_854: {
-        (2, 128): [(250, 2.3622), (1000, 2.0007), (4000, 1.8836)],
-        (2, 256): [(250, 2.1703), (1000, 1.8380), (4000, 1.7937)],
-        (2, 512): [(250, 1.9882), (1000, 1.7782), (4000, 1.7916)],
-    },
-    90_000_000: {
-        (2, 128): [(250, 2.2957), (1000, 1.9052), (4000, 1.6860)],
-        (2, 256): [(250, 2.1292), (1000, 1.7522), (4000, 1.5694)],
-        (2, 512): [(250, 1.9711), (1000, 1.6718), (4000, 1.5480)],
-    },
-}
-
-# where more steps stopped lowering validation loss: training-split characters -> (layers, hidden) -> the step count
-# with the lowest loss, where a longer run of that size did worse. 90,000: from SWEEPS; 1,003,854, 2x512: runs of
-# 4,000, 6,000 and 8,000 steps with the default average, 1.4790, 1.4753, 1.4829 (benchmarks/README.md). A size not
-# listed for a corpus was not measured there (the sweep had not run it long enough to see it stop gaining): the
-# budget or the user's step count ends such a run, never a limit of ours.
-BEST_STEPS: dict = {
-    90_000: {(2, 256): 500, (2, 512): 250, (3, 256): 500},
-    1_003_854: {(2, 512): 6000},
-}
-SWEEP_CHARS_PER_STEP = 32 * 128  # the sweeps' batch x sequence length
-
-# Muon (--optimizer muon, the default for tanh): each size's loss after N steps on tiny-shakespeare's training split of
-# MUON_SWEEP_CHARS, the settings above but the default --ema 0.995, the mean of seeds 1-3 (benchmarks/size_sweep.py
-# --optimizer muon; benchmarks/README.md). Muon's gain over AdamW (this minus SWEEPS' same corpus at the same steps) is
-# largest where steps are few and grows with the size; measured on this corpus only, it is taken to hold on corpora of
-# every length (added to AdamW's prediction there), and where the two stop gaining (BEST_STEPS) is AdamW's.
-MUON_SWEEP_CHARS = 1_003_854
-MUON_SWEEPS: dict = {
-    (2, 128): [(250, 2.0509), (500, 1.8282), (1000, 1.6990), (2000, 1.6436), (4000, 1.6233)],
-    (2, 256): [(250, 1.8669), (500, 1.6535), (1000, 1.5525), (2000, 1.5173), (4000, 1.5089)],
-    (2, 512): [(250, 1.7127), (500, 1.5407), (1000, 1.4812), (2000, 1.4710), (4000, 1.4791)],
-    (3, 256): [(250, 1.7876), (500, 1.5789), (1000, 1.5003), (2000, 1.4804), (4000, 1.4847)],
-}
-
-# Muon on a corpus whose validation text is unlike its training text (shift.py): the Python calibration corpus
-# (benchmarks/calibration_corpora.py --kinds python, 1 MB: 900,000 training characters), the settings of
-# MUON_SWEEPS (size_sweep.py --optimizer muon, seed 1; benchmarks/README.md). Each size's change from its first
-# step count, less the change MUON_SWEEPS saw, is added to the prediction in the measure of the run's own corpus
-# (shift_weight): there the larger sizes stop gaining sooner (2x512's 4,000-step run ended at 2.70).
-SHIFTED_SWEEP_CHARS = 900_000
-SHIFTED_SWEEPS: dict = {
-    (2, 128): [(250, 2.3667), (500, 2.1287), (1000, 2.0085), (2000, 1.9477), (4000, 1.9276)],
-    (2, 256): [(250, 2.1806), (500, 1.9524), (1000, 1.8884), (2000, 1.8782), (4000, 1.8508)],
-    (2, 512): [(250, 2.0030), (500, 1.8374), (1000, 1.8289), (2000, 1.8485), (4000, 1.9306)],
-    (3, 256): [(250, 2.1043), (500, 1.8738), (1000, 1.8361), (2000, 1.8211), (4000, 1.8007)],
-}
-# shift.validation_shift where SHIFTED_SWEEPS starts to count and where in full: the largest measured where Muon's
-# table's pick still won at 300 s (English: 0.475, 2x512 by 0.017), and the Python corpus's (1.167)
-SHIFT_RAMP = (0.475, 1.167)
 
 CANDIDATES = tuple(sorted(next(iter(SWEEPS.values()))))  # tried at start-up, in (layers, hidden) order
 PROBE_SHARE = 0.03  # one timing of the candidates may take at most this share of the budget (>= 1 step a size)
