@@ -20,8 +20,8 @@ from typing import Callable, NamedTuple, Optional
 from ..config import resolve_optimizer
 from .shift import ORDER
 # the tables (size_tables.py), named here as the choice reads them, and tests replace them
-from .size_tables import (BEST_STEPS, LARGER, MUON_BEST_STEPS, MUON_SHORT, MUON_SHORT_CHARS, MUON_SWEEP_CHARS,
-                          MUON_SWEEPS, SHIFT_RAMP, SHIFTED_SWEEP_CHARS, SHIFTED_SWEEPS, SWEEP_CHARS_PER_STEP, SWEEPS)
+from .size_tables import (BEST_STEPS, LARGER, MUON_SWEEP_CHARS, MUON_SWEEPS, SHIFT_RAMP, SHIFTED_SWEEP_CHARS,
+                          SHIFTED_SWEEPS, SWEEP_CHARS_PER_STEP, SWEEPS)
 # the timing and the speed file (speeds.py); time_steps, vocab_bucket, ROUNDS and ROUND_CALLS are named here too,
 # as parts of the choice's measurement that its tests reach through this module
 from .speeds import (AGREE, ROUND_CALLS, ROUNDS, TRIES, SpeedStore, measure, speed_keys, time_steps,  # noqa: F401
@@ -58,13 +58,13 @@ def predicted_loss(size: tuple, steps: float, train_chars: Optional[float] = Non
     """The sweeps' loss for `size` after `steps`: linear in log(steps) between measured points (no gain assumed
     past the last), and between the sweeps' corpora linear in log(training characters), the smallest held below;
     past the largest, plus the gain LARGER measured, held past its largest corpus (None: the largest in SWEEPS).
-    `optimizer` "muon": plus Muon's gain over AdamW at those steps on a corpus of that length (muon_gain), and on a
-    corpus whose validation text is unlike its training text (`shift`, shift.validation_shift; None: not measured)
-    what SHIFTED_SWEEPS saw change, in the measure of shift_weight."""
+    `optimizer` "muon": plus Muon's gain over AdamW at those steps (muon_gain), and on a corpus whose validation
+    text is unlike its training text (`shift`, shift.validation_shift; None: not measured) what SHIFTED_SWEEPS saw
+    change, in the measure of shift_weight."""
     loss = _adamw_loss(size, steps, train_chars)
     if optimizer != "muon":
         return loss
-    return loss + muon_gain(size, steps, train_chars) + shift_weight(shift, train_chars) * shifted_change(size, steps)
+    return loss + muon_gain(size, steps) + shift_weight(shift, train_chars) * shifted_change(size, steps)
 
 
 def shift_weight(shift: Optional[float], train_chars: Optional[float] = None) -> float:
@@ -100,20 +100,13 @@ def _muon_pair(size: tuple) -> Optional[tuple]:
     return (muon, adamw) if muon and adamw else None
 
 
-def muon_gain(size: tuple, steps: float, train_chars: Optional[float] = None) -> float:
-    """What Muon changes in the loss of `size` after `steps` on a training split of `train_chars` characters (<= 0
-    where it helps; None: the largest in SWEEPS): MUON_SWEEPS minus SWEEPS on the corpus both measured, each linear
-    in log(steps) and held past its last point (0 where either lacks the size); on a shorter corpus, toward
-    MUON_SHORT minus AdamW's prediction at MUON_SHORT_CHARS, linear in log(training characters) and held below it
-    (the short corpora are not tiny-shakespeare: what their difficulty adds is added to every size alike)."""
+def muon_gain(size: tuple, steps: float) -> float:
+    """What Muon changes in the loss of `size` after `steps` (<= 0 where it helps): MUON_SWEEPS minus SWEEPS on the
+    corpus both measured, each linear in log(steps) and held past its last point; 0 where either lacks the size."""
     pair = _muon_pair(size)
-    gain = 0.0 if pair is None else _along(pair[0], steps, hold_last=True) - _along(pair[1], steps, hold_last=True)
-    short = MUON_SHORT.get(size)
-    if pair is None or not short or train_chars is None or train_chars >= MUON_SWEEP_CHARS:
-        return gain
-    there = _along(short, steps, hold_last=True) - _adamw_loss(size, steps, MUON_SHORT_CHARS)
-    share = min(1.0, math.log(MUON_SWEEP_CHARS / max(train_chars, 1.0)) / math.log(MUON_SWEEP_CHARS / MUON_SHORT_CHARS))
-    return gain + share * (there - gain)
+    if pair is None:
+        return 0.0
+    return _along(pair[0], steps, hold_last=True) - _along(pair[1], steps, hold_last=True)
 
 
 def _adamw_loss(size: tuple, steps: float, train_chars: Optional[float]) -> float:
@@ -150,17 +143,13 @@ def _larger_gain(size: tuple, steps: float) -> float:
 
 
 def useful_steps(size: tuple, train_chars: Optional[float] = None,
-                 chars_per_step: int = SWEEP_CHARS_PER_STEP, optimizer: str = "adamw") -> Optional[int]:
+                 chars_per_step: int = SWEEP_CHARS_PER_STEP) -> Optional[int]:
     """How many steps of `chars_per_step` characters still lower the validation loss of `size` on a training split
     of `train_chars` characters (None: the largest in SWEEPS): as many passes over the text as its best measured
-    step count made (BEST_STEPS; with "muon", MUON_BEST_STEPS in place of AdamW's on corpora no longer than its
-    longest), linear in log(training characters) between the corpora where one was measured and held outside
-    them. None where no sweep saw the size stop gaining."""
-    best = BEST_STEPS
-    if optimizer == "muon" and MUON_BEST_STEPS:
-        best = {**{c: t for c, t in BEST_STEPS.items() if c > max(MUON_BEST_STEPS)}, **MUON_BEST_STEPS}
+    step count made (BEST_STEPS), linear in log(training characters) between the corpora where one was measured and
+    held outside them. None where no sweep saw the size stop gaining."""
     known = sorted((chars, table[size] * SWEEP_CHARS_PER_STEP / chars)
-                   for chars, table in best.items() if size in table)
+                   for chars, table in BEST_STEPS.items() if size in table)
     if not known:
         return None
     chars = max(SWEEPS) if train_chars is None else train_chars
@@ -208,7 +197,7 @@ def choose(budget: float, seconds_per_step: dict, train_chars: Optional[float] =
     validation text is from its training text (shift.validation_shift; None: not measured), for Muon's prediction."""
     usable = max(0.0, budget - spent) * (1.0 - STARTUP_SHARE)
     timed = {size: s for size, s in seconds_per_step.items() if math.isfinite(s)} or seconds_per_step
-    useful = {size: useful_steps(size, train_chars, chars_per_step, optimizer) or math.inf for size in timed}
+    useful = {size: useful_steps(size, train_chars, chars_per_step) or math.inf for size in timed}
     steps = {size: min(usable / s, step_cap or math.inf, useful[size]) for size, s in timed.items()}
     per = chars_per_step / SWEEP_CHARS_PER_STEP  # the sweeps' steps are of their batch: compared by characters
     predictions = {size: predicted_loss(size, steps[size] * per, train_chars, optimizer, shift) if steps[size] >= 1
