@@ -20,8 +20,8 @@ from typing import Callable, NamedTuple, Optional
 from ..config import resolve_optimizer
 from .shift import ORDER
 # the tables (size_tables.py), named here as the choice reads them, and tests replace them
-from .size_tables import (BEST_STEPS, LARGER, MUON_SWEEP_CHARS, MUON_SWEEPS, SHIFT_RAMP, SHIFTED_SWEEP_CHARS,
-                          SHIFTED_SWEEPS, SWEEP_CHARS_PER_STEP, SWEEPS)
+from .size_tables import (BEST_STEPS, LARGER, MUON_BEST_STEPS, MUON_SHORT, MUON_SHORT_CHARS, MUON_SWEEP_CHARS,
+                          MUON_SWEEPS, SHIFT_RAMP, SHIFTED_SWEEP_CHARS, SHIFTED_SWEEPS, SWEEP_CHARS_PER_STEP, SWEEPS)
 # the timing and the speed file (speeds.py); time_steps, vocab_bucket, ROUNDS and ROUND_CALLS are named here too,
 # as parts of the choice's measurement that its tests reach through this module
 from .speeds import (AGREE, ROUND_CALLS, ROUNDS, TRIES, SpeedStore, measure, speed_keys, time_steps,  # noqa: F401
@@ -41,8 +41,10 @@ def applies(model_config, cfg, explicit) -> bool:
 
 def _along(points: list, x: float, hold_last: bool) -> float:
     """Piecewise linear in log(x) through points [(x, y)] sorted by x: the first segment's slope continues below
-    the first point; past the last, the last value holds (hold_last) or the last segment's slope continues."""
-    if len(points) == 1:
+    the first point where it falls (where it rises, as a loss does once a size has begun to overfit, the first value
+    holds: fewer steps are not taken to learn more); past the last, the last value holds (hold_last) or the last
+    segment's slope continues."""
+    if len(points) == 1 or (x <= points[0][0] and points[1][1] >= points[0][1]):
         return points[0][1]
     if x >= points[-1][0] and hold_last:
         return points[-1][1]
@@ -58,13 +60,13 @@ def predicted_loss(size: tuple, steps: float, train_chars: Optional[float] = Non
     """The sweeps' loss for `size` after `steps`: linear in log(steps) between measured points (no gain assumed
     past the last), and between the sweeps' corpora linear in log(training characters), the smallest held below;
     past the largest, plus the gain LARGER measured, held past its largest corpus (None: the largest in SWEEPS).
-    `optimizer` "muon": plus Muon's gain over AdamW at those steps (muon_gain), and on a corpus whose validation
-    text is unlike its training text (`shift`, shift.validation_shift; None: not measured) what SHIFTED_SWEEPS saw
-    change, in the measure of shift_weight."""
+    `optimizer` "muon": plus Muon's gain over AdamW at those steps on a corpus of that length (muon_gain), and on a
+    corpus whose validation text is unlike its training text (`shift`, shift.validation_shift; None: not measured)
+    what SHIFTED_SWEEPS saw change, in the measure of shift_weight."""
     loss = _adamw_loss(size, steps, train_chars)
     if optimizer != "muon":
         return loss
-    return loss + muon_gain(size, steps) + shift_weight(shift, train_chars) * shifted_change(size, steps)
+    return loss + muon_gain(size, steps, train_chars) + shift_weight(shift, train_chars) * shifted_change(size, steps)
 
 
 def shift_weight(shift: Optional[float], train_chars: Optional[float] = None) -> float:
@@ -100,13 +102,26 @@ def _muon_pair(size: tuple) -> Optional[tuple]:
     return (muon, adamw) if muon and adamw else None
 
 
-def muon_gain(size: tuple, steps: float) -> float:
-    """What Muon changes in the loss of `size` after `steps` (<= 0 where it helps): MUON_SWEEPS minus SWEEPS on the
-    corpus both measured, each linear in log(steps) and held past its last point; 0 where either lacks the size."""
+def muon_gain(size: tuple, steps: float, train_chars: Optional[float] = None) -> float:
+    """What Muon changes in the loss of `size` after `steps` on a training split of `train_chars` characters (<= 0
+    where it helps; None: the largest in SWEEPS): MUON_SWEEPS minus SWEEPS on the corpus both measured, each linear
+    in log(steps) and held past its last point (0 where either lacks the size). On a shorter corpus it moves toward
+    MUON_SHORT minus AdamW's prediction at MUON_SHORT_CHARS (the short corpora are not tiny-shakespeare: what their
+    difficulty adds is added to every size alike), linear in log(training characters): all of the way at
+    MUON_SHORT_CHARS, none at 10x fewer, where a size's useful steps fall far below the table's first step count
+    and its early overfitting says nothing about what those steps learn."""
     pair = _muon_pair(size)
-    if pair is None:
-        return 0.0
-    return _along(pair[0], steps, hold_last=True) - _along(pair[1], steps, hold_last=True)
+    gain = 0.0 if pair is None else _along(pair[0], steps, hold_last=True) - _along(pair[1], steps, hold_last=True)
+    short = MUON_SHORT.get(size)
+    if pair is None or not short or train_chars is None or train_chars >= MUON_SWEEP_CHARS:
+        return gain
+    chars = max(train_chars, 1.0)
+    if chars >= MUON_SHORT_CHARS:
+        share = math.log(MUON_SWEEP_CHARS / chars) / math.log(MUON_SWEEP_CHARS / MUON_SHORT_CHARS)
+    else:
+        share = max(0.0, 1.0 - math.log(MUON_SHORT_CHARS / chars) / math.log(10.0))
+    there = _along(short, steps, hold_last=True) - _adamw_loss(size, steps, MUON_SHORT_CHARS)
+    return gain + share * (there - gain)
 
 
 def _adamw_loss(size: tuple, steps: float, train_chars: Optional[float]) -> float:
@@ -143,13 +158,18 @@ def _larger_gain(size: tuple, steps: float) -> float:
 
 
 def useful_steps(size: tuple, train_chars: Optional[float] = None,
-                 chars_per_step: int = SWEEP_CHARS_PER_STEP) -> Optional[int]:
+                 chars_per_step: int = SWEEP_CHARS_PER_STEP, optimizer: str = "adamw") -> Optional[int]:
     """How many steps of `chars_per_step` characters still lower the validation loss of `size` on a training split
     of `train_chars` characters (None: the largest in SWEEPS): as many passes over the text as its best measured
-    step count made (BEST_STEPS), linear in log(training characters) between the corpora where one was measured and
-    held outside them. None where no sweep saw the size stop gaining."""
+    step count made (BEST_STEPS; with "muon", for a size Muon's short sweep ran, MUON_BEST_STEPS in place of
+    AdamW's on corpora no longer than its longest), linear in log(training characters) between the corpora where
+    one was measured and held outside them. None where no sweep saw the size stop gaining."""
+    best = BEST_STEPS
+    if optimizer == "muon" and MUON_BEST_STEPS and (size in MUON_SHORT or any(size in t for t in
+                                                                            MUON_BEST_STEPS.values())):
+        best = {**{c: t for c, t in BEST_STEPS.items() if c > max(MUON_BEST_STEPS)}, **MUON_BEST_STEPS}
     known = sorted((chars, table[size] * SWEEP_CHARS_PER_STEP / chars)
-                   for chars, table in BEST_STEPS.items() if size in table)
+                   for chars, table in best.items() if size in table)
     if not known:
         return None
     chars = max(SWEEPS) if train_chars is None else train_chars
@@ -197,7 +217,7 @@ def choose(budget: float, seconds_per_step: dict, train_chars: Optional[float] =
     validation text is from its training text (shift.validation_shift; None: not measured), for Muon's prediction."""
     usable = max(0.0, budget - spent) * (1.0 - STARTUP_SHARE)
     timed = {size: s for size, s in seconds_per_step.items() if math.isfinite(s)} or seconds_per_step
-    useful = {size: useful_steps(size, train_chars, chars_per_step) or math.inf for size in timed}
+    useful = {size: useful_steps(size, train_chars, chars_per_step, optimizer) or math.inf for size in timed}
     steps = {size: min(usable / s, step_cap or math.inf, useful[size]) for size, s in timed.items()}
     per = chars_per_step / SWEEP_CHARS_PER_STEP  # the sweeps' steps are of their batch: compared by characters
     predictions = {size: predicted_loss(size, steps[size] * per, train_chars, optimizer, shift) if steps[size] >= 1

@@ -75,6 +75,12 @@ SHIFTED_SWEEPS: dict = {
     (2, 512): [(250, 2.0030), (500, 1.8374), (1000, 1.8289), (2000, 1.8485), (4000, 1.9306)],
     (3, 256): [(250, 2.1043), (500, 1.8738), (1000, 1.8361), (2000, 1.8211), (4000, 1.8007)],
 }
+# Muon on short corpora: each size's loss after N steps on MUON_SHORT_CHARS training characters (autosize.muon_gain)
+# and where more steps stopped lowering it (as BEST_STEPS; autosize.useful_steps). Empty: not yet adopted.
+MUON_SHORT_CHARS = 100_000
+MUON_SHORT: dict = {}
+MUON_BEST_STEPS: dict = {}
+
 # shift.validation_shift where SHIFTED_SWEEPS starts to count and where in full: the largest measured where Muon's
 # table's pick still won at 300 s (English: 0.475, 2x512 by 0.017), and the Python corpus's (1.167)
 SHIFT_RAMP = (0.475, 1.167)

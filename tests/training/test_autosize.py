@@ -31,6 +31,8 @@ def sweep(monkeypatch):
     monkeypatch.setattr(autosize, "CANDIDATES", tuple(sorted(SWEEP)))
     monkeypatch.setattr(autosize, "MUON_SWEEPS", {})
     monkeypatch.setattr(autosize, "SHIFTED_SWEEPS", {})
+    monkeypatch.setattr(autosize, "MUON_SHORT", {})
+    monkeypatch.setattr(autosize, "MUON_BEST_STEPS", {})
 
 
 def test_the_shipped_sweeps_cover_every_candidate_sorted_and_improving_with_steps():
@@ -361,6 +363,55 @@ def test_muons_gain_over_adamw_is_its_tables_difference_on_the_corpus_both_measu
     assert short.size == (2, 128) and "2x512 (~142 of at least 200)" in short.why  # under Muon's first point
     monkeypatch.setattr(autosize, "MUON_SWEEPS", {(2, 512): [(100, 1.7), (1000, 1.5), (10000, 1.45)]})
     assert autosize.choose(15, speeds, 10_000, optimizer="muon").size == (2, 512)
+
+
+def test_on_a_shorter_corpus_muons_gain_moves_toward_its_short_table(sweep, monkeypatch):
+    monkeypatch.setattr(autosize, "SWEEPS", {1_000: {k: [(n, v + 0.5) for n, v in p] for k, p in SWEEP.items()},
+                                             10_000: SWEEP})
+    monkeypatch.setattr(autosize, "MUON_SWEEP_CHARS", 10_000)
+    monkeypatch.setattr(autosize, "MUON_SWEEPS", {(2, 512): [(100, 1.9), (1000, 1.5), (10000, 1.45)],
+                                                  (2, 128): [(100, 2.3), (1000, 1.8), (10000, 1.6)]})
+    monkeypatch.setattr(autosize, "MUON_SHORT_CHARS", 1_000)
+    monkeypatch.setattr(autosize, "MUON_SHORT", {(2, 512): [(100, 2.0), (1000, 1.7), (10000, 1.9)]})
+    at, gain = autosize.predicted_loss, autosize.muon_gain
+    # at the short table's length the prediction is that table; at the long one, AdamW's plus the long gain (-0.1)
+    assert at((2, 512), 1000, 1_000, "muon") == pytest.approx(1.7)
+    assert at((2, 512), 10000, 1_000, "muon") == pytest.approx(1.9) == at((2, 512), 10**5, 1_000, "muon")  # held
+    assert at((2, 512), 1000, 10_000, "muon") == pytest.approx(1.5) == at((2, 512), 1000, None, "muon")
+    assert gain((2, 512), 1000, 10_000) == pytest.approx(-0.1) == gain((2, 512), 1000)
+    # between, linear in log(characters): at ~3,162 half the way from the long gain (-0.1) to the short one (-0.4)
+    assert gain((2, 512), 1000, 10**3.5) == pytest.approx(-0.25)
+    assert gain((2, 512), 1000, 10**5) == pytest.approx(-0.1)
+    # below the short table's length, back toward the long gain: none of the short one at 10x fewer characters
+    assert gain((2, 512), 1000, 10**2.5) == pytest.approx(-0.25)
+    assert gain((2, 512), 1000, 100) == pytest.approx(-0.1) == gain((2, 512), 1000, 10)
+    # a size the short table lacks keeps the long gain at every length
+    assert gain((2, 128), 1000, 1_000) == pytest.approx(0.0) == gain((2, 128), 1000, 10_000)
+    # Muon's own best step counts take the place of AdamW's on corpora up to the longest they were measured on
+    per = autosize.SWEEP_CHARS_PER_STEP
+    monkeypatch.setattr(autosize, "BEST_STEPS", {1_000: {(2, 512): 250}, 10_000: {(2, 512): 4000}})
+    monkeypatch.setattr(autosize, "MUON_BEST_STEPS", {1_000: {(2, 512): 500, (2, 128): 2000}})
+    useful = autosize.useful_steps
+    assert useful((2, 512), 1_000, per) == 250 and useful((2, 512), 1_000, per, "muon") == 500
+    assert useful((2, 512), 10_000, per) == useful((2, 512), 10_000, per, "muon") == 4000
+    assert useful((2, 128), 1_000, per) is None and useful((2, 128), 1_000, per, "muon") == 2000
+    assert useful((2, 128), 10_000, per, "muon") == 20_000  # its passes held past the longest measured
+
+
+def test_below_the_first_step_count_a_falling_loss_continues_and_a_rising_one_holds(sweep, monkeypatch):
+    """A size already overfitting at the tables' first step count (its loss rises from there) is not predicted to do
+    better still with fewer steps: where a short corpus caps it below that count, its first value holds."""
+    along = autosize._along
+    assert along([(100, 2.0), (1000, 1.6)], 10, True) == pytest.approx(2.4)  # falling: the slope continues
+    assert along([(100, 1.5), (1000, 1.7)], 10, True) == 1.5 == along([(100, 1.5), (1000, 1.5)], 10, True)
+    assert along([(100, 1.5), (1000, 1.7)], 316.2, True) == pytest.approx(1.6, abs=1e-4)  # between: as before
+    monkeypatch.setattr(autosize, "SWEEPS", {1_000: {(2, 128): [(100, 2.3), (1000, 1.8)],
+                                                     (2, 512): [(100, 1.5), (1000, 1.7)]}})
+    monkeypatch.setattr(autosize, "BEST_STEPS", {1_000: {(2, 512): 100}})
+    per = autosize.SWEEP_CHARS_PER_STEP
+    assert autosize.useful_steps((2, 512), 500, per) == 50  # its 409.6 passes on half the text
+    choice = autosize.choose(600, {(2, 128): 0.01, (2, 512): 0.02}, 500)
+    assert choice.predicted[(2, 512)] == 1.5 and (choice.size, choice.limit) == ((2, 512), 50), choice
 
 
 def test_muons_shipped_table_covers_every_candidate_and_picks_what_won_at_equal_time():
