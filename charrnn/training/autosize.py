@@ -161,12 +161,11 @@ def useful_steps(size: tuple, train_chars: Optional[float] = None,
                  chars_per_step: int = SWEEP_CHARS_PER_STEP, optimizer: str = "adamw") -> Optional[int]:
     """How many steps of `chars_per_step` characters still lower the validation loss of `size` on a training split
     of `train_chars` characters (None: the largest in SWEEPS): as many passes over the text as its best measured
-    step count made (BEST_STEPS; with "muon", for a size Muon's short sweep ran, MUON_BEST_STEPS in place of
-    AdamW's on corpora no longer than its longest), linear in log(training characters) between the corpora where
-    one was measured and held outside them. None where no sweep saw the size stop gaining."""
+    step count made (BEST_STEPS; with "muon", for a size MUON_BEST_STEPS lists, its counts in place of AdamW's on
+    corpora no longer than its longest), linear in log(training characters) between the corpora where one was
+    measured and held outside them. None where no sweep saw the size stop gaining."""
     best = BEST_STEPS
-    if optimizer == "muon" and MUON_BEST_STEPS and (size in MUON_SHORT or any(size in t for t in
-                                                                            MUON_BEST_STEPS.values())):
+    if optimizer == "muon" and any(size in table for table in MUON_BEST_STEPS.values()):
         best = {**{c: t for c, t in BEST_STEPS.items() if c > max(MUON_BEST_STEPS)}, **MUON_BEST_STEPS}
     known = sorted((chars, table[size] * SWEEP_CHARS_PER_STEP / chars)
                    for chars, table in best.items() if size in table)

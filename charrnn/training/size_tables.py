@@ -75,11 +75,20 @@ SHIFTED_SWEEPS: dict = {
     (2, 512): [(250, 2.0030), (500, 1.8374), (1000, 1.8289), (2000, 1.8485), (4000, 1.9306)],
     (3, 256): [(250, 2.1043), (500, 1.8738), (1000, 1.8361), (2000, 1.8211), (4000, 1.8007)],
 }
-# Muon on short corpora: each size's loss after N steps on MUON_SHORT_CHARS training characters (autosize.muon_gain)
-# and where more steps stopped lowering it (as BEST_STEPS; autosize.useful_steps). Empty: not yet adopted.
+# Muon on short corpora: each size's loss after N steps on MUON_SHORT_CHARS training characters, the mean over four
+# corpora (the first 111,112 characters of the C, French, Python and English calibration corpora, 90/10), seeds 1-3
+# each, the settings of MUON_SWEEPS (size_sweep.py --optimizer muon; benchmarks/HISTORY.md, "Muon's short sweep on
+# four corpora"). Below MUON_SWEEP_CHARS, Muon's gain moves toward what this table gains over AdamW's SWEEPS there.
 MUON_SHORT_CHARS = 100_000
-MUON_SHORT: dict = {}
-MUON_BEST_STEPS: dict = {}
+MUON_SHORT: dict = {
+    (2, 128): [(250, 1.8779), (500, 1.6590), (1000, 1.6356)],
+    (2, 256): [(250, 1.6152), (500, 1.5569), (1000, 1.5651)],
+    (2, 512): [(250, 1.5027), (500, 1.5154)],
+    (3, 256): [(250, 1.5412), (500, 1.5077), (1000, 1.5032), (2000, 1.4964)],
+}
+# where more Muon steps stopped lowering validation loss in MUON_SHORT (as BEST_STEPS): for the sizes listed, on
+# corpora no longer than this, in place of AdamW's. 2x128 and 3x256 still gained at their longest runs.
+MUON_BEST_STEPS: dict = {MUON_SHORT_CHARS: {(2, 256): 500, (2, 512): 250}}
 
 # shift.validation_shift where SHIFTED_SWEEPS starts to count and where in full: the largest measured where Muon's
 # table's pick still won at 300 s (English: 0.475, 2x512 by 0.017), and the Python corpus's (1.167)

@@ -389,13 +389,14 @@ def test_on_a_shorter_corpus_muons_gain_moves_toward_its_short_table(sweep, monk
     assert gain((2, 128), 1000, 1_000) == pytest.approx(0.0) == gain((2, 128), 1000, 10_000)
     # Muon's own best step counts take the place of AdamW's on corpora up to the longest they were measured on
     per = autosize.SWEEP_CHARS_PER_STEP
-    monkeypatch.setattr(autosize, "BEST_STEPS", {1_000: {(2, 512): 250}, 10_000: {(2, 512): 4000}})
+    monkeypatch.setattr(autosize, "BEST_STEPS", {1_000: {(2, 512): 250, (2, 256): 100}, 10_000: {(2, 512): 4000}})
     monkeypatch.setattr(autosize, "MUON_BEST_STEPS", {1_000: {(2, 512): 500, (2, 128): 2000}})
     useful = autosize.useful_steps
     assert useful((2, 512), 1_000, per) == 250 and useful((2, 512), 1_000, per, "muon") == 500
     assert useful((2, 512), 10_000, per) == useful((2, 512), 10_000, per, "muon") == 4000
     assert useful((2, 128), 1_000, per) is None and useful((2, 128), 1_000, per, "muon") == 2000
     assert useful((2, 128), 10_000, per, "muon") == 20_000  # its passes held past the longest measured
+    assert useful((2, 256), 1_000, per, "muon") == 100 == useful((2, 256), 1_000, per)  # not listed: AdamW's
 
 
 def test_below_the_first_step_count_a_falling_loss_continues_and_a_rising_one_holds(sweep, monkeypatch):
@@ -430,6 +431,26 @@ def test_muons_shipped_table_covers_every_candidate_and_picks_what_won_at_equal_
     assert autosize.choose(300, speeds, chars, spent=2, optimizer="muon").size == (2, 512)
     assert autosize.choose(60, speeds, chars, spent=2).size == (2, 256)  # AdamW's tables: the sizes that lost
     assert autosize.choose(300, speeds, chars, spent=2).size == (3, 256)
+
+
+def test_muons_short_table_covers_every_candidate_and_lists_where_its_sizes_stopped_gaining():
+    """benchmarks/HISTORY.md, "Muon's short sweep on four corpora": MUON_SHORT is the mean over four corpora of
+    100,000 training characters, and MUON_BEST_STEPS each size's lowest point where a longer run did worse. With the
+    Intel Xeon's speeds at 60 s (fp32, seconds a step from the steps each size made in 57 s there) the tables pick
+    2x512 at that length, stopping at its 250 steps, the size with the least regret over the nine short corpora
+    measured; at 10x fewer characters the short table no longer counts."""
+    assert tuple(sorted(autosize.MUON_SHORT)) == autosize.CANDIDATES
+    for size, points in autosize.MUON_SHORT.items():
+        steps = [n for n, _ in points]
+        assert steps == sorted(steps) and len(steps) >= 2 and steps[0] >= autosize.MUON_SWEEPS[size][0][0], size
+        lowest = min(points, key=lambda point: point[1])
+        listed = autosize.MUON_BEST_STEPS[autosize.MUON_SHORT_CHARS].get(size)
+        assert listed == (lowest[0] if lowest != points[-1] else None), size
+    speeds = {(2, 128): 57 / 2317, (2, 256): 57 / 909, (2, 512): 57 / 275, (3, 256): 57 / 634}
+    choice = autosize.choose(60, speeds, 100_000, optimizer="muon", shift=0.6)
+    assert (choice.size, choice.limit) == ((2, 512), 250), choice
+    for chars in (10_000, 5_000):
+        assert autosize.muon_gain((2, 512), 250, chars) == autosize.muon_gain((2, 512), 250)
 
 
 def _words(rng, vocabulary: list, n_chars: int) -> str:
