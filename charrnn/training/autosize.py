@@ -79,9 +79,14 @@ def shift_weight(shift: Optional[float], train_chars: Optional[float] = None) ->
         return 0.0
     low, high = SHIFT_RAMP
     share = min(1.0, max(0.0, (shift - low) / (high - low)))
-    chars = max(SWEEPS) if train_chars is None else max(train_chars, 1.0)
-    near = max(0.0, 1.0 - abs(math.log(chars / SHIFTED_SWEEP_CHARS)) / math.log(10.0))
-    return share * near
+    chars = max(SWEEPS) if train_chars is None else train_chars
+    return share * _within_tenfold(chars, SHIFTED_SWEEP_CHARS)
+
+
+def _within_tenfold(chars: float, at: float) -> float:
+    """1 at `at` characters, 0 at 10x fewer or more and beyond, linear in log(characters) between."""
+    chars = max(chars, 1.0)
+    return max(0.0, 1.0 - math.log(max(chars, at) / min(chars, at)) / math.log(10.0))
 
 
 def shifted_change(size: tuple, steps: float) -> float:
@@ -115,11 +120,10 @@ def muon_gain(size: tuple, steps: float, train_chars: Optional[float] = None) ->
     short = MUON_SHORT.get(size)
     if pair is None or not short or train_chars is None or train_chars >= MUON_SWEEP_CHARS:
         return gain
-    chars = max(train_chars, 1.0)
-    if chars >= MUON_SHORT_CHARS:
-        share = math.log(MUON_SWEEP_CHARS / chars) / math.log(MUON_SWEEP_CHARS / MUON_SHORT_CHARS)
+    if train_chars >= MUON_SHORT_CHARS:
+        share = math.log(MUON_SWEEP_CHARS / train_chars) / math.log(MUON_SWEEP_CHARS / MUON_SHORT_CHARS)
     else:
-        share = max(0.0, 1.0 - math.log(MUON_SHORT_CHARS / chars) / math.log(10.0))
+        share = _within_tenfold(train_chars, MUON_SHORT_CHARS)
     there = _along(short, steps, hold_last=True) - _adamw_loss(size, steps, MUON_SHORT_CHARS)
     return gain + share * (there - gain)
 
