@@ -167,15 +167,18 @@ def useful_steps(size: tuple, train_chars: Optional[float] = None,
     of `train_chars` characters (None: the largest in SWEEPS): as many passes over the text as its best measured
     step count made (BEST_STEPS; with "muon", for a size MUON_BEST_STEPS lists, its counts in place of AdamW's on
     corpora no longer than its longest), linear in log(training characters) between the corpora where one was
-    measured and held outside them. None where no sweep saw the size stop gaining."""
+    measured and held outside them. None where no sweep saw the size stop gaining: where none measured a stop, and
+    with "muon" on corpora no longer than one where Muon's sweep saw the size still gaining (listed as None)."""
+    chars = max(SWEEPS) if train_chars is None else train_chars
     best = BEST_STEPS
     if optimizer == "muon" and any(size in table for table in MUON_BEST_STEPS.values()):
+        if any(size in table and table[size] is None for c, table in MUON_BEST_STEPS.items() if c >= chars):
+            return None
         best = {**{c: t for c, t in BEST_STEPS.items() if c > max(MUON_BEST_STEPS)}, **MUON_BEST_STEPS}
-    known = sorted((chars, table[size] * SWEEP_CHARS_PER_STEP / chars)
-                   for chars, table in best.items() if size in table)
+    known = sorted((c, table[size] * SWEEP_CHARS_PER_STEP / c)
+                   for c, table in best.items() if table.get(size) is not None)
     if not known:
         return None
-    chars = max(SWEEPS) if train_chars is None else train_chars
     passes = _along(known, min(max(chars, known[0][0]), known[-1][0]), hold_last=True)
     return max(1, math.ceil(round(passes * chars / chars_per_step, 6)))  # the measured count, not one more
 

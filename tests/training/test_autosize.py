@@ -397,6 +397,11 @@ def test_on_a_shorter_corpus_muons_gain_moves_toward_its_short_table(sweep, monk
     assert useful((2, 128), 1_000, per) is None and useful((2, 128), 1_000, per, "muon") == 2000
     assert useful((2, 128), 10_000, per, "muon") == 20_000  # its passes held past the longest measured
     assert useful((2, 256), 1_000, per, "muon") == 100 == useful((2, 256), 1_000, per)  # not listed: AdamW's
+    # listed as None: Muon's sweep saw it still gaining at its longest run there, so no limit on corpora up to that
+    # length (AdamW's earlier stop does not count); on longer ones, AdamW's
+    monkeypatch.setattr(autosize, "MUON_BEST_STEPS", {1_000: {(2, 512): None}})
+    assert useful((2, 512), 1_000, per, "muon") is None is useful((2, 512), 500, per, "muon")
+    assert useful((2, 512), 1_000, per) == 250 and useful((2, 512), 10_000, per, "muon") == 4000
 
 
 def test_below_the_first_step_count_a_falling_loss_continues_and_a_rising_one_holds(sweep, monkeypatch):
@@ -434,11 +439,13 @@ def test_muons_shipped_table_covers_every_candidate_and_picks_what_won_at_equal_
 
 
 def test_muons_short_table_covers_every_candidate_and_lists_where_its_sizes_stopped_gaining():
-    """benchmarks/HISTORY.md, "Muon's short sweep on four corpora": MUON_SHORT is the mean over four corpora of
-    100,000 training characters, and MUON_BEST_STEPS each size's lowest point where a longer run did worse. With the
-    Intel Xeon's speeds at 60 s (fp32, seconds a step from the steps each size made in 57 s there) the tables pick
-    2x512 at that length, stopping at its 250 steps, the size with the least regret over the nine short corpora
-    measured; at 10x fewer characters the short table no longer counts."""
+    """benchmarks/HISTORY.md, "Muon's short sweep on four corpora" and "3x256 to 4,000 steps": MUON_SHORT is the mean
+    over four corpora of 100,000 training characters, and MUON_BEST_STEPS each size's lowest point where a longer run
+    did worse, or None where Muon still gained at its longest run (3x256: AdamW's earlier stop no longer counts). With
+    the Intel Xeon's speeds (fp32, seconds a step from the steps each size made in 57 s there) the tables pick 2x512
+    in 60 s at that length, stopping at its 250 steps, the size with the least regret over the nine short corpora
+    measured, and in 300 s 3x256, which gained to 4,000 steps there; at 10x fewer characters the short table no
+    longer counts."""
     assert tuple(sorted(autosize.MUON_SHORT)) == autosize.CANDIDATES
     for size, points in autosize.MUON_SHORT.items():
         steps = [n for n, _ in points]
@@ -449,6 +456,9 @@ def test_muons_short_table_covers_every_candidate_and_lists_where_its_sizes_stop
     speeds = {(2, 128): 57 / 2317, (2, 256): 57 / 909, (2, 512): 57 / 275, (3, 256): 57 / 634}
     choice = autosize.choose(60, speeds, 100_000, optimizer="muon", shift=0.6)
     assert (choice.size, choice.limit) == ((2, 512), 250), choice
+    choice = autosize.choose(300, speeds, 100_000, optimizer="muon", shift=0.6)
+    assert choice.size == (3, 256) and choice.limit is None, choice
+    assert autosize.useful_steps((3, 256), 100_000, optimizer="muon") is None  # not AdamW's ~556
     for chars in (10_000, 5_000):
         assert autosize.muon_gain((2, 512), 250, chars) == autosize.muon_gain((2, 512), 250)
 
