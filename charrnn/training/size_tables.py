@@ -88,7 +88,7 @@ MUON_SHORT: dict = {
 }
 # where more Muon steps stopped lowering validation loss in MUON_SHORT (as BEST_STEPS): for the sizes listed, on
 # corpora no longer than this, in place of AdamW's; None: still gaining at its longest run, so not measured (3x256
-# gained to 4,000 steps, past AdamW's ~556, which cost it up to 0.05 here). 2x128 still gained at 1,000.
+# gained to 4,000 steps: stopped at AdamW's ~556 it lost up to 0.07 here). 2x128 still gained at 1,000.
 MUON_BEST_STEPS: dict = {MUON_SHORT_CHARS: {(2, 256): 500, (2, 512): 250, (3, 256): None}}
 
 # shift.validation_shift where SHIFTED_SWEEPS starts to count and where in full: the largest measured where Muon's
