@@ -168,12 +168,15 @@ def useful_steps(size: tuple, train_chars: Optional[float] = None,
     step count made (BEST_STEPS; with "muon", for a size MUON_BEST_STEPS lists, its counts in place of AdamW's on
     corpora no longer than its longest), linear in log(training characters) between the corpora where one was
     measured and held outside them. None where no sweep saw the size stop gaining: where none measured a stop, and
-    with "muon" on corpora no longer than one where Muon's sweep saw the size still gaining (listed as None)."""
+    with "muon" for a size listed only as None (Muon's sweep saw it still gaining) on corpora at least that long;
+    on shorter ones such a size keeps AdamW's (a 3x256 let run on 33,334 characters lost to 2x128 by 0.2 on one)."""
     chars = max(SWEEPS) if train_chars is None else train_chars
     best = BEST_STEPS
-    if optimizer == "muon" and any(size in table for table in MUON_BEST_STEPS.values()):
-        if any(size in table and table[size] is None for c, table in MUON_BEST_STEPS.items() if c >= chars):
+    muon = {c: table[size] for c, table in MUON_BEST_STEPS.items() if size in table} if optimizer == "muon" else {}
+    if muon and all(steps is None for steps in muon.values()):
+        if chars >= min(muon):
             return None
+    elif muon:
         best = {**{c: t for c, t in BEST_STEPS.items() if c > max(MUON_BEST_STEPS)}, **MUON_BEST_STEPS}
     known = sorted((c, table[size] * SWEEP_CHARS_PER_STEP / c)
                    for c, table in best.items() if table.get(size) is not None)

@@ -87,8 +87,9 @@ MUON_SHORT: dict = {
     (3, 256): [(250, 1.5412), (500, 1.5077), (1000, 1.5032), (2000, 1.4964), (4000, 1.4843)],
 }
 # where more Muon steps stopped lowering validation loss in MUON_SHORT (as BEST_STEPS): for the sizes listed, on
-# corpora no longer than this, in place of AdamW's; None: still gaining at its longest run, so not measured (3x256
-# gained to 4,000 steps: stopped at AdamW's ~556 it lost up to 0.07 here). 2x128 still gained at 1,000.
+# corpora no longer than this, in place of AdamW's. None: still gaining at its longest run, so no limit on corpora
+# this long or longer, AdamW's on shorter ones (3x256 gained to 4,000 steps: stopped at AdamW's ~556 it lost up to
+# 0.07 here; let run on 33,334 characters it lost to 2x128 by 0.21 on French). 2x128 still gained at 1,000.
 MUON_BEST_STEPS: dict = {MUON_SHORT_CHARS: {(2, 256): 500, (2, 512): 250, (3, 256): None}}
 
 # shift.validation_shift where SHIFTED_SWEEPS starts to count and where in full: the largest measured where Muon's
