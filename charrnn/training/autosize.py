@@ -169,7 +169,7 @@ def useful_steps(size: tuple, train_chars: Optional[float] = None,
     corpora no longer than its longest), linear in log(training characters) between the corpora where one was
     measured and held outside them. None where no sweep saw the size stop gaining: where none measured a stop, and
     with "muon" for a size listed only as None (Muon's sweep saw it still gaining) on corpora at least that long;
-    on shorter ones such a size keeps AdamW's (a 3x256 let run on 33,334 characters lost to 2x128 by 0.2 on one)."""
+    on shorter ones such a size keeps AdamW's (size_tables.MUON_BEST_STEPS says why)."""
     chars = max(SWEEPS) if train_chars is None else train_chars
     best = BEST_STEPS
     muon = {c: table[size] for c, table in MUON_BEST_STEPS.items() if size in table} if optimizer == "muon" else {}
