@@ -16,7 +16,7 @@ import os
 from typing import Callable, NamedTuple, Optional
 
 from ..store import checkpoint as ckpt_io
-from ..config import ModelConfig, TrainConfig, auto_val_chars, resolve_optimizer
+from ..config import EVAL_EVERY_MAX, ModelConfig, TrainConfig, auto_eval_every, auto_val_chars, resolve_optimizer
 from ..errors import DataError, Interrupted, NonFiniteLossError, UsageError, WriteError
 from .memory import _out_of_memory_as_error, check_memory, memory_needed  # noqa: F401  (memory_needed: re-exported)
 from .resume import LR_CHANGES, RESUMABLE_CHANGES, merge_configs
@@ -224,9 +224,13 @@ def _make_run(text, resumed: Optional[dict], model_config: ModelConfig, cfg: Tra
         check_corpus(resumed, text, text.vocab)
     model_config.vocab_size = len(text.vocab)
     splits = split_ids(text.ids, cfg.val_frac, cfg.test_frac)
-    if cfg.val_chars is None:  # --val-chars auto, decided once: the run's checkpoints record it and a resume keeps it
-        cfg.val_chars = auto_val_chars(cfg.eval_every, cfg.batch_size, cfg.seq_len)
     batcher = StreamBatcher(splits.train, cfg.batch_size, cfg.seq_len)
+    if cfg.eval_every is None:  # --eval-every auto, decided once (recorded, so a resume keeps it), as --val-chars
+        cfg.eval_every = auto_eval_every(len(batcher))
+        if cfg.sample_every is None and cfg.eval_every < EVAL_EVERY_MAX:  # samples as often as before: every 200 steps
+            cfg.sample_every = -(-EVAL_EVERY_MAX // cfg.eval_every) * cfg.eval_every  # or so, at an evaluation
+    if cfg.val_chars is None:
+        cfg.val_chars = auto_val_chars(cfg.eval_every, cfg.batch_size, cfg.seq_len)
     if cfg.val_frac > 0 and len(splits.val) < cfg.seq_len + 1:
         raise DataError(
             f"the validation split has {len(splits.val)} characters but needs at least {cfg.seq_len + 1} "

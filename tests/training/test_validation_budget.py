@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 
 import io
+import json
 import logging
 import math
 
@@ -15,8 +16,8 @@ import pytest
 
 import charrnn
 from charrnn.store.checkpoint import load_checkpoint
-from charrnn.config import (VAL_CHARS_CAP, VAL_CHARS_FLOOR, ModelConfig, TrainConfig, auto_val_chars,
-                            parse_val_chars)
+from charrnn.config import (EVAL_EVERY_MAX, VAL_CHARS_CAP, VAL_CHARS_FLOOR, ModelConfig, TrainConfig,
+                            auto_eval_every, auto_val_chars, parse_val_chars)
 from charrnn.cli.configfile import config_toml, read_config
 from charrnn.errors import UsageError
 from charrnn.inference.evaluation import score_ids, scored_chars, windows
@@ -36,12 +37,12 @@ TINY_SHAKESPEARE_VAL = 111_540  # its validation split with --val-frac 0.1 --tes
 
 def test_auto_val_chars_is_a_quarter_of_the_training_between_evaluations_within_a_floor_and_a_cap():
     defaults = TrainConfig()
-    assert auto_val_chars(defaults.eval_every, defaults.batch_size, defaults.seq_len) == VAL_CHARS_FLOOR == 250_000
+    assert auto_val_chars(EVAL_EVERY_MAX, defaults.batch_size, defaults.seq_len) == VAL_CHARS_FLOOR == 250_000
     assert auto_val_chars(1000, 32, 128) == 1000 * 32 * 128 // 4
     assert auto_val_chars(10_000, 64, 256) == VAL_CHARS_CAP == 2_000_000
     assert auto_val_chars(1, 1, 1) == VAL_CHARS_FLOOR
     # tiny-shakespeare's split is scored whole at the defaults, so the README's quality numbers keep their meaning
-    auto = auto_val_chars(defaults.eval_every, defaults.batch_size, defaults.seq_len)
+    auto = auto_val_chars(EVAL_EVERY_MAX, defaults.batch_size, defaults.seq_len)
     assert scored_chars(TINY_SHAKESPEARE_VAL, defaults.batch_size, auto) == TINY_SHAKESPEARE_VAL - 1
     # a 1 GB corpus's 5 % split (50 M characters) is not: at most the cap
     assert scored_chars(50_000_000, defaults.batch_size, auto) <= 250_000
@@ -87,6 +88,58 @@ def test_val_chars_may_change_on_resume_and_auto_keeps_what_the_run_decided():
     assert kept.val_chars == 250_000 and kept.eval_every == 1000  # the slice stays the one earlier scores used
     _, changed = merge_configs(saved, ModelConfig(), TrainConfig(val_chars=0), {"val_chars"})
     assert changed.val_chars == 0
+
+
+# -- --eval-every auto: every 2 passes over the training split, at most every 200 steps ----------------------------
+
+def test_auto_eval_every_is_two_passes_between_a_floor_and_200_steps():
+    assert TrainConfig().eval_every is None  # auto
+    assert auto_eval_every(7) == 14  # 30,000 characters at B32 T128: a pass is 7 steps
+    assert auto_eval_every(22) == 44  # 100,000
+    assert auto_eval_every(220) == auto_eval_every(10**6) == EVAL_EVERY_MAX == 200  # 1 MB and more: as before
+    assert auto_eval_every(1) == 5
+
+
+def _recorded(run_dir) -> dict:
+    return load_checkpoint(str(run_dir / "latest.pt"))["train_config"]
+
+
+def test_a_short_corpus_is_evaluated_every_two_passes_and_sampled_about_every_200_steps(tmp_path):
+    corpus = make_corpus(tmp_path / "c.txt", 6000)  # 5,400 training characters: 84 steps a pass at B4 T16
+    values = dict(batch_size=4, seq_len=16, warmup_steps=2, val_frac=0.1, test_frac=0.0, max_steps=400)
+    charrnn.train(str(corpus), ModelConfig(hidden_size=8, num_layers=1), TrainConfig(**values),
+                  run_dir=str(tmp_path / "auto"), progress=False)
+    saved = _recorded(tmp_path / "auto")
+    per_pass = (5400 - 1) // (4 * 16)
+    assert saved["eval_every"] == 2 * per_pass == 168 < EVAL_EVERY_MAX
+    assert saved["sample_every"] == 336  # the first multiple of the evaluations' steps from 200 on
+    rows = [json.loads(line) for line in open(tmp_path / "auto" / "metrics.jsonl")]
+    assert [r["step"] for r in rows if "val_loss" in r] == [168, 336, 400]
+    samples = (tmp_path / "auto" / "samples.txt").read_text(encoding="utf-8")
+    assert "--- step 336," in samples and "--- step 168," not in samples
+    # what the user sets is kept: an explicit --eval-every, an explicit --sample-every
+    charrnn.train(str(corpus), ModelConfig(hidden_size=8, num_layers=1),
+                  TrainConfig(**{**values, "max_steps": 20}, eval_every=10, sample_every=0),
+                  run_dir=str(tmp_path / "given"), progress=False)
+    assert (_recorded(tmp_path / "given")["eval_every"], _recorded(tmp_path / "given")["sample_every"]) == (10, 0)
+    charrnn.train(str(corpus), ModelConfig(hidden_size=8, num_layers=1),
+                  TrainConfig(**{**values, "max_steps": 20}, sample_every=7), run_dir=str(tmp_path / "samples"),
+                  progress=False)
+    assert (_recorded(tmp_path / "samples")["eval_every"], _recorded(tmp_path / "samples")["sample_every"]) == (168, 7)
+
+
+def test_auto_eval_every_is_decided_once_and_a_resume_keeps_it(tmp_path):
+    corpus = make_corpus(tmp_path / "c.txt", 6000)
+    common = ["--hidden-size", "8", "--num-layers", "1", "--batch-size", "4", "--seq-len", "16", "--val-frac",
+              "0.1", "--test-frac", "0", "--warmup-steps", "2", "-q", "--run-dir", tmp_path / "run"]
+    env = cli_env(OMP_NUM_THREADS=1, CHARRNN_HOME=tmp_path / "home")
+    assert run_cli("train", corpus, *common, "--max-steps", "170", env=env, timeout=120).returncode == 0
+    assert _recorded(tmp_path / "run")["eval_every"] == 168
+    proc = run_cli("train", corpus, *common, "--max-steps", "340", "--resume", tmp_path / "run" / "latest.pt",
+                   env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [r["step"] for r in rows if "val_loss" in r] == [168, 170, 336, 340]
 
 
 # -- the slice: evenly spaced windows, the same every time --------------------------------------------------------
