@@ -403,6 +403,11 @@ def test_on_a_shorter_corpus_muons_gain_moves_toward_its_short_table(sweep, monk
     assert useful((2, 512), 1_000, per, "muon") is None is useful((2, 512), 10_000, per, "muon")
     assert useful((2, 512), 1_000, per) == 250
     assert useful((2, 512), 500, per, "muon") == 125 == useful((2, 512), 500, per)
+    # listed as None at two lengths: no limit from the shorter one on
+    monkeypatch.setattr(autosize, "MUON_BEST_STEPS", {300: {(2, 512): None}, 1_000: {(2, 512): None, (2, 128): 2000}})
+    assert useful((2, 512), 300, per, "muon") is None is useful((2, 512), 500, per, "muon")
+    assert useful((2, 512), 200, per, "muon") == 50 == useful((2, 512), 200, per)
+    assert useful((2, 128), 1_000, per, "muon") == 2000
 
 
 def test_below_the_first_step_count_a_falling_loss_continues_and_a_rising_one_holds(sweep, monkeypatch):
@@ -446,7 +451,7 @@ def test_muons_short_table_covers_every_candidate_and_lists_where_its_sizes_stop
     the Intel Xeon's speeds (fp32, seconds a step from the steps each size made in 57 s there) the tables pick 2x512
     in 60 s at that length, stopping at its 250 steps, the size with the least regret over the nine short corpora
     measured, and in 300 s 3x256, which gained to 4,000 steps there; at 10x fewer characters the short table no
-    longer counts."""
+    longer counts. On 30,000 characters 3x256 is let run too (MUON_BEST_STEPS lists it as None there)."""
     assert tuple(sorted(autosize.MUON_SHORT)) == autosize.CANDIDATES
     for size, points in autosize.MUON_SHORT.items():
         steps = [n for n, _ in points]
@@ -460,6 +465,12 @@ def test_muons_short_table_covers_every_candidate_and_lists_where_its_sizes_stop
     choice = autosize.choose(300, speeds, 100_000, optimizer="muon", shift=0.6)
     assert choice.size == (3, 256) and choice.limit is None, choice
     assert autosize.useful_steps((3, 256), 100_000, optimizer="muon") is None  # not AdamW's ~556
+    # 30,000 characters (HISTORY.md, "An evaluation every 2 passes"): 3x256 let run beat 2x128 on C and French;
+    # below, nothing measured: AdamW's limits, and 2x128
+    for chars in (30_000, 50_000):
+        choice = autosize.choose(60, speeds, chars, optimizer="muon", shift=0.6)
+        assert choice.size == (3, 256) and choice.limit is None, (chars, choice)
+    assert autosize.choose(60, speeds, 20_000, optimizer="muon", shift=0.6).size == (2, 128)
     for chars in (10_000, 5_000):
         assert autosize.muon_gain((2, 512), 250, chars) == autosize.muon_gain((2, 512), 250)
 
