@@ -176,7 +176,7 @@ def test_train_on_a_terminal_shows_a_bar_with_messages_above_it(corpus, tmp_path
 
 def test_train_to_a_file_or_pipe_writes_plain_lines_without_frames(tmp_path):
     """Off a terminal: no bar frames ('\r'), one line per --log-every interval, every message on its own line,
-    validations announced, samples shown, and a summary that explains its times."""
+    the final validation announced, samples shown, and a summary that explains its times."""
     corpus = make_corpus(tmp_path / "corpus.txt", 6000)
     with open(tmp_path / "err.txt", "wb") as err_file:  # stderr to a file, as with 2>train.log
         proc = subprocess.run([sys.executable, "-m", "charrnn", "train", corpus, *TINY, "--max-steps", "12",
@@ -193,8 +193,9 @@ def test_train_to_a_file_or_pipe_writes_plain_lines_without_frames(tmp_path):
         assert re.fullmatch(r"step \d+/12  epoch \d+  loss \d\.\d{3}( +val \d\.\d{3})?  lr \S+  (- |[\d,]+ )chars/s"
                             r"  elapsed \d+s", line), line
     assert "val " in steps[-1]
+    # the final validation; the one at step 6 (540 characters) is too quick to announce
     assert [re.sub(r"\d+", "N", line) for line in lines if "validation on" in line] == [
-        "validation on N characters ...", "final validation on N characters ..."]
+        "final validation on N characters ..."]
     messages = [line for line in lines if "charrnn:" in line]
     assert messages and all(line.startswith("charrnn: ") for line in messages)  # never glued onto another line
     assert any(line.startswith("charrnn: dropout ") for line in lines)

@@ -17,7 +17,7 @@ from charrnn.config import ModelConfig, TrainConfig, auto_dropout
 from charrnn.training.decide import PROBE_STEPS, WARMUP_STEPS, DropoutProbe, dropout_for_steps
 from charrnn.training.distributed import Dist
 from charrnn.errors import UsageError, WriteError
-from charrnn.training.progress import ProgressDisplay, RateMeter
+from charrnn.training.progress import ANNOUNCED_CHARS, ProgressDisplay, RateMeter
 from charrnn.training.resume import LR_CHANGES, merge_configs, restore_rng, rng_snapshot, schedule_change_warning
 from charrnn.store.runlog import MetricsLog, truncate_metrics
 from charrnn.training.samplelog import SAMPLES, SampleLog, Sampler, read_entries
@@ -214,7 +214,9 @@ def test_off_a_terminal_progress_is_one_plain_line_per_log_interval_and_messages
         if step == 6:
             display.message("a message")
         if step == 8:
-            with display.validating(1234):
+            with display.validating(1234):  # quick: no line of its own
+                pass
+            with display.validating(ANNOUNCED_CHARS, of=10**6):
                 pass
         display.update(step, 0, step * 0.5, 2.0 - step / 10, 1.5 if step >= 8 else None, 1e-3, 0.0 if step < 4 else 99.0)
     with display.validating(1234, final=True):
@@ -225,7 +227,7 @@ def test_off_a_terminal_progress_is_one_plain_line_per_log_interval_and_messages
     assert text.splitlines() == [
         "step 4/10  epoch 0  loss 1.600  lr 1.00e-03  99 chars/s  elapsed 2s",
         "a message",
-        "validation on 1,234 characters ...",
+        "validation on 50,000 of 1,000,000 characters ...",
         "step 8/10  epoch 0  loss 1.200  val 1.500  lr 1.00e-03  99 chars/s  elapsed 4s",
         "final validation on 1,234 characters ...",
     ]
