@@ -90,7 +90,8 @@ MUON_SHORT: dict = {
 # corpora no longer than this, in place of AdamW's. None: still gaining at its longest run, so no limit on corpora
 # this long or longer (the shortest corpus listing it), AdamW's on shorter ones (3x256 gained to 4,000 steps: stopped
 # at AdamW's ~556 it lost up to 0.07 here). 30,000: 3x256 let run 60 s with an evaluation every 2 passes (the default
-# since 7254093) beat 2x128 on C and French (1.9426 against 2.1056, 2.0171 against 2.0783). 2x128 still gained at 1,000.
+# since 7254093) beat 2x128 on C and French (1.9426 against 2.1056, 2.0171 against 2.0783); 2x512 did better still
+# (1.8633, 1.9770), which this table, measured at 100,000, cannot predict. 2x128 still gained at 1,000.
 MUON_BEST_STEPS: dict = {30_000: {(3, 256): None}, MUON_SHORT_CHARS: {(2, 256): 500, (2, 512): 250, (3, 256): None}}
 
 # shift.validation_shift where SHIFTED_SWEEPS starts to count and where in full: the largest measured where Muon's
