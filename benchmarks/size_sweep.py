@@ -39,9 +39,10 @@ def point(corpus: str, L: int, H: int, steps: int, seed: int, extra: list[str]) 
         if proc.returncode != 0:
             raise SystemExit(f"run failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr.decode()[-2000:]}")
         rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
-        vals = [r["val_loss"] for r in rows if "val_loss" in r]
-        return {"model": f"{L}x{H}", "steps": steps, "seed": seed, "options": extra, "val_nats": min(vals),
-                "final_val_nats": vals[-1], "wall_s": round(time.time() - start, 1),
+        vals = [(r["val_loss"], r.get("step")) for r in rows if "val_loss" in r]
+        best = min(vals, key=lambda v: v[0])
+        return {"model": f"{L}x{H}", "steps": steps, "seed": seed, "options": extra, "val_nats": best[0],
+                "best_step": best[1], "final_val_nats": vals[-1][0], "wall_s": round(time.time() - start, 1),
                 "loadavg": os.getloadavg()[0]}
 
 
