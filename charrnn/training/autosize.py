@@ -20,8 +20,8 @@ from typing import Callable, NamedTuple, Optional
 from ..config import resolve_optimizer
 from .shift import ORDER
 # the tables (size_tables.py), named here as the choice reads them, and tests replace them
-from .size_tables import (BEST_STEPS, LARGER, MUON_BEST_STEPS, MUON_SHORT, MUON_SHORT_CHARS, MUON_SWEEP_CHARS,
-                          MUON_SWEEPS, SHIFT_RAMP, SHIFTED_SWEEP_CHARS, SHIFTED_SWEEPS, SWEEP_CHARS_PER_STEP, SWEEPS)
+from .size_tables import (BEST_STEPS, LARGER, MUON_BEST_STEPS, MUON_SHORT, MUON_SWEEP_CHARS, MUON_SWEEPS,
+                          SHIFT_RAMP, SHIFTED_SWEEP_CHARS, SHIFTED_SWEEPS, SWEEP_CHARS_PER_STEP, SWEEPS)
 # the timing and the speed file (speeds.py); time_steps, vocab_bucket, ROUNDS and ROUND_CALLS are named here too,
 # as parts of the choice's measurement that its tests reach through this module
 from .speeds import (AGREE, ROUND_CALLS, ROUNDS, TRIES, SpeedStore, measure, speed_keys, time_steps,  # noqa: F401
@@ -111,21 +111,26 @@ def muon_gain(size: tuple, steps: float, train_chars: Optional[float] = None) ->
     """What Muon changes in the loss of `size` after `steps` on a training split of `train_chars` characters (<= 0
     where it helps; None: the largest in SWEEPS): MUON_SWEEPS minus SWEEPS on the corpus both measured, each linear
     in log(steps) and held past its last point (0 where either lacks the size). On a shorter corpus it moves toward
-    MUON_SHORT minus AdamW's prediction at MUON_SHORT_CHARS (the short corpora are not tiny-shakespeare: what their
-    difficulty adds is added to every size alike), linear in log(training characters): all of the way at
-    MUON_SHORT_CHARS, none at 10x fewer, where a size's useful steps fall far below the table's first step count
-    and its early overfitting says nothing about what those steps learn."""
+    what MUON_SHORT gains over AdamW's prediction on corpora that short (the short corpora are not tiny-shakespeare:
+    what their difficulty adds is added to every size alike), linear in log(training characters): all of the way
+    at MUON_SHORT's longest length and between its lengths, none at 10x fewer than its shortest, where a size's
+    useful steps fall far below the table's first step count and its early overfitting says nothing about what
+    those steps learn."""
     pair = _muon_pair(size)
     gain = 0.0 if pair is None else _along(pair[0], steps, hold_last=True) - _along(pair[1], steps, hold_last=True)
-    short = MUON_SHORT.get(size)
-    if pair is None or not short or train_chars is None or train_chars >= MUON_SWEEP_CHARS:
+    lengths = sorted(chars for chars, table in MUON_SHORT.items() if size in table)
+    if pair is None or not lengths or train_chars is None or train_chars >= MUON_SWEEP_CHARS:
         return gain
-    if train_chars >= MUON_SHORT_CHARS:
-        share = math.log(MUON_SWEEP_CHARS / train_chars) / math.log(MUON_SWEEP_CHARS / MUON_SHORT_CHARS)
+    shortest, longest = lengths[0], lengths[-1]
+    if train_chars >= longest:
+        share = math.log(MUON_SWEEP_CHARS / train_chars) / math.log(MUON_SWEEP_CHARS / longest)
     else:
-        share = _within_tenfold(train_chars, MUON_SHORT_CHARS)
-    there = _along(short, steps, hold_last=True) - _adamw_loss(size, steps, MUON_SHORT_CHARS)
-    return gain + share * (there - gain)
+        share = 1.0 if train_chars >= shortest else _within_tenfold(train_chars, shortest)
+    # MUON_SHORT's loss less AdamW's at each length, between them linear in log(characters), the nearest outside
+    there = [(chars, _along(MUON_SHORT[chars][size], steps, True) - _adamw_loss(size, steps, chars))
+             for chars in lengths]
+    at = _along(there, min(max(train_chars, shortest), longest), hold_last=True)
+    return gain + share * (at - gain)
 
 
 def _adamw_loss(size: tuple, steps: float, train_chars: Optional[float]) -> float:
@@ -168,18 +173,22 @@ def useful_steps(size: tuple, train_chars: Optional[float] = None,
     step count made (BEST_STEPS; with "muon", for a size MUON_BEST_STEPS lists, its counts in place of AdamW's on
     corpora no longer than its longest), linear in log(training characters) between the corpora where one was
     measured and held outside them. None where no sweep saw the size stop gaining: where none measured a stop, and
-    with "muon" for a size listed only as None (Muon's sweep saw it still gaining) on corpora at least that long;
-    on shorter ones such a size keeps AdamW's (size_tables.MUON_BEST_STEPS says why)."""
+    with "muon" where the longest corpus at most this long that MUON_BEST_STEPS lists the size for lists it as None
+    (Muon's sweep saw it still gaining there), up to the next one listing a count. Shorter than every corpus listing
+    it, a size listed first as None keeps AdamW's counts (size_tables.MUON_BEST_STEPS says why)."""
     chars = max(SWEEPS) if train_chars is None else train_chars
     best = BEST_STEPS
     muon = {c: table[size] for c, table in MUON_BEST_STEPS.items() if size in table} if optimizer == "muon" else {}
-    if muon and all(steps is None for steps in muon.values()):
-        if chars >= min(muon):
-            return None
-    elif muon:
+    at_most = [c for c in muon if c <= chars]
+    if at_most and muon[max(at_most)] is None:
+        return None
+    if not at_most and muon and muon[min(muon)] is None:
+        muon = {}
+    if any(steps is not None for steps in muon.values()):  # Muon's counts, AdamW's past them
         best = {**{c: t for c, t in BEST_STEPS.items() if c > max(MUON_BEST_STEPS)}, **MUON_BEST_STEPS}
+    until = min((c for c, steps in muon.items() if steps is None and c > chars), default=math.inf)
     known = sorted((c, table[size] * SWEEP_CHARS_PER_STEP / c)
-                   for c, table in best.items() if table.get(size) is not None)
+                   for c, table in best.items() if table.get(size) is not None and c < until)
     if not known:
         return None
     passes = _along(known, min(max(chars, known[0][0]), known[-1][0]), hold_last=True)

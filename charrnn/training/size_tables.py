@@ -81,10 +81,12 @@ SHIFTED_SWEEPS: dict = {
 # four corpora"). Below MUON_SWEEP_CHARS, Muon's gain moves toward what this table gains over AdamW's SWEEPS there.
 MUON_SHORT_CHARS = 100_000
 MUON_SHORT: dict = {
-    (2, 128): [(250, 1.8779), (500, 1.6590), (1000, 1.6356)],
-    (2, 256): [(250, 1.6152), (500, 1.5569), (1000, 1.5651)],
-    (2, 512): [(250, 1.5027), (500, 1.5154)],
-    (3, 256): [(250, 1.5412), (500, 1.5077), (1000, 1.5032), (2000, 1.4964), (4000, 1.4843)],
+    MUON_SHORT_CHARS: {
+        (2, 128): [(250, 1.8779), (500, 1.6590), (1000, 1.6356)],
+        (2, 256): [(250, 1.6152), (500, 1.5569), (1000, 1.5651)],
+        (2, 512): [(250, 1.5027), (500, 1.5154)],
+        (3, 256): [(250, 1.5412), (500, 1.5077), (1000, 1.5032), (2000, 1.4964), (4000, 1.4843)],
+    },
 }
 # where more Muon steps stopped lowering validation loss in MUON_SHORT (as BEST_STEPS): for the sizes listed, on
 # corpora no longer than this, in place of AdamW's. None: still gaining at its longest run, so no limit on corpora

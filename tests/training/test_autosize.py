@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from charrnn.training import autosize
+from charrnn.training import autosize, size_tables
 from charrnn.config import ModelConfig, TrainConfig
 
 SWEEP = {(2, 128): [(100, 2.3), (1000, 1.8), (10000, 1.6)], (2, 512): [(100, 2.0), (1000, 1.6), (10000, 1.45)]}
@@ -371,8 +371,7 @@ def test_on_a_shorter_corpus_muons_gain_moves_toward_its_short_table(sweep, monk
     monkeypatch.setattr(autosize, "MUON_SWEEP_CHARS", 10_000)
     monkeypatch.setattr(autosize, "MUON_SWEEPS", {(2, 512): [(100, 1.9), (1000, 1.5), (10000, 1.45)],
                                                   (2, 128): [(100, 2.3), (1000, 1.8), (10000, 1.6)]})
-    monkeypatch.setattr(autosize, "MUON_SHORT_CHARS", 1_000)
-    monkeypatch.setattr(autosize, "MUON_SHORT", {(2, 512): [(100, 2.0), (1000, 1.7), (10000, 1.9)]})
+    monkeypatch.setattr(autosize, "MUON_SHORT", {1_000: {(2, 512): [(100, 2.0), (1000, 1.7), (10000, 1.9)]}})
     at, gain = autosize.predicted_loss, autosize.muon_gain
     # at the short table's length the prediction is that table; at the long one, AdamW's plus the long gain (-0.1)
     assert at((2, 512), 1000, 1_000, "muon") == pytest.approx(1.7)
@@ -387,6 +386,16 @@ def test_on_a_shorter_corpus_muons_gain_moves_toward_its_short_table(sweep, monk
     assert gain((2, 512), 1000, 100) == pytest.approx(-0.1) == gain((2, 512), 1000, 10)
     # a size the short table lacks keeps the long gain at every length
     assert gain((2, 128), 1000, 1_000) == pytest.approx(0.0) == gain((2, 128), 1000, 10_000)
+    # a second, shorter length: at each length its table, between them linear in log(characters) from one to the
+    # other, and below the shortest back toward the long gain, none of the short tables at 10x fewer characters
+    monkeypatch.setattr(autosize, "MUON_SHORT", {100: {(2, 512): [(100, 2.4), (1000, 2.6)]},
+                                                 1_000: {(2, 512): [(100, 2.0), (1000, 1.7), (10000, 1.9)]}})
+    assert at((2, 512), 1000, 100, "muon") == pytest.approx(2.6)
+    assert at((2, 512), 100, 100, "muon") == pytest.approx(2.4)
+    assert at((2, 512), 1000, 1_000, "muon") == pytest.approx(1.7)
+    assert at((2, 512), 1000, 10**2.5, "muon") == pytest.approx(2.15)
+    assert gain((2, 512), 1000, 10) == pytest.approx(-0.1)
+    assert gain((2, 512), 1000, 10**1.5) == pytest.approx((gain((2, 512), 1000, 10) + gain((2, 512), 1000, 100)) / 2)
     # Muon's own best step counts take the place of AdamW's on corpora up to the longest they were measured on
     per = autosize.SWEEP_CHARS_PER_STEP
     monkeypatch.setattr(autosize, "BEST_STEPS", {1_000: {(2, 512): 250, (2, 256): 100}, 10_000: {(2, 512): 4000}})
@@ -408,6 +417,16 @@ def test_on_a_shorter_corpus_muons_gain_moves_toward_its_short_table(sweep, monk
     assert useful((2, 512), 300, per, "muon") is None is useful((2, 512), 500, per, "muon")
     assert useful((2, 512), 200, per, "muon") == 50 == useful((2, 512), 200, per)
     assert useful((2, 128), 1_000, per, "muon") == 2000
+    # a count at a shorter length and None at a longer one: its passes held up to the longer, no limit from there on
+    monkeypatch.setattr(autosize, "MUON_BEST_STEPS", {300: {(2, 512): 30}, 1_000: {(2, 512): None}})
+    assert useful((2, 512), 300, per, "muon") == 30 and useful((2, 512), 600, per, "muon") == 60
+    assert useful((2, 512), 1_000, per, "muon") is None and useful((2, 512), 150, per, "muon") == 15
+    # None at a shorter length and a count at a longer one: no limit from the first up to the second, its count
+    # from there, and AdamW's below the first
+    monkeypatch.setattr(autosize, "MUON_BEST_STEPS", {300: {(2, 512): None}, 1_000: {(2, 512): 400}})
+    assert useful((2, 512), 300, per, "muon") is None is useful((2, 512), 999, per, "muon")
+    assert useful((2, 512), 1_000, per, "muon") == 400 and useful((2, 512), 2_000, per, "muon") == 800
+    assert useful((2, 512), 200, per, "muon") == 50 == useful((2, 512), 200, per)
 
 
 def test_below_the_first_step_count_a_falling_loss_continues_and_a_rising_one_holds(sweep, monkeypatch):
@@ -452,12 +471,13 @@ def test_muons_short_table_covers_every_candidate_and_lists_where_its_sizes_stop
     in 60 s at that length, stopping at its 250 steps, the size with the least regret over the nine short corpora
     measured, and in 300 s 3x256, which gained to 4,000 steps there; at 10x fewer characters the short table no
     longer counts. On 30,000 characters 3x256 is let run too (MUON_BEST_STEPS lists it as None there)."""
-    assert tuple(sorted(autosize.MUON_SHORT)) == autosize.CANDIDATES
-    for size, points in autosize.MUON_SHORT.items():
+    short = autosize.MUON_SHORT[size_tables.MUON_SHORT_CHARS]
+    assert tuple(sorted(short)) == autosize.CANDIDATES
+    for size, points in short.items():
         steps = [n for n, _ in points]
         assert steps == sorted(steps) and len(steps) >= 2 and steps[0] >= autosize.MUON_SWEEPS[size][0][0], size
         lowest = min(points, key=lambda point: point[1])
-        listed = autosize.MUON_BEST_STEPS[autosize.MUON_SHORT_CHARS].get(size)
+        listed = autosize.MUON_BEST_STEPS[size_tables.MUON_SHORT_CHARS].get(size)
         assert listed == (lowest[0] if lowest != points[-1] else None), size
     speeds = {(2, 128): 57 / 2317, (2, 256): 57 / 909, (2, 512): 57 / 275, (3, 256): 57 / 634}
     choice = autosize.choose(60, speeds, 100_000, optimizer="muon", shift=0.6)
