@@ -75,12 +75,20 @@ SHIFTED_SWEEPS: dict = {
     (2, 512): [(250, 2.0030), (500, 1.8374), (1000, 1.8289), (2000, 1.8485), (4000, 1.9306)],
     (3, 256): [(250, 2.1043), (500, 1.8738), (1000, 1.8361), (2000, 1.8211), (4000, 1.8007)],
 }
-# Muon on short corpora: each size's loss after N steps on MUON_SHORT_CHARS training characters, the mean over four
-# corpora (the first 111,112 characters of the C, French, Python and English calibration corpora, 90/10), seeds 1-3
-# each, the settings of MUON_SWEEPS (size_sweep.py --optimizer muon; benchmarks/HISTORY.md, "Muon's short sweep on
-# four corpora"). Below MUON_SWEEP_CHARS, Muon's gain moves toward what this table gains over AdamW's SWEEPS there.
+# Muon on short corpora: each size's loss after N steps on a training split of this many characters, the mean over
+# four corpora (the first 111,112 and 33,334 characters of the C, French, Python and English calibration corpora,
+# 90/10), seeds 1-3 each, the settings of MUON_SWEEPS (size_sweep.py --optimizer muon; benchmarks/HISTORY.md, "Muon's
+# short sweep on four corpora" and "A short table at 30,000 characters"). 100,000: evaluated every 200 steps; 30,000:
+# every 2 passes (the default since 7254093). Below MUON_SWEEP_CHARS, Muon's gain moves toward what these tables gain
+# over AdamW's SWEEPS at their lengths (muon_gain).
 MUON_SHORT_CHARS = 100_000
 MUON_SHORT: dict = {
+    30_000: {
+        (2, 128): [(250, 1.8504), (500, 1.6618), (1000, 1.6372)],
+        (2, 256): [(125, 2.0025), (250, 1.6149), (500, 1.5719)],
+        (2, 512): [(125, 1.7081), (250, 1.5219), (500, 1.5229)],
+        (3, 256): [(125, 1.9419), (250, 1.5845), (500, 1.5586)],
+    },
     MUON_SHORT_CHARS: {
         (2, 128): [(250, 1.8779), (500, 1.6590), (1000, 1.6356)],
         (2, 256): [(250, 1.6152), (500, 1.5569), (1000, 1.5651)],
@@ -88,13 +96,15 @@ MUON_SHORT: dict = {
         (3, 256): [(250, 1.5412), (500, 1.5077), (1000, 1.5032), (2000, 1.4964), (4000, 1.4843)],
     },
 }
-# where more Muon steps stopped lowering validation loss in MUON_SHORT (as BEST_STEPS): for the sizes listed, on
-# corpora no longer than this, in place of AdamW's. None: still gaining at its longest run, so no limit on corpora
-# this long or longer (the shortest corpus listing it), AdamW's on shorter ones (3x256 gained to 4,000 steps: stopped
-# at AdamW's ~556 it lost up to 0.07 here). 30,000: 3x256 let run 60 s with an evaluation every 2 passes (the default
-# since 7254093) beat 2x128 on C and French (1.9426 against 2.1056, 2.0171 against 2.0783); 2x512 did better still
-# (1.8633, 1.9770), which this table, measured at 100,000, cannot predict. 2x128 still gained at 1,000.
-MUON_BEST_STEPS: dict = {30_000: {(3, 256): None}, MUON_SHORT_CHARS: {(2, 256): 500, (2, 512): 250, (3, 256): None}}
+# where more Muon steps stopped lowering validation loss in MUON_SHORT (as BEST_STEPS), at each of its lengths: for the
+# sizes listed, in place of AdamW's. None: still gaining (on the mean) at its longest run, so no limit on corpora this
+# long, up to a longer one that lists a count (AdamW's below the shortest: 3x256 gained to 4,000 steps at 100,000,
+# where AdamW's ~556 lost up to 0.07). At 30,000 only 2x512 stopped (250: 1.5219, 500: 1.5229): the others stopped
+# by 250 on C, French and English but gained more on Python, whose validation text repeats its training text.
+MUON_BEST_STEPS: dict = {
+    30_000: {(2, 128): None, (2, 256): None, (2, 512): 250, (3, 256): None},
+    MUON_SHORT_CHARS: {(2, 256): 500, (2, 512): 250, (3, 256): None},
+}
 
 # shift.validation_shift where SHIFTED_SWEEPS starts to count and where in full: the largest measured where Muon's
 # table's pick still won at 300 s (English: 0.475, 2x512 by 0.017), and the Python corpus's (1.167)

@@ -463,35 +463,39 @@ def test_muons_shipped_table_covers_every_candidate_and_picks_what_won_at_equal_
     assert autosize.choose(300, speeds, chars, spent=2).size == (3, 256)
 
 
-def test_muons_short_table_covers_every_candidate_and_lists_where_its_sizes_stopped_gaining():
-    """benchmarks/HISTORY.md, "Muon's short sweep on four corpora" and "3x256 to 4,000 steps": MUON_SHORT is the mean
-    over four corpora of 100,000 training characters, and MUON_BEST_STEPS each size's lowest point where a longer run
-    did worse, or None where Muon still gained at its longest run (3x256: AdamW's earlier stop no longer counts). With
-    the Intel Xeon's speeds (fp32, seconds a step from the steps each size made in 57 s there) the tables pick 2x512
-    in 60 s at that length, stopping at its 250 steps, the size with the least regret over the nine short corpora
-    measured, and in 300 s 3x256, which gained to 4,000 steps there; at 10x fewer characters the short table no
-    longer counts. On 30,000 characters 3x256 is let run too (MUON_BEST_STEPS lists it as None there)."""
-    short = autosize.MUON_SHORT[size_tables.MUON_SHORT_CHARS]
-    assert tuple(sorted(short)) == autosize.CANDIDATES
-    for size, points in short.items():
-        steps = [n for n, _ in points]
-        assert steps == sorted(steps) and len(steps) >= 2 and steps[0] >= autosize.MUON_SWEEPS[size][0][0], size
-        lowest = min(points, key=lambda point: point[1])
-        listed = autosize.MUON_BEST_STEPS[size_tables.MUON_SHORT_CHARS].get(size)
-        assert listed == (lowest[0] if lowest != points[-1] else None), size
+def test_muons_short_tables_cover_every_candidate_and_list_where_their_sizes_stopped_gaining():
+    """benchmarks/HISTORY.md, "Muon's short sweep on four corpora", "3x256 to 4,000 steps" and "A short table at
+    30,000 characters": each MUON_SHORT table is the mean over four corpora of that many training characters, and
+    MUON_BEST_STEPS each size's lowest point where a longer run did worse, or None where Muon still gained at its
+    longest run (3x256 at 100,000: AdamW's earlier stop no longer counts). With the Intel Xeon's speeds (fp32, seconds
+    a step from the steps each size made in 57 s there) the tables pick 2x512 in 60 s on 100,000 characters, stopping
+    at its 250 steps, the size with the least regret over the nine short corpora measured, and in 300 s 3x256, which
+    gained to 4,000 steps there. On 30,000 characters 2x512 stopped at 250 steps, the best size on each of the four
+    corpora there, at either budget; at 10x fewer characters the short tables no longer count."""
+    assert set(autosize.MUON_SHORT) == set(autosize.MUON_BEST_STEPS) == {30_000, size_tables.MUON_SHORT_CHARS}
+    for chars, short in autosize.MUON_SHORT.items():
+        assert tuple(sorted(short)) == autosize.CANDIDATES
+        for size, points in short.items():
+            steps = [n for n, _ in points]
+            assert steps == sorted(steps) and len(steps) >= 2, (chars, size)
+            lowest = min(points, key=lambda point: point[1])
+            listed = autosize.MUON_BEST_STEPS[chars].get(size)
+            assert listed == (lowest[0] if lowest != points[-1] else None), (chars, size)
     speeds = {(2, 128): 57 / 2317, (2, 256): 57 / 909, (2, 512): 57 / 275, (3, 256): 57 / 634}
     choice = autosize.choose(60, speeds, 100_000, optimizer="muon", shift=0.6)
     assert (choice.size, choice.limit) == ((2, 512), 250), choice
     choice = autosize.choose(300, speeds, 100_000, optimizer="muon", shift=0.6)
     assert choice.size == (3, 256) and choice.limit is None, choice
     assert autosize.useful_steps((3, 256), 100_000, optimizer="muon") is None  # not AdamW's ~556
-    # 30,000 characters (HISTORY.md, "An evaluation every 2 passes"): 3x256 let run beat 2x128 on C and French;
-    # below, nothing measured: AdamW's limits, and 2x128
-    for chars in (30_000, 50_000):
-        choice = autosize.choose(60, speeds, chars, optimizer="muon", shift=0.6)
-        assert choice.size == (3, 256) and choice.limit is None, (chars, choice)
-    assert autosize.choose(60, speeds, 20_000, optimizer="muon", shift=0.6).size == (2, 128)
-    for chars in (10_000, 5_000):
+    for budget in (60, 300):
+        choice = autosize.choose(budget, speeds, 30_000, optimizer="muon", shift=0.6)
+        assert (choice.size, choice.limit) == ((2, 512), 250), (budget, choice)
+        assert autosize.predicted_loss((2, 512), 250, 30_000, "muon") == pytest.approx(1.5219)
+    # 2x256 ran unlimited at 30,000 (still gaining on the mean) up to 100,000, where it stopped at 500
+    assert autosize.useful_steps((2, 256), 30_000, optimizer="muon") is None
+    assert autosize.useful_steps((2, 256), 99_999, optimizer="muon") is None
+    assert autosize.useful_steps((2, 256), 100_000, optimizer="muon") == 500
+    for chars in (3_000, 2_000):
         assert autosize.muon_gain((2, 512), 250, chars) == autosize.muon_gain((2, 512), 250)
 
 
