@@ -491,6 +491,10 @@ def test_muons_short_tables_cover_every_candidate_and_list_where_their_sizes_sto
         choice = autosize.choose(budget, speeds, 30_000, optimizer="muon", shift=0.6)
         assert (choice.size, choice.limit) == ((2, 512), 250), (budget, choice)
     assert autosize.predicted_loss((2, 512), 250, 30_000, "muon") == pytest.approx(1.5219)
+    # 20,000 ("20,000 characters: the pick between the two tables, tested"): 2x512 was the best size on all four
+    # corpora there, and stopped at 30,000's passes (167 steps) it tied 250 on two slices no table has seen
+    choice = autosize.choose(60, speeds, 20_000, optimizer="muon", shift=0.6)
+    assert (choice.size, choice.limit) == ((2, 512), 167), choice
     # 2x256 ran unlimited at 30,000 (still gaining on the mean) up to 100,000, where it stopped at 500
     assert autosize.useful_steps((2, 256), 30_000, optimizer="muon") is None
     assert autosize.useful_steps((2, 256), 99_999, optimizer="muon") is None
