@@ -15,6 +15,8 @@ interpreter's site-packages, the English prose from ../shared/corpora.
   escapes removed, the text of `.B`/`.I`/`.SH` kept), in the same hashed order; UTF-8 kept as it is.
 - python: the Python source of the installed packages (benchmarks/code_corpus.py's rule).
 - english: tiny-shakespeare (1,115,394 characters: only the 1 MB size).
+- russian (held out, not in the default --kinds): the Russian manual pages of Debian's `manpages-ru`, made as
+  french is: prose with a larger alphabet, to check the choice on a corpus no table was fit on.
 
 The first N characters of the large file are the N-character corpus, as in code_corpus.py.
 """
@@ -102,15 +104,23 @@ def strip_roff(source: str) -> str:
 CHARSET_PAGES = re.compile(r"^(iso[_-]?8859|latin|koi8|cp125|ascii|armscii|charsets|utf-?8|unicode|georgian)", re.I)
 
 
-def french_text(limit: int, work: Path) -> tuple[str, str]:
-    deb, version = _download("manpages-fr", work)
+def _manpages(language: str, limit: int, work: Path) -> tuple[str, str]:
+    deb, version = _download(f"manpages-{language}", work)
     tree = _unpack(deb, work)
     files = {}
     for page in tree.rglob("*.gz"):
-        if "/man/fr" not in str(page) or CHARSET_PAGES.search(page.name):
+        if f"/man/{language}" not in str(page) or CHARSET_PAGES.search(page.name):
             continue
         files[str(page.relative_to(tree))] = strip_roff(gzip.open(page, "rt", encoding="utf-8", errors="ignore").read())
-    return _join(files, limit), f"manpages-fr {version}"
+    return _join(files, limit), f"manpages-{language} {version}"
+
+
+def french_text(limit: int, work: Path) -> tuple[str, str]:
+    return _manpages("fr", limit, work)
+
+
+def russian_text(limit: int, work: Path) -> tuple[str, str]:
+    return _manpages("ru", limit, work)
 
 
 def python_text(limit: int, work: Path) -> tuple[str, str]:
@@ -135,6 +145,8 @@ def _join(files: dict, limit: int) -> str:
 
 
 KINDS = {"c": c_text, "french": french_text, "python": python_text, "english": english_text}
+# kept out of the tables: a held-out kind with a larger alphabet (Cyrillic and Latin, ~150-170 distinct characters)
+HELD_OUT = {"russian": russian_text}
 
 
 def main() -> None:
@@ -150,7 +162,7 @@ def main() -> None:
     index = json.loads(index_path.read_text()) if index_path.exists() else []
     for kind in args.kinds.split(","):
         with tempfile.TemporaryDirectory() as tmp:
-            text, source = KINDS[kind](max(sizes), Path(tmp))
+            text, source = {**KINDS, **HELD_OUT}[kind](max(sizes), Path(tmp))
         for size in sizes:
             if len(text) < size:
                 print(f"{kind}: {len(text):,} characters, fewer than {size:,}: no {kind}-{size} corpus")
